@@ -1,0 +1,91 @@
+"""AdaptiveClick: click-aware plain-ViT backbone, pixel decoder and CAMD, summed over queries."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .camd import ClickAwareMaskDecoder
+from .click_encoding import click_disk_maps
+from .pixel_decoder import PixelDecoder
+from .vit import ClickViT, PatchEmbed
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CriterionState(nn.Module):
+    """Holds the class weights ``[1, no_object_weight]`` of the training criterion as a buffer,
+    as the reference model does, so released checkpoints load with a strict key check."""
+
+    def __init__(self, no_object_weight: float = 0.1) -> None:
+        super().__init__()
+        self.register_buffer("empty_weight", torch.tensor([1.0, no_object_weight]))
+
+
+class AdaptiveClick(nn.Module):
+    """Interactive segmentation network.
+
+    ``forward(image, points)`` takes ``image`` (B, 4, H, W): RGB in [0, 1] plus the previous-mask
+    probability, and ``points`` (B, 2N, 3): N positive then N negative clicks as (row, col, index),
+    padded with -1. It returns a dict with ``instances`` (B, 1, H, W) logits (the product's output:
+    ``sigmoid`` gives the probability map), ``pred_logits`` (B, Q, 2), ``pred_masks`` (B, Q, H/4, W/4)
+    and ``aux_outputs`` (the earlier decoder layers, for deep supervision).
+    """
+
+    def __init__(
+        self,
+        backbone: ClickViT,
+        pixel_decoder: PixelDecoder,
+        click_aware_decoder: ClickAwareMaskDecoder,
+        click_radius: float = 5.0,
+        no_object_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        embed_dim = backbone.pos_embed.shape[-1]
+        self.click_radius = click_radius
+        self.patch_embed_coords = PatchEmbed(backbone.patch_size, 3, embed_dim)
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.click_aware_decoder = click_aware_decoder
+        self.criterion = CriterionState(no_object_weight)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Input size that matches the current position-embedding grid."""
+        grid = self.backbone.grid_size
+        return grid[0] * self.backbone.patch_size, grid[1] * self.backbone.patch_size
+
+    def set_image_size(self, size: tuple[int, int]) -> None:
+        """Adapt to another input size by resizing the position embedding (e.g. 672 for DAVIS)."""
+        patch = self.backbone.patch_size
+        if size[0] % patch or size[1] % patch:
+            raise ValueError(f"input size {size} is not a multiple of the patch size {patch}")
+        self.backbone.set_grid_size((size[0] // patch, size[1] // patch))
+
+    def forward(self, image: torch.Tensor, points: torch.Tensor) -> dict:
+        if image.ndim != 4 or image.shape[1] != 4:
+            raise ValueError(f"image must be (B, 4, H, W) = RGB + previous mask, got {tuple(image.shape)}")
+        if points.ndim != 3 or points.shape[-1] != 3 or points.shape[1] % 2:
+            raise ValueError(f"points must be (B, 2N, 3), got {tuple(points.shape)}")
+        height, width = image.shape[-2:]
+        rgb = (image[:, :3] - self.pixel_mean) / self.pixel_std
+        prev_mask = image[:, 3:]
+
+        disks = click_disk_maps(points, height, width, self.click_radius).to(prev_mask.dtype)
+        coord_features = torch.cat([prev_mask, disks], dim=1)
+        tokens = self.backbone(rgb, self.patch_embed_coords(coord_features))
+        mask_features, multi_scale = self.pixel_decoder(tokens, self.backbone.grid_size)
+        outputs = self.click_aware_decoder(multi_scale, mask_features, disks[:, 0])
+        outputs["instances"] = sum_over_queries(outputs["pred_logits"], outputs["pred_masks"], (height, width))
+        return outputs
+
+
+def sum_over_queries(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample the query masks (bilinear, align_corners=True) and sum them weighted by each query's
+    object probability: (B, Q, 2), (B, Q, h, w) -> (B, 1, H, W) logits."""
+    masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=True)
+    return torch.einsum("bqc,bqhw->bchw", class_logits.sigmoid()[..., 1:], masks)

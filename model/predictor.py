@@ -1,0 +1,227 @@
+"""The stateful per-image predictor an annotation tool holds.
+
+``Predictor`` reproduces the reference evaluation predictor by default: zoom-in from the second
+click (``skip_clicks=-1``), horizontal-flip test-time augmentation averaged on logits, the previous
+probability map fed back as the fourth input channel, and 0.49 as the mask threshold.
+
+    predictor = Predictor(load_model())
+    predictor.set_image(rgb_uint8)
+    prob = predictor.add_click(120, 200, positive=True)
+    mask = prob > predictor.threshold
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .device import autocast, resolve_device, resolve_dtype
+from .modeling.adaptiveclick import AdaptiveClick
+from .zoom_in import Box, Click, ZoomIn
+
+__all__ = ["Click", "Predictor", "PredictorState", "to_rgb_uint8"]
+
+
+@dataclass
+class PredictorState:
+    """Everything that determines the next prediction: clicks, previous map and zoom ROI."""
+
+    clicks: tuple[Click, ...] = ()
+    prev_probs: torch.Tensor | None = None  # (1, 1, H, W) float32, on the predictor's device
+    roi: Box | None = None
+    history: tuple["PredictorState", ...] = field(default=(), repr=False)
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        return None if self.prev_probs is None else self.prev_probs[0, 0].float().cpu().numpy()
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Bring grayscale, RGBA, 16-bit or float [0, 1] images to HxWx3 uint8 RGB."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.float32) / 257.0) + 0.5).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("image contains NaN or infinite values")
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype == np.bool_:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {image.dtype}; expected uint8, uint16 or float in [0, 1]")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+class Predictor:
+    """Click-by-click probability maps for one image at a time.
+
+    Args:
+        model: an :class:`AdaptiveClick` network (moved to ``device``, put in eval mode).
+        device: ``None``/``"auto"`` picks CUDA when available.
+        dtype: ``fp32``, ``bf16`` or ``fp16`` (autocast; the deformable attention stays fp32).
+        flip: horizontal-flip test-time augmentation.
+        zoom_in: crop around the object from the second click; off = always the whole image.
+        target_size: network input size (default: the model's native size, e.g. 448; 672 for DAVIS).
+        threshold: probability threshold of :attr:`mask`.
+    """
+
+    def __init__(
+        self,
+        model: AdaptiveClick,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "fp32",
+        flip: bool = True,
+        zoom_in: bool = True,
+        target_size: int | tuple[int, int] | None = None,
+        threshold: float = 0.49,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(self.device).eval()
+        if target_size is None:
+            target_size = self.model.image_size
+        if isinstance(target_size, int):
+            target_size = (target_size, target_size)
+        self.model.set_image_size(tuple(target_size))
+        self.flip = flip
+        self.use_zoom_in = zoom_in
+        self.zoom = ZoomIn(target_size=tuple(target_size))
+        self.threshold = threshold
+        self._image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]
+        self._state = PredictorState()
+
+    # -- image and state --------------------------------------------------------------------
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Set the image (HxWx3 uint8 RGB; grayscale, RGBA, 16-bit and float are converted) and forget all clicks."""
+        rgb = to_rgb_uint8(image)
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)
+        self._image = tensor.unsqueeze(0).to(self.device)
+        self._state = PredictorState()
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        self._require_image()
+        return int(self._image.shape[-2]), int(self._image.shape[-1])
+
+    @property
+    def clicks(self) -> list[Click]:
+        return list(self._state.clicks)
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        """Probability map after the last click (float32 HxW), or ``None`` before any click."""
+        return self._state.probs
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        probs = self.probs
+        return None if probs is None else probs > self.threshold
+
+    @property
+    def roi(self) -> Box | None:
+        return self._state.roi
+
+    def get_state(self) -> PredictorState:
+        """A snapshot to restore later with :meth:`set_state` (tensors are shared, never modified)."""
+        return self._state
+
+    def set_state(self, state: PredictorState) -> None:
+        self._require_image()
+        if state.prev_probs is not None and tuple(state.prev_probs.shape[-2:]) != self.image_size:
+            raise ValueError(f"state is for a {tuple(state.prev_probs.shape[-2:])} image, not {self.image_size}")
+        self._state = state
+
+    def reset(self) -> None:
+        """Forget the clicks; keep the image."""
+        self._state = PredictorState()
+
+    def undo(self) -> np.ndarray | None:
+        """Remove the last click; returns the map after the remaining clicks (``None`` if none remain)."""
+        if not self._state.clicks:
+            raise ValueError("there is no click to undo")
+        self._state = self._state.history[-1]
+        return self.probs
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def add_click(self, row: float, col: float, positive: bool = True) -> np.ndarray:
+        """Add a click at pixel (row, col) and return the new full-resolution probability map."""
+        self._require_image()
+        height, width = self.image_size
+        if not (np.isfinite(row) and np.isfinite(col)):
+            raise ValueError(f"click ({row}, {col}) is not a finite coordinate")
+        if not (0 <= row < height and 0 <= col < width):
+            raise ValueError(f"click (row={row}, col={col}) is outside the {height}x{width} image")
+        clicks = self._state.clicks + (Click(int(row), int(col), bool(positive)),)
+        self._state = self._predict(clicks)
+        return self.probs
+
+    def predict(self, clicks: list[Click] | list[tuple[float, float, bool]]) -> np.ndarray:
+        """Replay a whole click sequence from scratch (each click sees the previous map)."""
+        if not clicks:
+            raise ValueError("no clicks given: at least one click is needed for a prediction")
+        self.reset()
+        for click in clicks:
+            row, col, positive = (click.row, click.col, click.positive) if isinstance(click, Click) else click
+            self.add_click(row, col, positive)
+        return self.probs
+
+    def _require_image(self) -> None:
+        if self._image is None:
+            raise ValueError("no image set: call set_image() first")
+
+    @torch.inference_mode()
+    def _predict(self, clicks: tuple[Click, ...]) -> PredictorState:
+        previous = self._state
+        height, width = self.image_size
+        prev_probs = previous.prev_probs
+        if prev_probs is None:
+            prev_probs = torch.zeros((1, 1, height, width), device=self.device)
+
+        if self.use_zoom_in:
+            prev_np = None if previous.prev_probs is None else previous.probs
+            roi, _ = self.zoom.next_roi(previous.roi, prev_np, clicks, (height, width))
+        else:
+            roi = (0, height - 1, 0, width - 1)
+        net_input = self.zoom.crop(torch.cat([self._image, prev_probs], dim=1), roi)
+        net_clicks = self.zoom.transform_clicks(clicks, roi)
+
+        batch_clicks = [net_clicks]
+        if self.flip:
+            net_input = torch.cat([net_input, net_input.flip(-1)], dim=0)
+            last_col = net_input.shape[-1] - 1
+            batch_clicks.append([Click(c.row, last_col - c.col, c.positive) for c in net_clicks])
+        points = clicks_to_points(batch_clicks, self.device)
+
+        with autocast(self.device, self.dtype):
+            logits = self.model(net_input, points)["instances"].float()
+        if self.flip:
+            logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
+        probs = self.zoom.paste(torch.sigmoid(logits), roi, (height, width))
+        return PredictorState(clicks, probs, roi, previous.history + (previous,))
+
+
+def clicks_to_points(batch_clicks: list[list[Click]], device: torch.device) -> torch.Tensor:
+    """Clicks per batch element -> (B, 2N, 3) float64 ``(row, col, index)``: N positives then N negatives,
+    padded with -1; ``index`` is the click's position in its sequence."""
+    num = max(1, max(max(sum(c.positive for c in clicks), sum(not c.positive for c in clicks)) for clicks in batch_clicks))
+    rows = []
+    for clicks in batch_clicks:
+        positives = [(c.row, c.col, i) for i, c in enumerate(clicks) if c.positive]
+        negatives = [(c.row, c.col, i) for i, c in enumerate(clicks) if not c.positive]
+        padding = (-1, -1, -1)
+        rows.append(positives + [padding] * (num - len(positives)) + negatives + [padding] * (num - len(negatives)))
+    return torch.tensor(rows, dtype=torch.float64, device=device)

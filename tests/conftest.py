@@ -1,0 +1,33 @@
+"""Shared pytest fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+DEFAULT_SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared data folder (``../shared`` beside the repo, or ``$ADAPTIVECLICK_SHARED``); skips if absent."""
+    path = Path(os.environ.get("ADAPTIVECLICK_SHARED", DEFAULT_SHARED_DIR))
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} not found (set ADAPTIVECLICK_SHARED to its location)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "golden"
+    if not path.is_dir():
+        pytest.skip(f"golden reference data {path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(golden_dir: Path):
+    """The golden tiny AdaptiveClick (random weights), loaded through the safe loader."""
+    from model.checkpoint import load_official_checkpoint
+
+    return load_official_checkpoint(golden_dir / "tiny_official.pth")
