@@ -97,7 +97,10 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
-        head = path.read_bytes()[:2]
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head == b"PK":
+            raise CheckpointError(f"{path} is truncated or corrupt (a zip archive without its directory)")
         if head != b"\x80\x02":  # the legacy (non-zip) torch.save format starts with a protocol-2 pickle
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
@@ -325,7 +328,7 @@ def load_mae_backbone(model: AdaptiveClick, path: str | os.PathLike) -> list[str
     pos = weights.get("pos_embed")
     if pos is not None and pos.shape != backbone.pos_embed.shape:
         old = int(round((pos.shape[1] - 1) ** 0.5))
-        weights["pos_embed"] = resize_pos_embed(pos, (old, old), backbone.grid_size)
+        weights["pos_embed"] = resize_pos_embed(pos, (old, old), backbone.native_grid)
     expected = backbone.state_dict()
     misshapen = [k for k in weights if k in expected and weights[k].shape != expected[k].shape]
     if misshapen:

@@ -91,15 +91,16 @@ class Predictor:
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         if target_size is None:
-            target_size = self.model.image_size
+            target_size = self.model.native_image_size
         if isinstance(target_size, int):
             target_size = (target_size, target_size)
-        self.model.set_image_size(tuple(target_size))
+        self.model.set_image_size(tuple(target_size))  # validates the size early
         self.flip = flip
         self.use_zoom_in = zoom_in
         self.zoom = ZoomIn(target_size=tuple(target_size))
         self.threshold = threshold
         self._image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]
+        self._rgb: np.ndarray | None = None
         self._state = PredictorState()
 
     # -- image and state --------------------------------------------------------------------
@@ -107,9 +108,15 @@ class Predictor:
     def set_image(self, image: np.ndarray) -> None:
         """Set the image (HxWx3 uint8 RGB; grayscale, RGBA, 16-bit and float are converted) and forget all clicks."""
         rgb = to_rgb_uint8(image)
+        self._rgb = rgb
         tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)
         self._image = tensor.unsqueeze(0).to(self.device)
         self._state = PredictorState()
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The current image as HxWx3 uint8 RGB."""
+        return self._rgb
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -206,6 +213,7 @@ class Predictor:
             batch_clicks.append([Click(c.row, last_col - c.col, c.positive) for c in net_clicks])
         points = clicks_to_points(batch_clicks, self.device)
 
+        self.model.set_image_size(self.zoom.target_size)
         with autocast(self.device, self.dtype):
             logits = self.model(net_input, points)["instances"].float()
         if self.flip:

@@ -32,7 +32,7 @@ def captured_forward(tiny_model, forward_cases):
             tiny_model.set_image_size(tuple(image.shape[-2:]))
             with torch.no_grad():
                 outputs = tiny_model(image, case["inputs"]["points"])
-            results[name] = (outputs, dict(captured), tiny_model.backbone.pos_embed.detach().clone())
+            results[name] = (outputs, dict(captured), tiny_model.backbone.position_embedding().detach().clone())
     finally:
         for hook in hooks:
             hook.remove()

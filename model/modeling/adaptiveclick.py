@@ -55,8 +55,14 @@ class AdaptiveClick(nn.Module):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """Input size that matches the current position-embedding grid."""
+        """Input size the network currently expects (see :meth:`set_image_size`)."""
         grid = self.backbone.grid_size
+        return grid[0] * self.backbone.patch_size, grid[1] * self.backbone.patch_size
+
+    @property
+    def native_image_size(self) -> tuple[int, int]:
+        """Input size the network was trained at."""
+        grid = self.backbone.native_grid
         return grid[0] * self.backbone.patch_size, grid[1] * self.backbone.patch_size
 
     def set_image_size(self, size: tuple[int, int]) -> None:

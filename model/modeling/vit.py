@@ -84,6 +84,8 @@ class ClickViT(nn.Module):
         self.window_size = window_size
         self.global_attn_indexes = tuple(global_attn_indexes)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self._resized_key: tuple | None = None
+        self._resized: torch.Tensor | None = None
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -116,12 +118,28 @@ class ClickViT(nn.Module):
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
 
     def set_grid_size(self, grid_size: tuple[int, int]) -> None:
-        """Resize the position embedding (bicubic, as the reference does at inference) to a new token grid."""
-        if tuple(grid_size) == self.grid_size:
-            return
-        resized = resize_pos_embed(self.pos_embed.data, self.grid_size, grid_size)
-        self.pos_embed = nn.Parameter(resized, requires_grad=self.pos_embed.requires_grad)
+        """Run on another token grid: the position embedding is resized bicubically from the trained
+        one (as the reference does at inference). The parameter itself keeps its trained grid."""
         self.grid_size = tuple(grid_size)
+
+    @property
+    def native_grid(self) -> tuple[int, int]:
+        """Token grid the position embedding was trained for."""
+        side = int(round((self.pos_embed.shape[1] - 1) ** 0.5))
+        return side, side
+
+    def position_embedding(self) -> torch.Tensor:
+        """(1, 1 + H*W, C) position embedding for the current grid, cls entry included."""
+        native = self.native_grid
+        if self.grid_size == native:
+            return self.pos_embed
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return resize_pos_embed(self.pos_embed, native, self.grid_size)
+        key = (self.grid_size, self.pos_embed._version, self.pos_embed.data_ptr())
+        if self._resized_key != key:
+            self._resized = resize_pos_embed(self.pos_embed.detach(), native, self.grid_size)
+            self._resized_key = key
+        return self._resized
 
     def forward(self, image: torch.Tensor, click_tokens: torch.Tensor) -> torch.Tensor:
         """Normalised image (B, 3, H, W) + click tokens (B, N, C) -> tokens (B, N, C)."""
@@ -133,7 +151,7 @@ class ClickViT(nn.Module):
             )
         if grid[0] % self.window_size or grid[1] % self.window_size:
             raise ValueError(f"token grid {grid} is not a multiple of the attention window {self.window_size}")
-        x = self.patch_embed(image) + click_tokens + self.pos_embed[:, 1:]
+        x = self.patch_embed(image) + click_tokens + self.position_embedding()[:, 1:]
         windowed = False
         for index, block in enumerate(self.blocks):
             is_global = index in self.global_attn_indexes
