@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 DEFAULT_SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
 

@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   - install (first time) and run the Label Studio ML backend on :9090
+#   make test    - install (first time) and run the whole test suite, end-to-end tests included
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install serve test test-fast label-studio clean
+
+$(STAMP): pyproject.toml
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/adaptiveclick serve --port $${PORT:-9090}
+
+label-studio:
+	PYTHON=$(PYTHON) bash scripts/install_label_studio.sh
+
+test: $(STAMP) label-studio
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache
