@@ -108,6 +108,8 @@ class Predictor:
     def set_image(self, image: np.ndarray) -> None:
         """Set the image (HxWx3 uint8 RGB; grayscale, RGBA, 16-bit and float are converted) and forget all clicks."""
         rgb = to_rgb_uint8(image)
+        if not rgb.flags.writeable:
+            rgb = rgb.copy()
         self._rgb = rgb
         tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)
         self._image = tensor.unsqueeze(0).to(self.device)

@@ -20,7 +20,8 @@ class ReferenceAttention(Attention):
     """
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if x.is_cuda or x.dtype != torch.float32 or attn_mask is not None or is_causal:
+        reduced_precision = x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)
+        if x.is_cuda or reduced_precision or attn_mask is not None or is_causal:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         batch, tokens, channels = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -1,0 +1,277 @@
+"""The HTTP server Label Studio talks to (FastAPI).
+
+Routes: ``GET /health`` and ``GET /`` (health), ``POST /setup``, ``POST /predict``, ``POST /webhook``,
+``GET /versions`` (and ``POST /train``, which older Label Studio versions call on "Start Training").
+
+* ``/health``, ``/setup``, ``/versions`` and ``/webhook`` run on the event loop and never wait for the model;
+  ``/predict`` runs in a worker thread, and model work is serialised by ``Engine.lock``.
+* The model is loaded by the serving process at startup, in a background thread (``/health`` answers meanwhile).
+* ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` protect every route but ``/health``; bodies above ``MAX_REQUEST_MB``
+  get 413; malformed JSON or wrong types get 4xx with a message, never a traceback.
+
+Run with ``adaptiveclick serve`` (see ``ml_backend.cli``), or ``uvicorn --factory ml_backend.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .config import Settings
+from .engine import Engine
+from .errors import BackendError, BadRequest
+from .media import MediaFetcher, in_container, is_loopback_host
+from .service import LS_USER_AGENT, Backend
+
+log = logging.getLogger("adaptiveclick.backend")
+try:
+    __version__ = version("adaptiveclick")
+except PackageNotFoundError:
+    __version__ = "0+unknown"
+INLINE_JSON_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
+
+
+class GuardMiddleware:
+    """Basic auth (all routes but /health), declared-size limit and Label Studio traffic accounting."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, backend: Backend):
+        self.app = app
+        self.settings = settings
+        self.backend = backend
+        user, password = settings.basic_auth_user, settings.basic_auth_pass
+        self._expected = ("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()).encode()
+        self._last_401_log = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if headers.get(b"user-agent", b"").decode("latin-1").startswith(LS_USER_AGENT):
+            self.backend.ls_requests += 1
+        path = scope.get("path", "")
+        if self.settings.basic_auth_enabled and path != "/health":
+            given = headers.get(b"authorization", b"")
+            if not secrets.compare_digest(given, self._expected):
+                self._log_refusal(path, bool(given))
+                await _send_json(send, 401, {"error": "authentication required: this backend is protected by "
+                                                      "BASIC_AUTH_USER/BASIC_AUTH_PASS"},
+                                 extra=[(b"www-authenticate", b'Basic realm="adaptiveclick"')])
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.settings.max_request_bytes
+            except ValueError:
+                await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                return
+            if too_big:
+                await _send_json(send, 413, {"error": f"request body above MAX_REQUEST_MB="
+                                                      f"{self.settings.max_request_bytes // 2**20}"})
+                return
+        await self.app(scope, receive, send)
+
+
+    def _log_refusal(self, path: str, had_credentials: bool) -> None:
+        now = time.monotonic()
+        if now - self._last_401_log < 60:  # at most one line a minute
+            return
+        self._last_401_log = now
+        hint = ""
+        if path.rstrip("/") == "/webhook" and not had_credentials:
+            hint = (" (Label Studio's auto-created webhook sends no credentials: add them with "
+                    'PATCH /api/webhooks/{id} {"headers": {"Authorization": "Basic <base64 user:pass>"}}, '
+                    "or ignore this if you need no webhooks)")
+        log.warning("401 for %s: %s basic-auth credentials%s", path[:100],
+                    "wrong" if had_credentials else "no", hint)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any], extra: list | None = None) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())] + (extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON, read with a size cap (also for chunked bodies); 4xx with a message otherwise."""
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise BackendError(f"request body above MAX_REQUEST_MB={limit // 2**20}", status=413)
+    if not chunks.strip():
+        raise BadRequest("empty request body: a JSON object is expected", status=400)
+
+    def parse() -> Any:
+        try:
+            return json.loads(bytes(chunks))
+        except UnicodeDecodeError:
+            raise BadRequest("request body is not UTF-8 JSON", status=400) from None
+        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}", status=400) from None
+
+    if len(chunks) > INLINE_JSON_BYTES:
+        return await run_in_threadpool(parse)
+    return parse()
+
+
+def _warn_if_no_traffic(backend: Backend, delay: float, stop: threading.Event) -> None:
+    if stop.wait(delay) or backend.ls_requests:
+        return
+    log.warning(
+        "no request from Label Studio in %.0f s. If adding this backend in Label Studio fails with 'URL resolves to "
+        "a reserved network address' (Label Studio >= 1.23.1 blocks loopback/private addresses), start Label "
+        "Studio with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false, or serve the backend on a public "
+        "address; also check the URL given to Label Studio and, with basic auth, the credentials", delay,
+    )
+
+
+def _check_label_studio(backend: Backend) -> None:
+    """Tell at startup, not on the first click, when LABEL_STUDIO_URL is malformed or unreachable."""
+    url = backend.settings.label_studio_url
+    if not url:
+        return
+    if "://" not in url:
+        log.error("LABEL_STUDIO_URL=%r has no scheme: write it as http://%s", url, url)
+        return
+    try:
+        backend.fetcher.session.get(url.rstrip("/") + "/health", timeout=3).close()
+    except Exception as exc:
+        from urllib.parse import urlsplit
+
+        hint = ""
+        if is_loopback_host(urlsplit(url).hostname or "") and in_container():
+            hint = ("; this backend runs in a container, where localhost is the container itself: use the compose "
+                    "service name (http://label-studio:8080) or http://host.docker.internal:8080")
+        log.warning("Label Studio is not reachable at LABEL_STUDIO_URL=%s (%s)%s", url, type(exc).__name__, hint)
+    else:
+        log.info("Label Studio is reachable at %s", url)
+
+
+def _warm_up(backend: Backend) -> None:
+    _check_label_studio(backend)
+    try:
+        import label_studio_sdk.converter.brush  # noqa: F401  (slow imports: keep them off the first click
+        import label_studio_sdk.label_interface  # noqa: F401   and out of /setup's 3 s)
+    except Exception:  # pragma: no cover - reported on the first click instead
+        log.exception("could not import label_studio_sdk")
+    backend.engine.load()
+
+
+def _log_startup(settings: Settings, backend: Backend) -> None:
+    ls_url = settings.label_studio_url
+    log.info(
+        "AdaptiveClick ML backend %s: engine=%s version=%s LABEL_STUDIO_URL=%s api_key=%s local_files_root=%s "
+        "basic_auth=%s cache=%d MB ttl=%.0f s",
+        __version__, settings.model_engine, backend.engine.model_version, ls_url or "(unset)",
+        backend.fetcher.auth.kind, settings.local_files_document_root or "(unset)",
+        "on" if settings.basic_auth_enabled else "off", settings.session_cache_mb, settings.session_ttl_s,
+    )
+    if not settings.label_studio_api_key:
+        log.warning("LABEL_STUDIO_API_KEY is not set: images stored in Label Studio (/data/upload, cloud storage) "
+                    "cannot be downloaded until it is (the token /setup sends is tried as a fallback)")
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("adaptiveclick")
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None,
+               fetcher: MediaFetcher | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    _configure_logging(settings.log_level)
+    backend = Backend(settings, engine, fetcher)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(settings.threads, 2)
+        _log_startup(settings, backend)
+        threading.Thread(target=_warm_up, args=(backend,), name="model-load", daemon=True).start()
+        stop = threading.Event()
+        if settings.no_traffic_warning_s > 0:
+            threading.Thread(target=_warn_if_no_traffic, args=(backend, settings.no_traffic_warning_s, stop),
+                             name="no-traffic", daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
+            backend.close()
+
+    app = FastAPI(title="AdaptiveClick ML backend", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.backend = backend
+    app.add_middleware(GuardMiddleware, settings=settings, backend=backend)
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
+        level = logging.WARNING if exc.status < 500 else logging.ERROR
+        log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the backend log"}, status_code=500)
+
+    @app.get("/health")
+    @app.get("/")
+    async def health() -> dict[str, Any]:
+        return backend.health()
+
+    @app.get("/versions")
+    async def versions() -> dict[str, Any]:
+        return backend.versions()
+
+    @app.post("/setup")
+    async def setup(request: Request) -> dict[str, Any]:
+        body = await _json_body(request, settings.max_request_bytes)
+        return backend.setup(body)
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> dict[str, Any]:
+        body = await _json_body(request, settings.max_request_bytes)
+        return backend.webhook(body)
+
+    @app.post("/train")
+    async def train(request: Request) -> dict[str, Any]:
+        await _json_body(request, settings.max_request_bytes)
+        log.info("/train called: this backend does not train online")
+        return {"status": "ok", "training": "not supported online"}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        body = await _json_body(request, settings.max_request_bytes)
+        reply, stats = await run_in_threadpool(backend.predict, body)
+        response = JSONResponse(reply)  # renders the body now, so "total" includes serialisation
+        total = (time.perf_counter() - t0) * 1000
+        response.headers["Server-Timing"] = (
+            f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
+            f"rle;dur={stats.rle_ms:.2f}, total;dur={total:.2f}")
+        response.headers["X-Forwards"] = str(stats.forwards)
+        response.headers["X-Cache"] = ",".join(
+            k for k, v in (("image", stats.image_hit), ("session", stats.session_hit), ("result", stats.result_hit))
+            if v) or "miss"
+        return response
+
+    return app

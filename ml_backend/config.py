@@ -1,0 +1,106 @@
+"""Settings of the backend, read from the environment (the names Label Studio backend users expect)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(float(raw))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
+
+
+@dataclasses.dataclass
+class Settings:
+    # --- Label Studio access (media download) ---
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    local_files_document_root: str = ""
+    media_allowed_hosts: tuple[str, ...] = ()
+    max_image_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    fetch_timeout_s: float = 30.0
+    # --- HTTP server ---
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    max_request_bytes: int = 64 * 1024 * 1024
+    threads: int = 8
+    no_traffic_warning_s: float = 120.0
+    # --- model ---
+    model_engine: str = "adaptiveclick"
+    model_checkpoint: str = ""
+    model_dir: str = ""
+    model_version: str = ""
+    device: str = "auto"
+    dtype: str = "fp32"
+    flip: bool = True
+    zoom_in: bool = True
+    mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
+    # --- per-session cache ---
+    session_cache_mb: int = 2048
+    session_ttl_s: float = 1800.0
+    max_clicks: int = 100
+    prefetch_on_open: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        hosts = tuple(h.strip().lower() for h in env.get("MEDIA_ALLOWED_HOSTS", "").split(",") if h.strip())
+        return cls(
+            label_studio_url=env.get("LABEL_STUDIO_URL", env.get("LABEL_STUDIO_HOST", "")).strip(),
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", env.get("LABEL_STUDIO_ACCESS_TOKEN", "")).strip(),
+            local_files_document_root=env.get(
+                "LOCAL_FILES_DOCUMENT_ROOT", env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "")
+            ).strip(),
+            media_allowed_hosts=hosts,
+            max_image_bytes=_int(env, "MAX_IMAGE_MB", 64) * 1024 * 1024,
+            max_image_pixels=int(_float(env, "MAX_IMAGE_MEGAPIXELS", 64.0) * 1_000_000),
+            fetch_timeout_s=_float(env, "FETCH_TIMEOUT_S", 30.0),
+            basic_auth_user=env.get("BASIC_AUTH_USER", ""),
+            basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
+            max_request_bytes=_int(env, "MAX_REQUEST_MB", 64) * 1024 * 1024,
+            threads=max(1, _int(env, "THREADS", 8)),
+            no_traffic_warning_s=_float(env, "NO_TRAFFIC_WARNING_S", 120.0),
+            model_engine=env.get("MODEL_ENGINE", "adaptiveclick").strip() or "adaptiveclick",
+            model_checkpoint=env.get("MODEL_CHECKPOINT", "").strip(),
+            model_dir=env.get("MODEL_DIR", "").strip(),
+            model_version=env.get("MODEL_VERSION", "").strip(),
+            device=env.get("DEVICE", "auto").strip() or "auto",
+            dtype=env.get("MODEL_DTYPE", "fp32").strip() or "fp32",
+            flip=_bool(env.get("MODEL_FLIP"), True),
+            zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
+            mask_threshold=_float(env, "MASK_THRESHOLD", 0.5) if env.get("MASK_THRESHOLD", "").strip() else None,
+            session_cache_mb=_int(env, "SESSION_CACHE_MB", 2048),
+            session_ttl_s=_float(env, "SESSION_TTL_S", 1800.0),
+            max_clicks=_int(env, "MAX_CLICKS", 100),
+            prefetch_on_open=_bool(env.get("PREFETCH_ON_TASK_OPEN"), True),
+            log_level=(env.get("LOG_LEVEL", "INFO").strip() or "INFO").upper(),
+        )
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user or self.basic_auth_pass)

@@ -1,0 +1,150 @@
+"""The model side: which predictor to build, loaded once per process, used by one thread at a time.
+
+``MODEL_ENGINE``:
+* ``adaptiveclick`` (default): ``model.checkpoint.load_model`` + ``model.predictor.Predictor``;
+* ``grabcut``: the classical baseline ``model.evaluation.grabcut.GrabCutPredictor``;
+* ``package.module:factory``: any callable returning an object with ``set_image``/``add_click``/``reset``
+  (and optionally ``get_state``/``set_state``), for experiments and tests.
+
+Nothing here touches torch or CUDA at import time: the model is loaded in the serving process (after any
+fork), by :meth:`Engine.load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Settings
+
+log = logging.getLogger("adaptiveclick.backend")
+
+
+def _file_tag(path: Path) -> str:
+    """A short, stable content tag of a checkpoint (sha256 prefix; size+name for very large files)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "missing"
+    if size > 1 << 30:
+        return f"{size:x}"[-8:]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:8]
+
+
+class Engine:
+    """Builds predictors for sessions; ``lock`` serialises all model work of this process."""
+
+    def __init__(self, settings: Settings, factory: Callable[[], Any] | None = None, name: str | None = None,
+                 version: str | None = None):
+        self.settings = settings
+        self.name = name or settings.model_engine
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.device = "cpu"
+        self._factory = factory
+        self._version = version or settings.model_version or ""
+        self.model_class = "AdaptiveClick" if self.name == "adaptiveclick" else self.name
+        self.load_seconds = 0.0
+        if factory is not None:
+            self.ready.set()
+        if not self._version:
+            self._version = self._default_version()
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    def _default_version(self) -> str:
+        """Stable across restarts and workers: engine + checkpoint name + content tag (MODEL_VERSION overrides)."""
+        if self.name == "grabcut":
+            return "grabcut-baseline"
+        if self.name == "adaptiveclick":
+            path_str = self._checkpoint_path() or os.environ.get("ADAPTIVECLICK_CHECKPOINT", "")
+            if not path_str:
+                from model.checkpoint import DEFAULT_WEIGHTS  # imports torch, not CUDA
+
+                path_str = str(DEFAULT_WEIGHTS)
+            path = Path(path_str)
+            return f"adaptiveclick-{path.stem}-{_file_tag(path)}"
+        return self.name.replace(":", ".")
+
+    def _checkpoint_path(self) -> str | None:
+        ckpt = self.settings.model_checkpoint
+        if not ckpt:
+            return None
+        path = Path(ckpt).expanduser()
+        if not path.is_absolute() and self.settings.model_dir and not path.exists():
+            path = Path(self.settings.model_dir) / path
+        return str(path)
+
+    def load(self) -> None:
+        """Build the predictor factory (loads the network once). Safe to call from a background thread."""
+        if self.ready.is_set():
+            return
+        t0 = time.perf_counter()
+        try:
+            self._factory = self._build_factory()
+            self.error = None
+        except Exception as exc:  # reported by /health and every /predict
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load the %s model: %s", self.name, self.error)
+        finally:
+            self.load_seconds = time.perf_counter() - t0
+            self.ready.set()
+        if self.error is None:
+            log.info("model %s ready on %s in %.1f s", self.model_version, self.device, self.load_seconds)
+
+    def _build_factory(self) -> Callable[[], Any]:
+        engine = self.name
+        if engine == "grabcut":
+            from model.evaluation.grabcut import GrabCutPredictor
+
+            self.model_class = "GrabCutPredictor"
+            return GrabCutPredictor
+        if engine == "adaptiveclick":
+            from model.checkpoint import load_model
+            from model.device import resolve_device
+            from model.predictor import Predictor
+
+            device = resolve_device(self.settings.device)
+            self.device = str(device)
+            ckpt = self._checkpoint_path()
+            net = load_model(ckpt, device)
+            settings = self.settings
+
+            def factory() -> Any:
+                return Predictor(net, device=device, dtype=settings.dtype, flip=settings.flip, zoom_in=settings.zoom_in)
+
+            factory()  # fail now (dtype/device problems), not on the first click
+            return factory
+        if ":" in engine:
+            module_name, _, attr = engine.partition(":")
+            factory = getattr(importlib.import_module(module_name), attr)
+            if not callable(factory):
+                raise TypeError(f"MODEL_ENGINE={engine}: {attr} is not callable")
+            self.model_class = attr
+            return factory
+        raise ValueError(f"unknown MODEL_ENGINE={engine!r}: use adaptiveclick, grabcut or package.module:factory")
+
+    def new_predictor(self, timeout: float | None = None) -> Any:
+        if not self.ready.wait(timeout):
+            raise RuntimeError("the model is still loading")
+        if self._factory is None:
+            raise RuntimeError(f"the model could not be loaded: {self.error}")
+        return self._factory()
+
+    def threshold_for(self, predictor: Any) -> float:
+        if self.settings.mask_threshold is not None:
+            return float(self.settings.mask_threshold)
+        return float(getattr(predictor, "threshold", 0.5))

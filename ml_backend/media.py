@@ -1,0 +1,494 @@
+"""Task media: resolve ``task.data.image`` to bytes, safely, and decode it the way the browser shows it.
+
+* ``/data/upload/...`` and other relative paths: from Label Studio with its auth.
+* ``/data/local-files/?d=...``: from disk when ``LOCAL_FILES_DOCUMENT_ROOT`` is mounted (confined to it), else LS.
+* ``s3://``, ``gs://``, ``azure-blob://``: presigned by LS (``/tasks/{id}/presign/?fileuri=``).
+* ``http(s)://``: only LS's host or ``MEDIA_ALLOWED_HOSTS`` (SSRF); LS auth is sent to LS's host only.
+* ``data:`` URIs.
+
+Auth: a personal access token (a JWT refresh token) is exchanged at ``/api/token/refresh/`` and the access token
+cached until shortly before it expires; anything else is a legacy token sent as ``Authorization: Token``.
+Downloads are capped in bytes, images in pixels (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+import numpy as np
+import requests
+
+from .config import Settings
+from .errors import BadRequest, MediaError
+
+log = logging.getLogger("adaptiveclick.backend")
+
+CLOUD_SCHEMES = ("s3", "gs", "gcs", "azure-blob", "azure")
+LS_MEDIA_PATHS = ("/data/upload/", "/data/local-files")
+MAX_REDIRECTS = 5
+_CHUNK = 256 * 1024
+
+
+def in_container() -> bool:
+    if os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"):
+        return True
+    try:
+        with open("/proc/1/cgroup", encoding="utf-8") as fh:
+            text = fh.read()
+        return any(word in text for word in ("docker", "kubepods", "containerd", "libpod"))
+    except OSError:
+        return False
+
+
+def is_loopback_host(host: str) -> bool:
+    host = (host or "").strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _netloc(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the default port filled in; raises ValueError for a URL without one."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname.lower(), port
+
+
+def _host_matches(host: str, port: int, pattern: str) -> bool:
+    pattern = pattern.strip().lower()
+    if not pattern:
+        return False
+    if pattern == "*":
+        return True
+    want_port = None
+    if pattern.count(":") == 1 and not pattern.startswith("["):
+        pattern, _, p = pattern.partition(":")
+        want_port = int(p) if p.isdigit() else None
+    if want_port is not None and want_port != port:
+        return False
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return host == pattern
+
+
+def _resolves_public(host: str) -> bool:
+    """True when every address of ``host`` is a public one (not loopback/private/link-local/reserved)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    for info in infos:
+        try:
+            address = ipaddress.ip_address(info[4][0].split("%")[0])
+        except ValueError:
+            return False
+        if not address.is_global or address.is_multicast:
+            return False
+    return bool(infos)
+
+
+def _jwt_payload(token: str) -> dict[str, Any] | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+class LabelStudioAuth:
+    """Authorization header for Label Studio: legacy ``Token`` or a PAT exchanged for a cached ``Bearer``."""
+
+    def __init__(self, api_key: str, session: requests.Session, timeout: float):
+        self.api_key = api_key.strip()
+        payload = _jwt_payload(self.api_key) if self.api_key else None
+        self.kind = "none" if not self.api_key else ("pat" if payload and payload.get("token_type") == "refresh" else
+                                                       "jwt" if payload else "legacy")
+        self._session = session
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._access: str | None = None
+        self._access_exp = 0.0
+        self.exchanges = 0
+
+    def headers(self, base_url: str, force_refresh: bool = False) -> dict[str, str]:
+        if self.kind == "none":
+            return {}
+        if self.kind == "legacy":
+            return {"Authorization": f"Token {self.api_key}"}
+        if self.kind == "jwt":  # an access token given directly
+            return {"Authorization": f"Bearer {self.api_key}"}
+        with self._lock:
+            if force_refresh or self._access is None or time.time() > self._access_exp - 30:
+                self._exchange(base_url)
+            return {"Authorization": f"Bearer {self._access}"}
+
+    def _exchange(self, base_url: str) -> None:
+        url = base_url.rstrip("/") + "/api/token/refresh/"
+        try:
+            resp = self._session.post(url, json={"refresh": self.api_key}, timeout=self._timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise MediaError(f"could not exchange LABEL_STUDIO_API_KEY for an access token at {url}: {exc}") from None
+        if resp.status_code in (401, 403):
+            raise MediaError(
+                f"Label Studio refused LABEL_STUDIO_API_KEY ({resp.status_code} from /api/token/refresh/): "
+                "the personal access token is expired, revoked or from another Label Studio instance; "
+                "create a new one under Account & Settings > Personal Access Token"
+            )
+        try:
+            access = resp.json()["access"]
+            assert isinstance(access, str) and access
+        except Exception:
+            raise MediaError(
+                f"unexpected answer {resp.status_code} from {url} when exchanging the personal access token"
+            ) from None
+        payload = _jwt_payload(access) or {}
+        exp = payload.get("exp")
+        self._access = access
+        self._access_exp = float(exp) if isinstance(exp, (int, float)) else time.time() + 240
+        self.exchanges += 1
+        log.debug("exchanged the personal access token for an access token valid until %s", self._access_exp)
+
+
+@dataclasses.dataclass
+class DecodedImage:
+    """An image as the browser shows it: EXIF orientation applied, RGB uint8."""
+
+    array: np.ndarray  # HxWx3 uint8, EXIF-transposed
+    raw_size: tuple[int, int]  # (width, height) as stored, before EXIF orientation
+    orientation: int  # EXIF orientation tag (1 = none)
+    nbytes_source: int
+    fetch_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.array.shape[1]), int(self.array.shape[0])
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode with Pillow, refusing images above ``max_pixels`` before any pixel is decompressed."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise MediaError(
+                    f"the image is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
+                    f"{max_pixels / 1e6:.1f} MP (MAX_IMAGE_MEGAPIXELS); refusing to decode it",
+                    status=413,
+                )
+            try:
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+            except Exception:
+                orientation = 1
+            im.load()
+            shown = ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
+            if shown.mode != "RGB":
+                if shown.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr16 = np.asarray(shown, dtype=np.float64)
+                    scale = 255.0 / 65535.0 if arr16.max(initial=0) > 255 else 1.0
+                    gray = np.clip(arr16 * scale + 0.5, 0, 255).astype(np.uint8)
+                    shown = Image.fromarray(gray, "L")
+                shown = shown.convert("RGB")
+            array = np.asarray(shown)
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"refusing a possible decompression bomb: {exc}", status=413) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise MediaError(f"the task's image could not be decoded ({exc}); is it an image file?", status=422) from None
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise MediaError(f"decoded image has an unusable shape {array.shape}", status=422)
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return DecodedImage(array, (width, height), orientation, len(data))
+
+
+class MediaFetcher:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "adaptiveclick-ml-backend"
+        self.session.trust_env = False  # never route task media through an ambient proxy
+        self._fallback_url = ""
+        self._fallback_token = ""
+        self._auth: LabelStudioAuth | None = None
+        self._auth_lock = threading.Lock()
+
+    # --- Label Studio base URL and auth ---------------------------------------------------
+
+    def set_setup_fallback(self, hostname: Any, access_token: Any) -> None:
+        """Remember /setup's ``hostname`` and ``access_token`` for when LABEL_STUDIO_URL / _API_KEY are not set."""
+        if isinstance(hostname, str) and hostname.startswith(("http://", "https://")):
+            self._fallback_url = hostname.rstrip("/")
+        if isinstance(access_token, str) and access_token.strip():
+            if self._fallback_token != access_token.strip():
+                self._fallback_token = access_token.strip()
+                if not self.settings.label_studio_api_key:
+                    with self._auth_lock:
+                        self._auth = None
+
+    @property
+    def ls_url(self) -> str:
+        url = self.settings.label_studio_url or self._fallback_url
+        if not url:
+            raise MediaError(
+                "the task's image is stored in Label Studio but LABEL_STUDIO_URL is not set: start the backend with "
+                "LABEL_STUDIO_URL=http://<host>:8080 (the address under which this backend reaches Label Studio) "
+                "and LABEL_STUDIO_API_KEY",
+                status=502,
+            )
+        if "://" not in url:
+            raise MediaError(
+                f"LABEL_STUDIO_URL={url!r} has no scheme: write it as http://{url} (or https://)", status=502
+            )
+        if not url.startswith(("http://", "https://")):
+            raise MediaError(f"LABEL_STUDIO_URL={url!r} must start with http:// or https://", status=502)
+        return url.rstrip("/")
+
+    @property
+    def auth(self) -> LabelStudioAuth:
+        with self._auth_lock:
+            if self._auth is None:
+                key = self.settings.label_studio_api_key or self._fallback_token
+                self._auth = LabelStudioAuth(key, self.session, self.settings.fetch_timeout_s)
+            return self._auth
+
+    def _is_ls(self, url: str) -> bool:
+        try:
+            return _netloc(url) == _netloc(self.ls_url)
+        except (ValueError, MediaError):
+            return False
+
+    def _allowed_listed(self, url: str) -> bool:
+        try:
+            _, host, port = _netloc(url)
+        except ValueError:
+            return False
+        return any(_host_matches(host, port, p) for p in self.settings.media_allowed_hosts)
+
+    # --- entry point -----------------------------------------------------------------------
+
+    def load(self, url: Any, task_id: Any = None) -> DecodedImage:
+        t0 = time.perf_counter()
+        data = self.fetch(url, task_id)
+        t1 = time.perf_counter()
+        image = decode_image(data, self.settings.max_image_pixels)
+        image.fetch_ms = (t1 - t0) * 1000
+        image.decode_ms = (time.perf_counter() - t1) * 1000
+        return image
+
+    def fetch(self, url: Any, task_id: Any = None) -> bytes:
+        if not isinstance(url, str) or not url.strip():
+            raise BadRequest("the task has no image URL in its data (check the Image tag's value, e.g. $image)")
+        url = url.strip()
+        if url.startswith("data:"):
+            return self._data_uri(url)
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in CLOUD_SCHEMES:
+            return self._presigned(url, task_id)
+        if not scheme:
+            if url.startswith("/"):
+                if url.startswith("/data/local-files") and self.settings.local_files_document_root:
+                    return self._local_file(url)
+                return self._http(self.ls_url + url, via_ls=True)
+            raise BadRequest(
+                f"image URL {url[:200]!r} has no scheme: use /data/upload/..., /data/local-files/?d=..., "
+                "http(s)://... or s3://... in the task data"
+            )
+        if scheme in ("http", "https"):
+            if not self._is_ls(url) and not self._allowed_listed(url) and parts.path.startswith(LS_MEDIA_PATHS):
+                # Label Studio wrote its own media URL with a host this backend does not use for it (typically
+                # localhost vs. the compose service name): fetch the path from LABEL_STUDIO_URL instead.
+                url = self.ls_url + urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
+                parts = urllib.parse.urlsplit(url)
+            if self._is_ls(url):
+                if parts.path.startswith("/data/local-files") and self.settings.local_files_document_root:
+                    return self._local_file(url)
+                return self._http(url, via_ls=True)
+            return self._http(url, via_ls=False)
+        raise BadRequest(f"unsupported image URL scheme {scheme!r} in {url[:200]!r}")
+
+    # --- sources ---------------------------------------------------------------------------
+
+    def _data_uri(self, url: str) -> bytes:
+        head, _, payload = url.partition(",")
+        if ";base64" not in head:
+            raise BadRequest("only base64 data: URIs are supported for images")
+        if len(payload) * 3 // 4 > self.settings.max_image_bytes:
+            raise MediaError("the data: URI image is larger than MAX_IMAGE_MB", status=413)
+        try:
+            return base64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError):
+            raise BadRequest("the data: URI is not valid base64") from None
+
+    def _local_file(self, url: str) -> bytes:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        rel = (query.get("d") or [""])[0]
+        if not rel:
+            raise BadRequest(f"local-files URL {url[:200]!r} has no ?d=<path> parameter")
+        root = os.path.realpath(self.settings.local_files_document_root)
+        path = os.path.realpath(os.path.join(root, rel.lstrip("/")))
+        if path != root and not path.startswith(root.rstrip(os.sep) + os.sep):
+            raise MediaError(
+                f"refusing local file {rel!r}: it resolves outside LOCAL_FILES_DOCUMENT_ROOT={root}", status=403
+            )
+        try:
+            size = os.path.getsize(path)
+            if size > self.settings.max_image_bytes:
+                raise MediaError(
+                    f"local file {rel!r} is {size / 2**20:.1f} MiB, above MAX_IMAGE_MB", status=413
+                )
+            with open(path, "rb") as fh:
+                return fh.read(self.settings.max_image_bytes + 1)
+        except FileNotFoundError:
+            raise MediaError(
+                f"local file {rel!r} not found under LOCAL_FILES_DOCUMENT_ROOT={root}: mount the same folder as Label "
+                "Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT into the backend, or unset LOCAL_FILES_DOCUMENT_ROOT "
+                "to download local files through Label Studio",
+                status=404,
+            ) from None
+        except (IsADirectoryError, PermissionError) as exc:
+            raise MediaError(f"cannot read local file {rel!r}: {exc}", status=403) from None
+
+    def _presigned(self, uri: str, task_id: Any) -> bytes:
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise BadRequest(f"a cloud-storage image ({uri[:100]}) needs the task id to be presigned by Label Studio")
+        fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
+        url = f"{self.ls_url}/tasks/{task_id}/presign/?fileuri={urllib.parse.quote(fileuri)}"
+        return self._http(url, via_ls=True)
+
+    def _http(self, url: str, via_ls: bool) -> bytes:
+        """GET with manual redirects: every hop must be LS's host, allow-listed, or (after LS) a public host."""
+        retried_auth = False
+        came_from_ls = False
+        for _ in range(MAX_REDIRECTS + 1):
+            is_ls = self._is_ls(url)
+            if not is_ls and not self._allowed_listed(url):
+                parsed = urllib.parse.urlsplit(url)
+                public = parsed.scheme in ("http", "https") and parsed.hostname and _resolves_public(parsed.hostname)
+                if not (came_from_ls and public):
+                    host = parsed.hostname or url[:100]
+                    raise MediaError(
+                        f"refusing to fetch the image from {host!r}: it is neither Label Studio's host "
+                        f"(LABEL_STUDIO_URL={self.settings.label_studio_url or self._fallback_url or 'unset'}) nor in "
+                        "MEDIA_ALLOWED_HOSTS (comma-separated hosts, '*.example.com' or '*'); add it there if it is "
+                        "trusted",
+                        status=403,
+                    )
+            headers = self.auth.headers(self.ls_url) if is_ls else {}
+            try:
+                resp = self.session.get(
+                    url, headers=headers, timeout=self.settings.fetch_timeout_s, stream=True, allow_redirects=False
+                )
+            except requests.ConnectionError as exc:
+                raise MediaError(self._unreachable_hint(url, exc), status=502) from None
+            except requests.Timeout:
+                raise MediaError(f"timed out after {self.settings.fetch_timeout_s:.0f} s fetching {url[:200]}",
+                                 status=504) from None
+            except requests.RequestException as exc:
+                raise MediaError(f"could not fetch {url[:200]}: {exc}", status=502) from None
+            try:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise MediaError(f"redirect without Location from {url[:200]}")
+                    came_from_ls = came_from_ls or is_ls
+                    url = urllib.parse.urljoin(url, location)
+                    continue
+                if resp.status_code in (401, 403) and is_ls and self.auth.kind == "pat" and not retried_auth:
+                    retried_auth = True
+                    self.auth.headers(self.ls_url, force_refresh=True)
+                    continue
+                if resp.status_code >= 400:
+                    raise MediaError(self._status_hint(url, resp.status_code, is_ls), status=502)
+                return self._read_capped(resp, url)
+            finally:
+                resp.close()
+        raise MediaError(f"too many redirects fetching the image ({url[:200]})")
+
+    def _read_capped(self, resp: requests.Response, url: str) -> bytes:
+        cap = self.settings.max_image_bytes
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > cap:
+            raise MediaError(
+                f"the image at {url[:200]} is {int(length) / 2**20:.1f} MiB, above MAX_IMAGE_MB={cap // 2**20}",
+                status=413,
+            )
+        buf = bytearray()
+        for chunk in resp.iter_content(_CHUNK):
+            buf += chunk
+            if len(buf) > cap:
+                raise MediaError(f"the image at {url[:200]} is larger than MAX_IMAGE_MB={cap // 2**20}", status=413)
+        return bytes(buf)
+
+    def _status_hint(self, url: str, status: int, is_ls: bool) -> str:
+        where = urllib.parse.urlsplit(url)
+        short = f"{where.scheme}://{where.netloc}{where.path}"
+        if is_ls and status in (401, 403):
+            kind = self.auth.kind
+            if "/data/local-files" in where.path and status == 403:
+                return (
+                    f"Label Studio answered 403 for {short}: local files are not served. Start Label Studio with "
+                    "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, and "
+                    "add a Local Files storage covering the folder; or mount the same folder into the backend and set "
+                    "LOCAL_FILES_DOCUMENT_ROOT"
+                )
+            if kind == "none":
+                return (
+                    f"Label Studio answered {status} for {short}: set LABEL_STUDIO_API_KEY (a personal access token "
+                    "from Account & Settings, or a legacy token) so the backend can download task images"
+                )
+            if kind == "legacy":
+                return (
+                    f"Label Studio refused the legacy token in LABEL_STUDIO_API_KEY ({status} for {short}): "
+                    "legacy tokens are disabled for new organizations; enable them under Organization > "
+                    "Access Token Settings, or use a personal access token instead"
+                )
+            return (
+                f"Label Studio answered {status} for {short} with the personal access token: the user behind "
+                "LABEL_STUDIO_API_KEY may lack access to this project, or the token belongs to another instance"
+            )
+        if status == 404:
+            extra = (
+                " Local files: check the Local Files storage path and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT."
+                if "/data/local-files" in where.path else ""
+            )
+            return f"the image was not found ({status} for {short}).{extra}"
+        return f"fetching the image failed: {status} for {short}"
+
+    def _unreachable_hint(self, url: str, exc: Exception) -> str:
+        host = urllib.parse.urlsplit(url).hostname or ""
+        msg = f"cannot connect to {urllib.parse.urlsplit(url).netloc} to fetch the image ({type(exc).__name__})"
+        if is_loopback_host(host) and in_container():
+            msg += (
+                ": this backend runs in a container, where 'localhost' is the container itself; set LABEL_STUDIO_URL "
+                "to an address the container can reach (the compose service name, e.g. http://label-studio:8080, or "
+                "http://host.docker.internal:8080)"
+            )
+        elif self._is_ls(url):
+            msg += ": check LABEL_STUDIO_URL"
+        return msg

@@ -1,0 +1,416 @@
+"""What each protocol call does, independent of the HTTP framework (``app.py`` wires it to routes)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Hashable
+
+import numpy as np
+
+from .config import Settings
+from .engine import Engine
+from .errors import BadRequest, BackendError, ConfigError
+from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config
+from .media import DecodedImage, MediaFetcher
+from .rle import mask2rle
+from .sessions import Click, RunStats, Session, SessionCache
+
+log = logging.getLogger("adaptiveclick.backend")
+
+LS_USER_AGENT = "heartex/"
+# PIL's Image.transpose methods that undo each EXIF orientation (EXIF-shown image -> stored pixels).
+_UNDO_ORIENTATION = {2: 0, 3: 3, 4: 1, 5: 5, 6: 2, 7: 6, 8: 4}
+
+
+@dataclasses.dataclass
+class Frame:
+    """The pixel grid the clicks refer to: the image the model sees and the size the mask is returned at.
+
+    The image itself is built only when a session is created (``image()``), not on every click."""
+
+    key: str
+    size: tuple[int, int]  # (width, height) of the image the model sees
+    out_size: tuple[int, int]  # (width, height) of the returned mask
+    own_image: bool  # the frame image is a transformed copy, not the cached decoded image
+    build: Callable[[], np.ndarray]
+    note: str = ""  # logged once, when the session is created
+
+    def image(self) -> np.ndarray:
+        return self.build()
+
+
+def make_frame(decoded: DecodedImage, width: int | None, height: int | None, rotation: int,
+               max_pixels: int = 64_000_000) -> Frame:
+    """Match the size the UI reported (``original_width/height``, ``image_rotation``) to the decoded image.
+
+    Label Studio reports the browser's natural size, after EXIF orientation; current versions rotate only the
+    view, so coordinates stay in the unrotated frame. Older UIs reported a rotated frame (width and height
+    swapped with ``image_rotation`` 90/270), and a browser that ignores EXIF reports the stored size; both are
+    recognised. Any other mismatch is served at the decoded image and the mask is rescaled (and logged)."""
+    arr = decoded.array
+    w, h = decoded.size
+    note = ""
+    if width is not None and height is not None and width * height > max(max_pixels, w * h):
+        note = f"ignoring the reported image size {width}x{height} (above the pixel limit); answering at {w}x{h}"
+        width = height = None
+    if width is None or height is None or (width, height) == (w, h):
+        return Frame("id", (w, h), (w, h), False, lambda: arr, note)
+    if rotation in (90, 270) and (width, height) == (h, w):
+        return Frame(f"rot{rotation}", (width, height), (width, height), True,
+                     lambda: np.ascontiguousarray(np.rot90(arr, k=-(rotation // 90))))
+    if decoded.orientation in _UNDO_ORIENTATION and (width, height) == decoded.raw_size:
+        def raw() -> np.ndarray:
+            from PIL import Image
+
+            return np.ascontiguousarray(Image.fromarray(arr).transpose(_UNDO_ORIENTATION[decoded.orientation]))
+
+        return Frame("raw", (width, height), (width, height), True, raw,
+                     "the labeling UI reports the image's stored size, ignoring its EXIF orientation")
+    return Frame("id", (w, h), (width, height), False, lambda: arr,
+                 f"the labeling UI reported the image as {width}x{height} but it decodes to {w}x{h}: clicks are "
+                 f"mapped by percent and the mask is rescaled to {width}x{height}")
+
+
+def clicks_to_pixels(clickset: ClickSet, frame: Frame) -> tuple[Click, ...]:
+    """Percent -> (row, col) in the frame image; clamps to the image, drops exact duplicates, keeps order."""
+    w, h = frame.size
+    seen: set[Click] = set()
+    out: list[Click] = []
+    for c in clickset.clicks:
+        col = min(int(math.floor(min(max(c.x, 0.0), 100.0) / 100.0 * w)), w - 1)
+        row = min(int(math.floor(min(max(c.y, 0.0), 100.0) / 100.0 * h)), h - 1)
+        click = (row, col, bool(c.positive))
+        if click in seen:
+            continue
+        seen.add(click)
+        out.append(click)
+    return tuple(out)
+
+
+def encode_mask(mask: np.ndarray, out_size: tuple[int, int]) -> list[int]:
+    """Bool mask -> Label Studio brush RLE of a 0/255 uint8 mask at ``out_size`` (width, height)."""
+    mask_u8 = mask.view(np.uint8) * np.uint8(255) if mask.dtype == np.bool_ else (mask > 0).astype(np.uint8) * 255
+    if (mask_u8.shape[1], mask_u8.shape[0]) != tuple(out_size):
+        import cv2
+
+        mask_u8 = cv2.resize(mask_u8, tuple(int(v) for v in out_size), interpolation=cv2.INTER_NEAREST)
+    return mask2rle(mask_u8)
+
+
+def _project_id(project: Any) -> str:
+    if isinstance(project, bool):
+        return ""
+    if isinstance(project, int):
+        return str(project)
+    if isinstance(project, str):
+        return project.split(".", 1)[0][:64]
+    return ""
+
+
+def _task_id(task: dict[str, Any], where: str) -> int | None:
+    tid = task.get("id")
+    if tid is None:
+        return None
+    if isinstance(tid, bool) or not isinstance(tid, int):
+        raise BadRequest(f"{where}.id must be an integer")
+    return tid
+
+
+class Backend:
+    def __init__(self, settings: Settings, engine: Engine | None = None, fetcher: MediaFetcher | None = None):
+        self.settings = settings
+        self.engine = engine or Engine(settings)
+        self.fetcher = fetcher or MediaFetcher(settings)
+        self.cache = SessionCache(settings.session_cache_mb * 1024 * 1024, settings.session_ttl_s)
+        self._inflight: dict[Hashable, concurrent.futures.Future] = {}
+        self._inflight_lock = threading.Lock()
+        self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._prefetch_pending = 0
+        self._schemas: dict[str, str] = {}
+        self._reported_configs: set[int] = set()
+        self.started = time.time()
+        self.ls_requests = 0
+        self.predictions = 0
+
+    def close(self) -> None:
+        self._prefetch.shutdown(wait=False, cancel_futures=True)
+
+    # --- /health, /versions --------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        engine = self.engine
+        status = {
+            "status": "UP",
+            "model_class": engine.model_class,
+            "model_version": engine.model_version,
+            "model_loaded": engine.ready.is_set() and engine.error is None,
+        }
+        if engine.error:
+            status["model_error"] = engine.error
+        return status
+
+    def versions(self) -> dict[str, Any]:
+        return {"versions": [self.engine.model_version], "model_version": self.engine.model_version}
+
+    # --- /setup --------------------------------------------------------------------------------
+
+    def setup(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("the /setup body must be a JSON object")
+        schema = body.get("schema")
+        if schema is not None and not isinstance(schema, str):
+            raise BadRequest("setup.schema must be a string (the labeling config)")
+        project = _project_id(body.get("project"))
+        self.fetcher.set_setup_fallback(body.get("hostname"), body.get("access_token"))
+        reply: dict[str, Any] = {"model_version": self.engine.model_version}
+        if schema:
+            config = parse_label_config(schema)
+            problems = config.problems()
+            self._report_config(schema, config, project)
+            if problems:
+                reply["warnings"] = problems
+            if project:
+                self._schemas[project] = schema
+        return reply
+
+    def _report_config(self, schema: str, config: LabelConfig, project: str) -> None:
+        """Log what is wrong with a labeling config, once per config."""
+        key = hash(schema)
+        if key in self._reported_configs:
+            return
+        if len(self._reported_configs) > 1000:
+            self._reported_configs.clear()
+        self._reported_configs.add(key)
+        for problem in config.problems():
+            log.error("project %s: %s", project or "?", problem)
+
+    # --- /webhook ------------------------------------------------------------------------------
+
+    def webhook(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("the webhook body must be a JSON object")
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest('the webhook body needs an "action" string')
+        reply: dict[str, Any] = {"status": "ok", "action": action}
+        project = body.get("project")
+        log.info("webhook %s (project %s)", action[:64],
+                 _project_id(project.get("id") if isinstance(project, dict) else project) or "?")
+        if action == "START_TRAINING":
+            log.info("START_TRAINING received: this backend does not train online; train offline and restart "
+                     "with MODEL_CHECKPOINT pointing at the new weights")
+            reply["training"] = "not supported online"
+        elif action == "TASKS_DELETED":
+            tasks = body.get("tasks")
+            ids = {t.get("id") for t in tasks if isinstance(t, dict)} if isinstance(tasks, list) else set()
+            ids.discard(None)
+            dropped = self.cache.drop(lambda k: isinstance(k, tuple) and len(k) > 1 and k[1] in ids)
+            reply["dropped"] = dropped
+        elif action == "PROJECT_DELETED":
+            pid = _project_id(project.get("id") if isinstance(project, dict) else None)
+            if pid:
+                reply["dropped"] = self.cache.drop(lambda k: isinstance(k, tuple) and k and k[0] == pid)
+        return reply
+
+    # --- /predict ------------------------------------------------------------------------------
+
+    def predict(self, body: Any) -> tuple[dict[str, Any], RunStats]:
+        stats = RunStats()
+        if not isinstance(body, dict):
+            raise BadRequest("the /predict body must be a JSON object")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise BadRequest('the /predict body needs "tasks": a non-empty list of task objects')
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                raise BadRequest(f"tasks[{i}] must be an object")
+            if not isinstance(task.get("data"), dict):
+                raise BadRequest(f"tasks[{i}].data must be an object")
+            _task_id(task, f"tasks[{i}]")
+        params = body.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise BadRequest("params must be an object or null")
+        context = (params or {}).get("context")
+        if context is not None and not isinstance(context, dict):
+            raise BadRequest("params.context must be an object or null")
+        project = _project_id(body.get("project"))
+        label_config = body.get("label_config")
+        if label_config is not None and not isinstance(label_config, str):
+            raise BadRequest("label_config must be a string")
+        if not label_config:
+            label_config = self._schemas.get(project)
+        version = self.engine.model_version
+        empty = {"result": [], "score": 0.0, "model_version": version}
+
+        if context is None:  # task open / batch: no clicks, answer at once
+            if self.settings.prefetch_on_open and len(tasks) == 1 and label_config:
+                self._prefetch_image(tasks[0], label_config)
+            return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
+
+        if not label_config:
+            raise BadRequest("label_config is missing from the request and no /setup was received for this project")
+        config = parse_label_config(label_config)
+        self._report_config(label_config, config, project)
+        clickset = extract_clicks(context.get("result"), config)
+        if clickset is None or not clickset.clicks:
+            return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
+        if len(clickset.clicks) > self.settings.max_clicks:
+            raise BadRequest(f"{len(clickset.clicks)} clicks is above MAX_CLICKS={self.settings.max_clicks}")
+        region, score = self._interactive(tasks[0], clickset, config, project, stats)
+        self.predictions += 1
+        first = {"result": [region] if region else [], "score": score, "model_version": version}
+        return {"results": [first] + [dict(empty) for _ in tasks[1:]], "model_version": version}, stats
+
+    def _image_url(self, task: dict[str, Any], config: LabelConfig, image_name: str, item_index: int) -> Any:
+        tag = config.images.get(image_name)
+        if tag is None:
+            if not config.images:
+                raise ConfigError("the labeling config has no <Image> tag")
+            tag = next(iter(config.images.values()))
+        data = task["data"]
+        if tag.data_key not in data:
+            keys = ", ".join(sorted(map(str, data))[:10])
+            raise BadRequest(f'task {task.get("id")} has no data field "{tag.data_key}" (the Image tag reads '
+                             f'${tag.data_key}; the task has: {keys})')
+        value = data[tag.data_key]
+        if tag.multi or isinstance(value, list):
+            if not isinstance(value, list) or not value:
+                raise BadRequest(f'task data "{tag.data_key}" must be a non-empty list of image URLs (valueList)')
+            if item_index >= len(value):
+                raise BadRequest(f"item_index {item_index} is out of range for {len(value)} images")
+            value = value[item_index]
+        return value
+
+    def _load_image(self, url: Any, task_id: int | None, stats: RunStats | None = None) -> DecodedImage:
+        """Decoded image from the cache, or fetched once even when several requests want it at the same time."""
+        key = ("image", url if isinstance(url, str) else repr(url))
+        cached = self.cache.get_image(key)
+        if cached is not None:
+            if stats is not None:
+                stats.image_hit = True
+            return cached
+        with self._inflight_lock:
+            future = self._inflight.get(key)
+            owner = future is None
+            if owner:
+                future = concurrent.futures.Future()
+                self._inflight[key] = future
+        if not owner:  # another request (or the task-open prefetch) is fetching it
+            if stats is not None:
+                stats.image_hit = True
+            return future.result(timeout=self.settings.fetch_timeout_s * 2 + 10)
+        try:
+            image = self.fetcher.load(url, task_id)
+            log.info("fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)", str(url)[:120], *image.size,
+                     image.fetch_ms, image.decode_ms)
+            self.cache.put_image(key, image, image.array.nbytes)
+            future.set_result(image)
+            if stats is not None:
+                stats.fetch_ms += image.fetch_ms + image.decode_ms
+            return image
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved
+            raise
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+
+    def _prefetch_image(self, task: dict[str, Any], label_config: str) -> None:
+        """Warm the image cache when a task opens, so the first click does not wait for the download."""
+        try:
+            config = parse_label_config(label_config)
+            if not config.images or not config.keypoints:
+                return
+            url = self._image_url(task, config, next(iter(config.images)), 0)
+        except BackendError:
+            return
+        key = ("image", url if isinstance(url, str) else repr(url))
+        if self.cache.get_image(key) is not None:
+            return
+        with self._inflight_lock:
+            if self._prefetch_pending >= 4:  # the annotator cannot open tasks faster than this
+                return
+            self._prefetch_pending += 1
+
+        def run() -> None:
+            try:
+                self._load_image(url, task.get("id"))
+            except BackendError as exc:
+                log.warning("prefetch of task %s's image failed: %s", task.get("id"), exc.message)
+            except Exception:
+                log.exception("prefetch of task %s's image failed", task.get("id"))
+            finally:
+                with self._inflight_lock:
+                    self._prefetch_pending -= 1
+
+        self._prefetch.submit(run)
+
+    def _interactive(self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str,
+                     stats: RunStats) -> tuple[dict[str, Any] | None, float]:
+        image_name = clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
+        try:
+            brush_from, brush_label = config.brush_for(image_name, clickset.label)
+        except ConfigError as exc:
+            log.error("cannot answer the click on task %s: %s", task.get("id"), exc.message)
+            return None, 0.0
+        task_id = task.get("id")
+        url = self._image_url(task, config, image_name, clickset.item_index)
+        decoded = self._load_image(url, task_id, stats)
+        frame = make_frame(decoded, clickset.original_width, clickset.original_height, clickset.image_rotation,
+                           self.settings.max_image_pixels)
+        clicks = clicks_to_pixels(clickset, frame)
+        key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
+        session = self.cache.get_session(key)
+        if session is None:
+            if not self.engine.ready.wait(timeout=600):
+                raise BackendError("the model is still loading; try again in a minute", status=503)
+            t0 = time.perf_counter()
+            with self.engine.lock:
+                stats.queue_ms += (time.perf_counter() - t0) * 1000
+                predictor = self._new_predictor()
+                new = Session(key, frame.image(), predictor, own_image=frame.own_image)
+            if frame.note:
+                log.warning("task %s: %s", task_id, frame.note)
+            session, _ = self.cache.get_or_create_session(key, lambda: new)
+        else:
+            stats.session_hit = True
+        cached = session.cached_result(clicks)
+        if cached is not None:
+            stats.result_hit = True
+            rle, score = cached.rle.tolist(), cached.score
+        else:
+            t0 = time.perf_counter()
+            with self.engine.lock:
+                stats.queue_ms += (time.perf_counter() - t0) * 1000
+                mask, score = session.run(clicks, self.engine.threshold_for(session.predictor), stats)
+            t1 = time.perf_counter()
+            rle = encode_mask(mask, frame.out_size)
+            stats.rle_ms += (time.perf_counter() - t1) * 1000
+            session.remember_result(clicks, rle, score)
+        self.cache.trim(keep=key)
+        region = brush_region(
+            rle=rle,
+            from_name=brush_from,
+            to_name=image_name,
+            label=brush_label,
+            width=frame.out_size[0],
+            height=frame.out_size[1],
+            rotation=clickset.image_rotation,
+            score=score,
+            item_index=clickset.item_index if getattr(config.images.get(image_name), "multi", False) else None,
+        )
+        log.debug("task %s: %d clicks, %d forwards (from prefix %d), score %.3f", task_id, len(clicks),
+                  stats.forwards, stats.restored_prefix, score)
+        return region, score
+
+    def _new_predictor(self) -> Any:
+        try:
+            return self.engine.new_predictor(timeout=0)
+        except RuntimeError as exc:
+            raise BackendError(str(exc), status=503) from None

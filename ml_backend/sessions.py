@@ -1,0 +1,280 @@
+"""Per-object sessions: the decoded image and the predictor state after each click prefix.
+
+AdaptiveClick feeds the previous mask back into the next forward, so a click's result depends on all earlier
+clicks. A session (task, image, label, frame) keeps the predictor snapshot after every click prefix it has
+computed; a request whose clicks extend a cached prefix costs one forward per new click, a request that
+removes or moves a click restarts from the longest cached prefix, and an exact repeat costs no forward.
+Predictors without ``get_state``/``set_state`` (the GrabCut baseline) are replayed from the longest prefix
+they currently hold.
+
+Everything is bounded: a byte budget over images + sessions (least recently used first) and a TTL.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from typing import Any, Callable, Hashable
+
+import numpy as np
+
+Click = tuple[int, int, bool]  # (row, col, positive) in the session frame's pixels
+MAX_STATES_PER_SESSION = 256
+
+
+def _array_bytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):  # a torch tensor
+        return int(value.element_size() * value.nelement())
+    return 0
+
+
+def nbytes_of(obj: Any) -> int:
+    """Bytes held by the arrays/tensors directly in ``obj`` (an array, a tensor, or an object's attributes).
+
+    Shallow on purpose: ``PredictorState.history`` shares the tensors of earlier snapshots, which are
+    counted with those snapshots."""
+    direct = _array_bytes(obj)
+    if direct or not hasattr(obj, "__dict__"):
+        return direct
+    return sum(_array_bytes(value) for value in vars(obj).values())
+
+
+@dataclasses.dataclass
+class CachedResult:
+    rle: np.ndarray  # uint8, the encoded output mask
+    score: float
+
+
+@dataclasses.dataclass
+class RunStats:
+    forwards: int = 0
+    restored_prefix: int = 0
+    result_hit: bool = False
+    session_hit: bool = False
+    image_hit: bool = False
+    fetch_ms: float = 0.0
+    rle_ms: float = 0.0
+    model_ms: float = 0.0
+    queue_ms: float = 0.0
+
+
+class Session:
+    """One object being segmented: a predictor with the frame image set, and its snapshots."""
+
+    def __init__(self, key: Hashable, image: np.ndarray, predictor: Any, own_image: bool = False):
+        self.key = key
+        self.image = image
+        self.predictor = predictor
+        self.stateful = all(callable(getattr(predictor, name, None)) for name in ("get_state", "set_state"))
+        predictor.set_image(image)
+        self.applied: tuple[Click, ...] = ()  # what the predictor holds right now
+        self.states: collections.OrderedDict[tuple[Click, ...], tuple[Any, int]] = collections.OrderedDict()
+        self.results: collections.OrderedDict[tuple[Click, ...], CachedResult] = collections.OrderedDict()
+        self.results_lock = threading.Lock()
+        # The predictor's own copy of the image, plus the frame image when it is not the cached decoded one.
+        self.base_bytes = nbytes_of(predictor) + (int(image.nbytes) if own_image else 0)
+        self.nbytes = self.base_bytes
+        self.last_used = time.monotonic()
+
+    def cached_result(self, clicks: tuple[Click, ...]) -> CachedResult | None:
+        """The encoded answer to exactly these clicks, if it was computed before (no lock on the model)."""
+        with self.results_lock:
+            hit = self.results.get(clicks)
+            if hit is not None:
+                self.results.move_to_end(clicks)
+                self.last_used = time.monotonic()
+            return hit
+
+    def remember_result(self, clicks: tuple[Click, ...], rle: list[int], score: float) -> None:
+        with self.results_lock:
+            arr = np.asarray(rle, dtype=np.uint8)
+            old = self.results.pop(clicks, None)
+            if old is not None:
+                self.nbytes -= int(old.rle.nbytes)
+            self.results[clicks] = CachedResult(arr, float(score))
+            self.nbytes += int(arr.nbytes)
+            while len(self.results) > MAX_STATES_PER_SESSION:
+                _, dropped = self.results.popitem(last=False)
+                self.nbytes -= int(dropped.rle.nbytes)
+
+    def run(self, clicks: tuple[Click, ...], threshold: float, stats: RunStats) -> tuple[np.ndarray, float]:
+        """(bool mask, score) after ``clicks`` (at least one), in the session frame. Call with the engine lock held."""
+        self.last_used = time.monotonic()
+        n = len(clicks)
+        p = self.predictor
+        # Longest usable prefix shorter than n (the last click must run to yield the map): what the
+        # predictor holds now, or a stored snapshot.
+        start, restore = 0, None
+        held = len(self.applied)
+        if 0 < held < n and clicks[:held] == self.applied:
+            start = held
+        if self.stateful:
+            for k in range(n - 1, start, -1):
+                snap = self.states.get(clicks[:k])
+                if snap is not None:
+                    self.states.move_to_end(clicks[:k])
+                    start, restore = k, snap[0]
+                    break
+        if restore is not None:
+            p.set_state(restore)
+        elif start == 0:
+            p.reset()
+        self.applied = clicks[:start]
+        stats.restored_prefix = start
+        prob = None
+        t0 = time.perf_counter()
+        for k in range(start, n):
+            row, col, positive = clicks[k]
+            prob = p.add_click(row, col, positive)
+            stats.forwards += 1
+            self.applied = clicks[: k + 1]
+            if self.stateful:
+                state = p.get_state()
+                self._remember_state(clicks[: k + 1], state)
+        stats.model_ms += (time.perf_counter() - t0) * 1000
+        prob = np.asarray(prob)
+        mask = prob > threshold
+        area = int(np.count_nonzero(mask))
+        score = float(np.sum(prob, where=mask, dtype=np.float64) / area) if area else 0.0
+        return mask, score
+
+    def shed(self, nbytes: int) -> int:
+        """Forget least recently used snapshots (never the newest) to free about ``nbytes``; returns bytes freed."""
+        freed = 0
+        while freed < nbytes and len(self.states) > 1:
+            _, (_, size) = self.states.popitem(last=False)
+            freed += size
+        self.nbytes -= freed
+        return freed
+
+    def _remember_state(self, prefix: tuple[Click, ...], state: Any) -> None:
+        old = self.states.pop(prefix, None)
+        if old is not None:
+            self.nbytes -= old[1]
+        size = nbytes_of(state)
+        self.states[prefix] = (state, size)
+        self.nbytes += size
+        while len(self.states) > MAX_STATES_PER_SESSION:
+            _, (_, dropped) = self.states.popitem(last=False)
+            self.nbytes -= dropped
+
+
+@dataclasses.dataclass
+class _ImageEntry:
+    value: Any
+    nbytes: int
+    last_used: float
+
+
+class SessionCache:
+    """Images by URL and sessions by key, under one byte budget and a TTL (least recently used goes first)."""
+
+    def __init__(self, max_bytes: int, ttl_s: float):
+        self.max_bytes = max(0, int(max_bytes))
+        self.ttl_s = float(ttl_s)
+        self.lock = threading.RLock()
+        self._images: collections.OrderedDict[Hashable, _ImageEntry] = collections.OrderedDict()
+        self._sessions: collections.OrderedDict[Hashable, Session] = collections.OrderedDict()
+        self.evictions = 0
+
+    # --- images ---
+    def get_image(self, key: Hashable) -> Any | None:
+        with self.lock:
+            entry = self._images.get(key)
+            if entry is None:
+                return None
+            if time.monotonic() - entry.last_used > self.ttl_s:
+                del self._images[key]
+                return None
+            entry.last_used = time.monotonic()
+            self._images.move_to_end(key)
+            return entry.value
+
+    def put_image(self, key: Hashable, value: Any, nbytes: int) -> None:
+        with self.lock:
+            self._images[key] = _ImageEntry(value, int(nbytes), time.monotonic())
+            self._images.move_to_end(key)
+            self.trim()
+
+    # --- sessions ---
+    def get_session(self, key: Hashable) -> Session | None:
+        with self.lock:
+            session = self._sessions.get(key)
+            if session is None:
+                return None
+            if time.monotonic() - session.last_used > self.ttl_s:
+                del self._sessions[key]
+                return None
+            session.last_used = time.monotonic()
+            self._sessions.move_to_end(key)
+            return session
+
+    def get_or_create_session(self, key: Hashable, create: Callable[[], Session]) -> tuple[Session, bool]:
+        with self.lock:
+            session = self.get_session(key)
+            if session is not None:
+                return session, False
+            session = create()
+            self._sessions[key] = session
+            return session, True
+
+    def drop(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Drop the sessions and images whose key satisfies ``predicate``."""
+        with self.lock:
+            doomed = [k for k in self._sessions if predicate(k)]
+            for k in doomed:
+                del self._sessions[k]
+            images = [k for k in self._images if predicate(k)]
+            for k in images:
+                del self._images[k]
+            return len(doomed) + len(images)
+
+    @property
+    def nbytes(self) -> int:
+        with self.lock:
+            return sum(e.nbytes for e in self._images.values()) + sum(s.nbytes for s in self._sessions.values())
+
+    def trim(self, keep: Hashable | None = None) -> None:
+        """Expire by TTL, then evict least recently used entries (never ``keep``) until under the budget."""
+        with self.lock:
+            now = time.monotonic()
+            for store in (self._images, self._sessions):
+                for k in [k for k, v in store.items() if now - v.last_used > self.ttl_s and k != keep]:
+                    del store[k]
+                    self.evictions += 1
+            total = self.nbytes
+            while total > self.max_bytes:
+                candidates = []
+                for k, v in self._images.items():
+                    if k != keep:
+                        candidates.append((v.last_used, 0, k))
+                        break
+                for k, v in self._sessions.items():
+                    if k != keep:
+                        candidates.append((v.last_used, 1, k))
+                        break
+                if not candidates:  # only the active session is left: shed its oldest snapshots
+                    session = self._sessions.get(keep)
+                    if session is not None:
+                        total -= session.shed(total - self.max_bytes)
+                    break
+                _, kind, k = min(candidates)
+                if kind == 0:
+                    total -= self._images.pop(k).nbytes
+                else:
+                    total -= self._sessions.pop(k).nbytes
+                self.evictions += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "images": len(self._images),
+                "sessions": len(self._sessions),
+                "bytes": self.nbytes,
+                "max_bytes": self.max_bytes,
+                "evictions": self.evictions,
+            }

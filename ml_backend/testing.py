@@ -1,0 +1,80 @@
+"""A stand-in predictor for tests and for measuring the server's own overhead (``benchmarks/server.py``).
+
+``DiskPredictor`` has the Predictor interface (``set_image``/``add_click``/``reset``/``get_state``/``set_state``)
+and, like AdaptiveClick, feeds its previous mask into the next click: the map is the previous mask plus a disk
+around each positive click minus a disk around each negative click. It does no learning and no tensor math
+worth the name; ``MODEL_ENGINE=ml_backend.testing:DiskPredictor`` serves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+
+# The engine the tests use where a mask must honour the clicks (positive inside, negative outside). There are no
+# trained AdaptiveClick weights yet, so the GrabCut baseline stands in: change this one line to "adaptiveclick"
+# once weights/starter.safetensors ships.
+SEGMENTATION_ENGINE = "grabcut"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskState:
+    clicks: tuple[tuple[int, int, bool], ...]
+    prev: np.ndarray | None
+
+
+class DiskPredictor:
+    forwards = 0  # class-wide count of add_click calls (tests read it)
+    _count_lock = threading.Lock()
+    threshold = 0.5
+
+    def __init__(self, radius_ratio: float = 0.08, cost_ms: float = 0.0):
+        self.radius_ratio = radius_ratio
+        self.cost_ms = cost_ms
+        self._shape: tuple[int, int] | None = None
+        self._state = DiskState((), None)
+        self._grid: tuple[np.ndarray, np.ndarray] | None = None
+
+    def set_image(self, image: np.ndarray) -> None:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected HxWx3 uint8, got {image.shape} {image.dtype}")
+        self._shape = image.shape[:2]
+        h, w = self._shape
+        self._grid = (np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :])
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = DiskState((), None)
+
+    @property
+    def clicks(self) -> list[tuple[int, int, bool]]:
+        return list(self._state.clicks)
+
+    def get_state(self) -> DiskState:
+        return self._state
+
+    def set_state(self, state: DiskState) -> None:
+        self._state = state
+
+    def add_click(self, row: int, col: int, positive: bool = True) -> np.ndarray:
+        if self._shape is None or self._grid is None:
+            raise RuntimeError("set_image first")
+        with DiskPredictor._count_lock:
+            DiskPredictor.forwards += 1
+        if self.cost_ms:
+            time.sleep(self.cost_ms / 1000.0)
+        h, w = self._shape
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"click ({row}, {col}) outside {h}x{w}")
+        rows, cols = self._grid
+        radius = max(2.0, self.radius_ratio * min(h, w))
+        disk = (rows - row) ** 2 + (cols - col) ** 2 <= radius * radius
+        prev = self._state.prev
+        mask = np.zeros((h, w), bool) if prev is None else prev > 0.5
+        mask = (mask | disk) if positive else (mask & ~disk)
+        prob = np.where(mask, np.float32(0.9), np.float32(0.1))
+        self._state = DiskState(self._state.clicks + ((int(row), int(col), bool(positive)),), prob)
+        return prob

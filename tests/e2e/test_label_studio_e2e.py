@@ -1,0 +1,201 @@
+"""End to end against a real Label Studio 1.23.2: project with smart KeyPointLabels + BrushLabels, an uploaded and a
+local-files image, the backend connected through ``POST /api/ml`` (interactive, basic auth), smart clicks through
+``POST /api/ml/{id}/interactive-annotating``, versions, webhooks and training.
+
+The backend runs as ``adaptiveclick serve`` (gunicorn + uvicorn worker) with a personal access token, reading local
+files from the shared document root; a second, in-process backend uses the legacy token and fetches local files
+through Label Studio.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk.converter.brush import decode_rle
+from ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, InProcessBackend, basic_auth_header, keypoint
+from PIL import Image
+
+from ml_backend.testing import SEGMENTATION_ENGINE  # grabcut until trained AdaptiveClick weights ship
+
+pytestmark = pytest.mark.slow
+
+USER, PASSWORD = "ls", "backend-secret"
+
+
+@pytest.fixture(scope="module")
+def stack(label_studio, e2e_root, tmp_path_factory):
+    """Project + tasks + the backend (subprocess) connected with basic auth."""
+    client = label_studio.client()
+    pat = label_studio.personal_access_token()
+    backend = Backend(
+        {
+            "MODEL_ENGINE": SEGMENTATION_ENGINE,
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": pat,
+            "LOCAL_FILES_DOCUMENT_ROOT": str(e2e_root),
+            "BASIC_AUTH_USER": USER,
+            "BASIC_AUTH_PASS": PASSWORD,
+            "LOG_LEVEL": "DEBUG",
+            "WORKERS": "1",
+            "THREADS": "4",
+            "NO_TRAFFIC_WARNING_S": "0",
+        },
+        tmp_path_factory.mktemp("backend") / "backend.log",
+    ).start()
+    try:
+        project = client.create_project()
+        client.upload(project, e2e_root / "images" / E2E_IMAGES["upload"])
+        client.add_local_storage(project, e2e_root / "images")
+        client.import_tasks(project, [{"data": {"image": f"/data/local-files/?d=images/{E2E_IMAGES['local']}"}}])
+        tasks = client.tasks(project)
+        by_kind = {
+            "upload": next(t for t in tasks if t["data"]["image"].startswith("/data/upload/")),
+            "local": next(t for t in tasks if t["data"]["image"].startswith("/data/local-files/")),
+        }
+        ml = client.connect_backend(project, backend.url, USER, PASSWORD)
+        yield {"client": client, "project": project, "tasks": by_kind, "ml": ml, "backend": backend,
+               "ls": label_studio, "root": e2e_root}
+    finally:
+        backend.stop()
+
+
+def _interior(region: np.ndarray) -> tuple[int, int]:
+    """The pixel of ``region`` farthest from its border (what an annotator would click)."""
+    dist = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(row), int(col)
+
+
+def _decode(region: dict) -> np.ndarray:
+    h, w = region["original_height"], region["original_width"]
+    return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[..., 3]
+
+
+def test_backend_is_connected_with_basic_auth_and_reports_its_version(stack):
+    ml, client = stack["ml"], stack["client"]
+    assert ml["readable_state"] == "Connected" and ml["is_interactive"] and ml["auth_method"] == "BASIC_AUTH"
+    health = requests.get(stack["backend"].url + "/health", timeout=5).json()
+    assert ml["model_version"] == health["model_version"] and health["model_loaded"]
+    versions = client.call("GET", f"/api/ml/{ml['id']}/versions")
+    assert versions["versions"] == [health["model_version"]]
+
+
+def test_wrong_basic_auth_is_refused(stack):
+    reply = stack["client"].s.post(stack["client"].url + "/api/ml", timeout=60, json={
+        "project": stack["project"], "url": stack["backend"].url, "title": "wrong", "is_interactive": True,
+        "auth_method": "BASIC_AUTH", "basic_auth_user": USER, "basic_auth_pass": "wrong"})
+    assert reply.status_code >= 400 or reply.json().get("readable_state") != "Connected"
+
+
+@pytest.mark.parametrize("kind", ["upload", "local"])
+def test_smart_clicks_become_brush_masks(stack, shared_dir, kind):
+    """1, 2 and 3 clicks (+, -, +) chosen like an annotator would from the ground truth: each positive click lies
+    inside the returned mask, each negative one outside, and every click changes the mask."""
+    client, ml, task = stack["client"], stack["ml"], stack["tasks"][kind]
+    name = E2E_IMAGES[kind]
+    gt = np.asarray(Image.open(shared_dir / "datasets" / "GrabCut" / "masks" / (name.rsplit(".", 1)[0] + ".png")))
+    height, width = gt.shape
+    obj, bg = gt == 1, gt == 0
+    points: list[tuple[int, int, bool]] = [(*_interior(obj), True)]
+    masks = []
+    for n in (1, 2, 3):
+        regions = [keypoint(r, c, pos, width, height, i) for i, (r, c, pos) in enumerate(points)]
+        t0 = time.perf_counter()
+        reply = client.interactive(ml["id"], task["id"], regions)
+        elapsed = time.perf_counter() - t0
+        assert "errors" not in reply, reply
+        [region] = reply["data"]["result"]
+        assert (region["from_name"], region["to_name"], region["type"]) == ("tag", "image", "brushlabels")
+        assert region["value"]["brushlabels"] == ["Object"]
+        assert reply["data"]["model_version"] == stack["ml"]["model_version"] and 0 <= reply["data"]["score"] <= 1
+        mask = _decode(region)
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        for r, c, positive in points:
+            assert mask[r, c] == (255 if positive else 0), (kind, n, r, c, positive)
+        if masks:
+            assert not np.array_equal(mask, masks[-1]), f"click {n} did not change the mask"
+        masks.append(mask)
+        assert elapsed < 30
+        predicted = mask > 0
+        if n == 1:  # a negative click where the mask spills onto the background (else any background pixel)
+            spill = predicted & bg
+            points.append((*_interior(spill if spill.any() else bg & ~predicted), False))
+        elif n == 2:  # a positive click on the part of the object still missed
+            missed = obj & ~predicted
+            points.append((*_interior(missed if missed.any() else obj), True))
+
+
+def test_removing_a_click_answers_from_the_session_cache(stack):
+    client, ml, task = stack["client"], stack["ml"], stack["tasks"]["upload"]
+    height, width = 321, 481
+    first = [keypoint(160, 250, True, width, height, 0)]
+    two = first + [keypoint(20, 20, False, width, height, 1)]
+    a = _decode(client.interactive(ml["id"], task["id"], first)["data"]["result"][0])
+    client.interactive(ml["id"], task["id"], two)
+    t0 = time.perf_counter()
+    b = _decode(client.interactive(ml["id"], task["id"], first)["data"]["result"][0])
+    assert np.array_equal(a, b)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_task_open_and_retrieve_predictions_answer_empty(stack):
+    client = stack["client"]
+    reply = client.call("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions",
+                                                           "project": stack["project"]},
+                        json={"selectedItems": {"all": True, "excluded": []}})
+    assert "predictions" in str(reply).lower()
+
+
+def _wait_for_log(backend, text: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in backend.log.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_webhooks_with_basic_auth_and_start_training(stack):
+    client, backend = stack["client"], stack["backend"]
+    hooks = [h for h in client.call("GET", "/api/webhooks", params={"project": stack["project"]})
+             if h["url"].startswith(backend.url)]
+    assert hooks, "Label Studio creates a webhook for the ML backend"
+    # The auto-created webhook carries no credentials; add them as the README says.
+    client.call("PATCH", f"/api/webhooks/{hooks[0]['id']}",
+                json={"headers": {"Authorization": basic_auth_header(USER, PASSWORD)}})
+    task = stack["tasks"]["upload"]
+    client.call("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [], "task": task["id"]})
+    assert _wait_for_log(backend, "webhook ANNOTATION_CREATED")
+    client.call("POST", f"/api/ml/{stack['ml']['id']}/train", expect=(200, 201))
+    assert _wait_for_log(backend, "webhook START_TRAINING")
+
+
+def test_legacy_token_and_local_files_through_label_studio(stack):
+    """A second backend (in-process): legacy token, no document root, so local files come through LS."""
+    from ml_backend.app import create_app
+    from ml_backend.config import Settings
+
+    settings = Settings.from_env({})
+    settings.model_engine = SEGMENTATION_ENGINE
+    settings.label_studio_url = stack["ls"].url
+    settings.label_studio_api_key = LS_LEGACY_TOKEN
+    settings.no_traffic_warning_s = 0
+    app = create_app(settings)
+    server = InProcessBackend(app).start()
+    try:
+        client = stack["client"]
+        ml = client.connect_backend(stack["project"], server.url)
+        assert ml["readable_state"] == "Connected"
+        task = stack["tasks"]["local"]
+        h, w = 371, 513
+        reply = client.interactive(ml["id"], task["id"], [keypoint(h // 2, w // 2, True, w, h)])
+        mask = _decode(reply["data"]["result"][0])
+        assert mask.shape == (h, w) and mask[h // 2, w // 2] == 255
+        assert app.state.backend.fetcher.auth.kind == "legacy"
+        assert app.state.backend.predictions >= 1
+    finally:
+        server.stop()

@@ -1,0 +1,366 @@
+"""The backend over HTTP: the requests Label Studio 1.23.2 really sent (recorded), auth, limits, errors,
+concurrency, and the real engines (GrabCut baseline; AdaptiveClick with the tiny golden checkpoint)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import uvicorn
+from fastapi.testclient import TestClient
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+
+from ml_backend.app import create_app
+from ml_backend.config import Settings
+from ml_backend.engine import Engine
+from ml_backend.errors import BadRequest
+from ml_backend.media import MediaFetcher, decode_image
+from ml_backend.testing import SEGMENTATION_ENGINE, DiskPredictor
+
+RECORDED = json.loads((Path(__file__).parent / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
+
+
+def recorded(name: str) -> dict:
+    return copy.deepcopy(next(r["body"] for r in RECORDED if r["name"] == name))
+
+
+def synthetic_image(w=481, h=321) -> np.ndarray:
+    """A bright ellipse (the object) on a dark textured background."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    inside = ((xx - w * 0.52) / (w * 0.22)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2 <= 1
+    img[inside] = rng.integers(190, 255, (int(inside.sum()), 3), dtype=np.uint8)
+    return img
+
+
+class ImageFetcher(MediaFetcher):
+    """Serves one image for every URL string (the HTTP tests are about the protocol, not media)."""
+
+    def __init__(self, settings, image: np.ndarray):
+        super().__init__(settings)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        self.data = buf.getvalue()
+        self.fetches = 0
+
+    def fetch(self, url, task_id=None):
+        if not isinstance(url, str) or not url:
+            raise BadRequest("no image URL")
+        self.fetches += 1
+        return self.data
+
+
+def make_app(engine_factory=DiskPredictor, image=None, name="disk", **overrides):
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s = 0
+    for k, v in overrides.items():
+        setattr(settings, k, v)
+    engine = Engine(settings, factory=engine_factory, name=name) if engine_factory else Engine(settings)
+    fetcher = ImageFetcher(settings, synthetic_image() if image is None else image)
+    return create_app(settings, engine=engine, fetcher=fetcher)
+
+
+@pytest.fixture()
+def client():
+    with TestClient(make_app()) as c:
+        yield c
+
+
+def brush_mask(region: dict) -> np.ndarray:
+    h, w = region["original_height"], region["original_width"]
+    return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[..., 3]
+
+
+def pixel(kp: dict) -> tuple[int, int]:
+    v = kp["value"]
+    return int(v["y"] / 100 * kp["original_height"]), int(v["x"] / 100 * kp["original_width"])
+
+
+# --- recorded Label Studio traffic ---------------------------------------------------------------
+
+
+def test_recorded_setup_and_versions(client):
+    reply = client.post("/setup", json=recorded("setup")).json()
+    assert reply == {"model_version": "disk"}
+    assert client.get("/versions").json()["versions"] == ["disk"]
+    for path in ("/health", "/"):
+        body = client.get(path).json()
+        assert body["status"] == "UP" and body["model_version"] == "disk"
+
+
+def test_recorded_interactive_clicks_give_one_brush_region(client):
+    one = recorded("predict_interactive_1click")
+    assert "is_positive" not in one["params"]["context"]["result"][0]  # older UIs omit it: positive
+    reply = client.post("/predict", json=one)
+    assert reply.status_code == 200, reply.text
+    [prediction] = reply.json()["results"]
+    [region] = prediction["result"]
+    assert (region["from_name"], region["to_name"], region["type"]) == ("tag", "image", "brushlabels")
+    assert region["value"]["brushlabels"] == ["Object"] and region["value"]["format"] == "rle"
+    assert (region["original_width"], region["original_height"], region["image_rotation"]) == (481, 321, 0)
+    assert 0 < region["score"] <= 1 and prediction["model_version"] == "disk"
+    mask1 = brush_mask(region)
+    assert mask1[pixel(one["params"]["context"]["result"][0])] == 255
+
+    two = recorded("predict_interactive_2click")
+    assert two["tasks"][0]["annotations"], "the recorded 2-click request carries the task's annotation"
+    reply2 = client.post("/predict", json=two)
+    assert reply2.headers["x-forwards"] == "1"  # one forward: the first click's state was cached
+    region2 = reply2.json()["results"][0]["result"][0]
+    mask2 = brush_mask(region2)
+    neg = two["params"]["context"]["result"][1]
+    assert neg["is_positive"] is False and mask2[pixel(neg)] == 0
+    assert region2["id"] != region["id"]
+
+    again = client.post("/predict", json=one)  # the user removed the negative click
+    assert again.headers["x-forwards"] == "0" and "result" in again.headers["x-cache"]
+    assert np.array_equal(brush_mask(again.json()["results"][0]["result"][0]), mask1)
+
+
+def test_recorded_task_open_answers_at_once_with_empty_results(client):
+    body = recorded("predict_batch")
+    assert body["params"]["context"] is None
+    t0 = time.perf_counter()
+    reply = client.post("/predict", json=body)
+    assert time.perf_counter() - t0 < 1.0
+    assert reply.json()["results"] == [{"result": [], "score": 0.0, "model_version": "disk"}] * len(body["tasks"])
+
+
+@pytest.mark.parametrize("name", [r["name"] for r in RECORDED if r["path"] == "/webhook"])
+def test_recorded_webhooks_are_acknowledged(client, name):
+    body = recorded(name)
+    reply = client.post("/webhook", json=body)
+    assert reply.status_code == 200 and reply.json()["action"] == body["action"]
+
+
+def test_interactive_call_without_clicks_is_never_an_empty_results_list(client):
+    body = recorded("predict_interactive_1click")
+    body["params"]["context"] = {"result": []}
+    assert client.post("/predict", json=body).json()["results"] == [
+        {"result": [], "score": 0.0, "model_version": "disk"}]
+
+
+def test_keypoint_label_without_brush_label_logs_a_clear_error(client, caplog):
+    body = recorded("predict_interactive_1click")
+    body["label_config"] = body["label_config"].replace('toName="image"><Label value="Object"/></BrushLabels>',
+                                                        'toName="image"><Label value="Car"/></BrushLabels>')
+    with caplog.at_level(logging.ERROR, logger="adaptiveclick.backend"):
+        reply = client.post("/predict", json=body)
+    assert reply.status_code == 200 and reply.json()["results"][0]["result"] == []
+    assert 'add <Label value="Object"/> to the BrushLabels' in caplog.text
+
+
+def test_setup_warns_about_an_unusable_config(client):
+    body = recorded("setup")
+    body["schema"] = '<View><Image name="image" value="$image"/></View>'
+    reply = client.post("/setup", json=body).json()
+    assert reply["model_version"] == "disk" and any("KeyPointLabels" in w for w in reply["warnings"])
+
+
+def test_rotated_resized_and_multi_image_tasks(caplog):
+    app = make_app()
+    with TestClient(app) as c:
+        body = recorded("predict_interactive_1click")
+        kp = body["params"]["context"]["result"][0]
+        kp.update(original_width=321, original_height=481, image_rotation=90)
+        region = c.post("/predict", json=body).json()["results"][0]["result"][0]
+        assert (region["original_width"], region["original_height"], region["image_rotation"]) == (321, 481, 90)
+        assert brush_mask(region)[pixel(kp)] == 255
+
+        body = recorded("predict_interactive_1click")
+        kp = body["params"]["context"]["result"][0]
+        kp.update(original_width=962, original_height=642)  # not the decoded 481x321: rescaled, logged
+        with caplog.at_level(logging.WARNING, logger="adaptiveclick.backend"):
+            region = c.post("/predict", json=body).json()["results"][0]["result"][0]
+        assert "rescaled" in caplog.text and brush_mask(region).shape == (642, 962)
+        assert brush_mask(region)[pixel(kp)] == 255
+
+        body = recorded("predict_interactive_1click")
+        body["label_config"] = body["label_config"].replace('value="$image"', 'valueList="$images"')
+        body["tasks"][0]["data"] = {"images": ["/data/upload/1/a.png", "/data/upload/1/b.png"]}
+        body["params"]["context"]["result"][0]["item_index"] = 1
+        region = c.post("/predict", json=body).json()["results"][0]["result"][0]
+        assert region["item_index"] == 1
+
+
+# --- auth, limits, malformed input ---------------------------------------------------------------
+
+
+def test_basic_auth_on_every_route_but_health():
+    with TestClient(make_app(basic_auth_user="u", basic_auth_pass="p")) as c:
+        assert c.get("/health").status_code == 200
+        for method, path in (("get", "/"), ("get", "/versions"), ("post", "/setup"), ("post", "/predict"),
+                             ("post", "/webhook")):
+            r = getattr(c, method)(path)
+            assert r.status_code == 401 and "BASIC_AUTH" in r.json()["error"], path
+            assert r.headers["www-authenticate"].startswith("Basic")
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"u:wrong").decode()}
+        assert c.get("/versions", headers=wrong).status_code == 401
+        good = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+        assert c.get("/versions", headers=good).status_code == 200
+        assert c.post("/setup", json=recorded("setup"), headers=good).status_code == 200
+
+
+def test_request_size_limit():
+    with TestClient(make_app(max_request_bytes=1000)) as c:
+        assert c.post("/predict", content=b"{" + b" " * 2000 + b"}").status_code == 413
+
+        def chunks():
+            for _ in range(10):
+                yield b" " * 500
+
+        assert c.post("/webhook", content=chunks()).status_code == 413  # no Content-Length
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"{", 400), (b"\xff\xfe", 400), (b"", 400), (b"[1]", 422), (b'"x"', 422), (b'{"tasks": {}}', 422),
+    (b'{"tasks": [1]}', 422), (b'{"tasks": [{"data": []}]}', 422), (b'{"tasks": [{"id": "x", "data": {}}]}', 422),
+    (b'{"tasks": [{"data": {}}], "params": 5}', 422), (b'{"tasks": [{"data": {}}], "params": {"context": []}}', 422),
+    (b'{"tasks": [{"data": {}}], "params": {"context": {"result": []}}, "label_config": "<View"}', 422),
+    (b'{"tasks": [{"data": {}}], "params": {"context": {"result": [{"type": "keypointlabels", "value": {"x": 1}}]}},'
+     b' "label_config": "<View><Image name=\\"image\\" value=\\"$image\\"/></View>"}', 422),
+    (b"[" * 100000 + b"]" * 100000, 400),
+])
+def test_malformed_predict_bodies_get_4xx_with_a_message(client, body, status):
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]
+
+
+def test_missing_image_field_and_wrong_webhooks(client):
+    body = recorded("predict_interactive_1click")
+    body["tasks"][0]["data"] = {"img": "/data/upload/1/x.png"}
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422 and 'no data field "image"' in r.json()["error"]
+    assert client.post("/webhook", json={"nothing": 1}).status_code == 422
+    assert client.post("/webhook", json=[1]).status_code == 422
+    assert client.post("/setup", json={"schema": 5}).status_code == 422
+
+
+def test_too_many_clicks_is_a_4xx():
+    with TestClient(make_app(max_clicks=3)) as c:
+        body = recorded("predict_interactive_1click")
+        kp = body["params"]["context"]["result"][0]
+        body["params"]["context"]["result"] = [dict(kp, value=dict(kp["value"], x=float(i))) for i in range(1, 6)]
+        assert c.post("/predict", json=body).status_code == 422
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def slow_server():
+    """A real uvicorn server in a thread, with a model that takes 1.5 s per click."""
+    app = make_app(lambda: DiskPredictor(cost_ms=1500))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_health_and_setup_answer_fast_while_a_prediction_runs(slow_server):
+    done = {}
+
+    def click():
+        done["reply"] = requests.post(slow_server + "/predict", json=recorded("predict_interactive_1click"), timeout=30)
+
+    worker = threading.Thread(target=click)
+    worker.start()
+    time.sleep(0.3)
+    for path, method, body in (("/health", "get", None), ("/setup", "post", recorded("setup")),
+                               ("/versions", "get", None), ("/webhook", "post", recorded("webhook_start_training"))):
+        t0 = time.perf_counter()
+        r = getattr(requests, method)(slow_server + path, json=body, timeout=5)
+        assert r.status_code == 200 and time.perf_counter() - t0 < 0.5, path
+    assert worker.is_alive()  # the prediction was still running
+    worker.join(30)
+    assert done["reply"].status_code == 200
+
+
+# --- real engines ------------------------------------------------------------------------------
+
+
+def _click_payload(points, w, h):
+    """Interactive /predict body for [(row, col, positive), ...] on a w x h image."""
+    body = recorded("predict_interactive_1click")
+    template = body["params"]["context"]["result"][0]
+    body["params"]["context"]["result"] = [
+        dict(template, id=f"kp{i}", original_width=w, original_height=h, is_positive=pos,
+             value=dict(template["value"], x=(c + 0.5) / w * 100, y=(r + 0.5) / h * 100))
+        for i, (r, c, pos) in enumerate(points)
+    ]
+    return body
+
+
+def test_segmentation_engine_honours_positive_and_negative_clicks(shared_dir):
+    image_path = shared_dir / "datasets" / "GrabCut" / "images" / "37073.jpg"
+    if not image_path.exists():
+        pytest.skip(f"{image_path} not found")
+    image = decode_image(image_path.read_bytes(), 10**8).array
+    h, w = image.shape[:2]
+    app = make_app(engine_factory=None, image=image, model_engine=SEGMENTATION_ENGINE)
+    points = [(h // 2, w // 2, True), (h // 10, w // 10, False), (h // 2, int(w * 0.6), True)]
+    masks = []
+    with TestClient(app) as c:
+        for n in range(1, 4):
+            r = c.post("/predict", json=_click_payload(points[:n], w, h))
+            assert r.status_code == 200, r.text
+            mask = brush_mask(r.json()["results"][0]["result"][0])
+            for row, col, positive in points[:n]:
+                assert mask[row, col] == (255 if positive else 0), (n, row, col)
+            masks.append(mask)
+    assert not np.array_equal(masks[0], masks[2])
+
+
+def test_adaptiveclick_engine_with_real_predictor_and_prefix_cache(shared_dir):
+    """The real Predictor (tiny golden weights, random): 2nd click = 1 forward, equal to a full replay."""
+    ckpt = shared_dir / "golden" / "tiny_official.pth"
+    if not ckpt.exists():
+        pytest.skip(f"{ckpt} not found")
+    image = synthetic_image(160, 120)
+    app = make_app(engine_factory=None, image=image, model_engine="adaptiveclick", model_checkpoint=str(ckpt),
+                   device="cpu", flip=False)  # no flip TTA: half the CPU time
+    points = [(60, 80, True), (20, 20, False)]
+    with TestClient(app) as c:
+        version = c.post("/setup", json=recorded("setup")).json()["model_version"]
+        assert version.startswith("adaptiveclick-tiny_official-")
+        first = c.post("/predict", json=_click_payload(points[:1], 160, 120))
+        assert first.status_code == 200, first.text
+        second = c.post("/predict", json=_click_payload(points, 160, 120))
+        assert second.headers["x-forwards"] == "1"
+        served = brush_mask(second.json()["results"][0]["result"][0]) > 0
+    from model.checkpoint import load_model
+    from model.predictor import Predictor
+
+    predictor = Predictor(load_model(ckpt, "cpu"), device="cpu", flip=False)
+    predictor.set_image(image)
+    expected = predictor.predict([(r, col, pos) for r, col, pos in points]) > predictor.threshold
+    assert np.array_equal(served, expected)
