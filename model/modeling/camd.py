@@ -137,9 +137,10 @@ class ClickAwareMaskDecoder(nn.Module):
         sizes = [tuple(f.shape[-2:]) for f in features]
         srcs, pos = [], []
         for level, feature in enumerate(features):
-            pos.append(self.pe_layer(feature).flatten(2).permute(2, 0, 1).to(feature.dtype))
+            # Sequence-first and contiguous, so the attention projections are plain GEMMs.
+            pos.append(self.pe_layer(feature).flatten(2).permute(2, 0, 1).to(feature.dtype).contiguous())
             src = feature.flatten(2) + self.level_embed.weight[level][None, :, None]
-            srcs.append(src.permute(2, 0, 1))
+            srcs.append(src.permute(2, 0, 1).contiguous())
         click_maps = {size: pooled_click_map(click_map, size) for size in set(sizes)}
 
         batch = mask_features.shape[0]
