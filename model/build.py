@@ -88,9 +88,12 @@ CONFIGS: dict[str, AdaptiveClickConfig] = {
         hidden_dim=64,
         decoder_ffn_dim=128,
     ),
-    # Sized to train and run on a laptop CPU: ViT-Ti widths, 8 blocks, 2 of them global.
+    # Sized to train and run on a laptop CPU: ViT-Ti widths, 8 blocks, 2 of them global, 320 px input
+    # (20x20 tokens in 2x2 windows of 10x10, the reference's layout; ~1.8x cheaper per sample than 448).
     "starter": AdaptiveClickConfig(
         name="starter",
+        image_size=320,
+        window_pixels=160,
         embed_dim=192,
         depth=8,
         num_heads=3,
