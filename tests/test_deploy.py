@@ -1,0 +1,451 @@
+"""Deployment files, checked structurally (no Docker engine is needed; none runs on the build machines).
+
+docker-compose.yml (Label Studio + the GPU backend), docker-compose.cpu.yml (merged on top: no GPU reservation),
+.env.example, the Dockerfile and .dockerignore. The merge of the two compose files is done here with the
+subset of Compose's rules these files use (mappings merge key by key, ``!reset`` removes, ``!override``
+replaces); when a Docker Compose v2 binary is on PATH, ``docker compose config`` is checked too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+LS_IMAGE = "heartexlabs/label-studio:1.23.2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Compose loading and merging
+
+
+class Reset:
+    """``!reset``: the key is removed from the merged result."""
+
+
+class Override:
+    """``!override``: the value replaces the base's instead of merging with it."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct(node_cls):
+    def construct(loader, node):
+        if isinstance(node, yaml.MappingNode):
+            value = loader.construct_mapping(node, deep=True)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_scalar(node)
+        return Reset() if node_cls is Reset else Override(value)
+
+    return construct
+
+
+ComposeLoader.add_constructor("!reset", _construct(Reset))
+ComposeLoader.add_constructor("!override", _construct(Override))
+
+
+def load(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=ComposeLoader)
+
+
+def merge(base, override):
+    """Compose's merge for the cases these files use."""
+    if isinstance(override, Reset):
+        return Reset()
+    if isinstance(override, Override):
+        return override.value
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            merged = merge(base.get(key), value)
+            if isinstance(merged, Reset):
+                out.pop(key, None)
+            else:
+                out[key] = merged
+        return out
+    if isinstance(base, list) and isinstance(override, list):
+        return base + [v for v in override if v not in base]
+    return override
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: ("" if v is None else str(v)) for k, v in env.items()}
+
+
+def mount_targets(service: dict) -> dict[str, str]:
+    """container path -> source, for the short volume syntax."""
+    out = {}
+    for item in service.get("volumes", []):
+        protected = re.sub(r"\$\{[^}]*\}", lambda m: m.group(0).replace(":", "\0"), item)  # ${A:-b}
+        parts = [p.replace("\0", ":") for p in protected.split(":")]
+        out[parts[1]] = parts[0]
+    return out
+
+
+def container_ports(service: dict) -> set[str]:
+    return {str(p).rsplit(":", 1)[-1].split("/")[0] for p in service.get("ports", [])}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def merged_cpu(compose) -> dict:
+    return merge(compose, load(COMPOSE_CPU))
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml
+
+
+def test_services(compose):
+    assert set(compose["services"]) == {"label-studio", "adaptiveclick"}
+
+
+def test_label_studio_service(compose):
+    ls = compose["services"]["label-studio"]
+    assert ls["image"] == LS_IMAGE
+    env = env_of(ls)
+    # the SSRF flags: without them LS 1.23.1+ refuses a backend on compose's private network
+    assert env["ML_BLOCK_LOCAL_IP"] == "false" and env["SSRF_PROTECTION_ENABLED"] == "false"
+    assert env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] == "true"
+    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/data/files"
+    assert "8080" in container_ports(ls)
+    mounts = mount_targets(ls)
+    data_volume = mounts["/label-studio/data"]
+    assert data_volume in compose["volumes"]  # a named volume, declared
+    assert "/data/files" in mounts
+    assert "/health" in " ".join(ls["healthcheck"]["test"])
+
+
+def test_label_studio_version_matches_the_e2e_tests():
+    script = (ROOT / "scripts" / "install_label_studio.sh").read_text()
+    assert re.search(r'LS_VERSION="\$\{LS_VERSION:-([\d.]+)\}"', script).group(1) == LS_IMAGE.split(":")[1]
+
+
+def test_backend_service(compose):
+    ls = compose["services"]["label-studio"]
+    backend = compose["services"]["adaptiveclick"]
+    build = backend["build"]
+    assert (build if isinstance(build, str) else build["context"]) == "."
+    assert "9090" in container_ports(backend)
+    env = env_of(backend)
+    assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
+    assert "${LABEL_STUDIO_API_KEY" in env["LABEL_STUDIO_API_KEY"]  # from .env
+    assert env["MODEL_DIR"] == "/data/models"
+    # the same host folder is Label Studio's document root and the backend's LOCAL_FILES_DOCUMENT_ROOT
+    root = env["LOCAL_FILES_DOCUMENT_ROOT"]
+    assert root == env_of(ls)["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]
+    mounts = mount_targets(backend)
+    assert mounts[root] == mount_targets(ls)[root]
+    assert any(v.endswith(f"{root}:ro") for v in backend["volumes"])  # the backend only reads it
+    assert mounts["/data/models"] in compose["volumes"]
+    assert backend["depends_on"]["label-studio"]["condition"] == "service_healthy"
+    health = " ".join(backend["healthcheck"]["test"])
+    assert "/health" in health and "9090" in health
+
+
+def test_backend_gpu_reservation(compose):
+    devices = compose["services"]["adaptiveclick"]["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1
+    gpu = devices[0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert gpu.get("count") in (1, "all") or gpu.get("device_ids")
+
+
+def test_backend_environment_names_are_real_settings(compose):
+    """Every variable the compose file sets is read by the backend (no dead, misspelt settings)."""
+    sources = "".join((ROOT / "ml_backend" / name).read_text() for name in ("config.py", "cli.py"))
+    for name in env_of(compose["services"]["adaptiveclick"]):
+        assert f'"{name}"' in sources, f"{name} is not read by ml_backend"
+
+
+def test_env_example_defines_every_compose_variable():
+    used = set()
+    for path in (COMPOSE, COMPOSE_CPU):
+        used |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", path.read_text()))
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    defined = {line.split("=", 1)[0] for line in lines if re.match(r"[A-Z_][A-Z0-9_]*=", line)}
+    assert used == defined, f"only in compose: {used - defined}; only in .env.example: {defined - used}"
+    assert "LABEL_STUDIO_API_KEY" in defined
+
+
+def test_env_example_has_no_secret_filled_in():
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.startswith(("LABEL_STUDIO_API_KEY=", "BASIC_AUTH_PASS=")):
+            assert line.endswith("="), line
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.cpu.yml
+
+
+def test_cpu_override_uses_compose_reset_tag():
+    text = COMPOSE_CPU.read_text()
+    assert re.search(r"^\s+deploy: !reset", text, re.M)
+    assert "docker compose -f docker-compose.yml -f docker-compose.cpu.yml up" in text
+
+
+def test_cpu_override_removes_the_gpu_reservation(merged_cpu, compose):
+    backend = merged_cpu["services"]["adaptiveclick"]
+    assert "deploy" not in backend
+    assert env_of(backend)["DEVICE"] == "cpu"
+    # everything else is kept
+    base = compose["services"]["adaptiveclick"]
+    assert {k for k in base if k != "deploy"} == set(backend)
+    assert env_of(backend)["LABEL_STUDIO_URL"] == env_of(base)["LABEL_STUDIO_URL"]
+    assert merged_cpu["services"]["label-studio"] == compose["services"]["label-studio"]
+
+
+def _compose_command() -> list[str] | None:
+    """A Docker Compose v2 (>= 2.24, for !reset) command, if one is installed."""
+    candidates = [[os.environ["COMPOSE_BIN"]]] if os.environ.get("COMPOSE_BIN") else []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for cmd in candidates:
+        try:
+            out = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        match = re.search(r"(\d+)\.(\d+)", out.stdout)
+        if out.returncode == 0 and match and (int(match.group(1)), int(match.group(2))) >= (2, 24):
+            return cmd
+    return None
+
+
+def test_docker_compose_config_agrees(tmp_path):
+    cmd = _compose_command()
+    if cmd is None:
+        pytest.skip("no Docker Compose >= 2.24 installed (set COMPOSE_BIN to one to run this check)")
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": "adaptiveclick-test"}
+
+    def config(*files: Path) -> dict:
+        args = [a for f in files for a in ("-f", str(f))]
+        out = subprocess.run([*cmd, *args, "config", "--format", "json"], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT, env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    gpu = config(COMPOSE)["services"]["adaptiveclick"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    cpu = config(COMPOSE, COMPOSE_CPU)["services"]["adaptiveclick"]
+    assert "deploy" not in cpu and cpu["environment"]["DEVICE"] == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, pending = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def args_of(keyword: str) -> list[str]:
+    return [a for k, a in dockerfile_instructions() if k == keyword]
+
+
+def build_args() -> dict[str, str]:
+    out = {}
+    for arg in args_of("ARG"):
+        name, _, default = arg.partition("=")
+        out[name] = default
+    return out
+
+
+def test_dockerfile_base_image_matches_the_torch_pin():
+    torch_pin = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    args = build_args()
+    assert args["TORCH_VERSION"] == torch_pin
+    image = args["CUDA_IMAGE"]
+    match = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-runtime-ubuntu[\d.]+", image)
+    assert match, image
+    assert match.group(1) == args["TORCH_CUDA"]
+    assert args_of("FROM") == ["${CUDA_IMAGE}"]
+    # the build checks the installed torch against both
+    assert any("TORCH_VERSION" in r and "torch.version.cuda" in r for r in args_of("RUN"))
+
+
+def test_torch_pin_is_the_cuda_build_the_image_expects():
+    torch = pytest.importorskip("torch")
+    args = build_args()
+    if torch.__version__.split("+")[0] != args["TORCH_VERSION"]:
+        pytest.skip(f"installed torch {torch.__version__} is not the pinned {args['TORCH_VERSION']}")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch build is installed here")
+    assert torch.version.cuda.startswith(args["TORCH_CUDA"])
+
+
+def test_dockerfile_runs_as_non_root():
+    users = args_of("USER")
+    assert users, "no USER instruction"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    position = [k for k, _ in dockerfile_instructions()]
+    assert position.index("CMD") > len(position) - 1 - position[::-1].index("USER")
+    assert any("useradd" in r and user in r for r in args_of("RUN"))
+
+
+def test_dockerfile_serves_on_9090_with_a_healthcheck():
+    assert args_of("EXPOSE") == ["9090"]
+    assert json.loads(args_of("CMD")[-1]) == ["adaptiveclick", "serve"]
+    health = args_of("HEALTHCHECK")[-1]
+    assert "/health" in health and "curl" not in health and "wget" not in health
+
+
+def test_dockerfile_installs_the_package_and_ships_the_weights():
+    runs = " ".join(args_of("RUN"))
+    assert re.search(r"pip install --no-deps /tmp/src\b", runs)
+    assert "-e " not in runs  # a regular install, not editable
+    copies = args_of("COPY")
+    assert any(re.search(r"\bweights/ /app/weights/", c) for c in copies)
+    env = " ".join(args_of("ENV"))
+    from model.checkpoint import DEFAULT_WEIGHTS
+
+    assert f"ADAPTIVECLICK_CHECKPOINT=/app/weights/{DEFAULT_WEIGHTS.name}" in env
+    assert "ADAPTIVECLICK_WEIGHTS_DIR=/app/weights" in env and "MODEL_DIR=/data/models" in env
+    volumes = json.loads(args_of("VOLUME")[-1])
+    assert set(volumes) == {"/app/weights", "/data/models"}
+
+
+def test_dockerfile_downloads_weights_only_on_request():
+    assert build_args()["FETCH_WEIGHTS"] == ""
+    fetch = [r for r in args_of("RUN") if "FETCH_WEIGHTS" in r]
+    assert len(fetch) == 1
+    assert '[ -n "${FETCH_WEIGHTS}" ]' in fetch[0] and "adaptiveclick weights fetch" in fetch[0]
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"\b(curl|wget)\b", text)
+
+
+def _ignored(pattern_lines: list[str], path: str) -> bool:
+    ignored = False
+    for pattern in pattern_lines:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path.split("/")[0], pattern):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore():
+    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    for path in (".venv", ".cache", "runs", "results", ".git", ".pytest_cache", ".hypothesis", ".env", "data"):
+        assert _ignored(patterns, path), f"{path} is sent to the Docker daemon"
+    for path in ("pyproject.toml", "README.md", "model/checkpoint.py", "ml_backend/app.py",
+                 "weights/starter.safetensors"):
+        assert not _ignored(patterns, path), f"{path} is needed by the Dockerfile but ignored"
+    # and everything the Dockerfile copies is there
+    for copy in args_of("COPY"):
+        sources = [s for s in copy.split() if not s.startswith("--")][:-1]
+        for source in sources:
+            assert (ROOT / source).exists() or source.startswith("weights"), source
+
+
+# ---------------------------------------------------------------------------------------------
+# The health-check commands, run against a stand-in /health
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    body = b"{}"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        ok = self.path == "/health"
+        body = type(self).body if ok else b"{}"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def health_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _health_code(test: list[str]) -> str:
+    assert test[0] == "CMD" and test[1] in ("python", "python3") and test[2] == "-c"
+    return test[3]
+
+
+def _run(code: str, env: dict | None = None) -> int:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **(env or {})},
+                          capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.parametrize("body, healthy", [
+    (b'{"status": "UP", "model_loaded": true}', True),
+    (b'{"status": "UP", "model_loaded": false}', True),  # still loading
+    (b'{"status": "UP", "model_error": "CheckpointError: missing"}', False),
+])
+def test_healthchecks_run(health_server, compose, monkeypatch, body, healthy):
+    monkeypatch.setattr(_Health, "body", body)
+    port = str(health_server.server_address[1])
+    docker_cmd = json.loads(re.search(r"CMD (\[.*\])", args_of("HEALTHCHECK")[-1]).group(1))
+    assert (_run(_health_code(["CMD", *docker_cmd]), {"PORT": port}) == 0) is healthy
+    backend = _health_code(compose["services"]["adaptiveclick"]["healthcheck"]["test"])
+    assert (_run(backend.replace("127.0.0.1:9090", f"127.0.0.1:{port}")) == 0) is healthy
+    ls = _health_code(compose["services"]["label-studio"]["healthcheck"]["test"])
+    assert _run(ls.replace("localhost:8080", f"127.0.0.1:{port}")) == 0  # LS: any 2xx
+
+
+def test_healthcheck_fails_when_nothing_listens():
+    compose_test = load(COMPOSE)["services"]["label-studio"]["healthcheck"]["test"]
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert _run(_health_code(compose_test).replace("localhost:8080", f"127.0.0.1:{port}")) != 0
