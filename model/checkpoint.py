@@ -21,7 +21,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -241,22 +241,31 @@ def load_official_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
 def save_checkpoint(model: AdaptiveClick, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as ``.safetensors`` with its config in the metadata; atomic (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     aliases = tuple(ALIAS_PREFIXES)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(aliases)}
     meta = {"format": FORMAT_TAG, "config": json.dumps(model.config.to_dict())}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Readers see the old file or the new one, never a partial write; the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -33,7 +33,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -45,7 +44,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .build import CONFIGS, AdaptiveClickConfig, build_adaptiveclick
-from .checkpoint import CheckpointError, load_checkpoint, load_mae_backbone, load_state_dict_strict, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_mae_backbone,
+    load_state_dict_strict,
+    save_checkpoint,
+)
 from .click_sampler import MultiPointSampler, add_error_clicks
 from .criterion import build_criterion, downsample_gt, total_loss
 from .data import AugmentConfig, ClickTrainDataset, StreamSampler, TrainDataError, open_train_sources
@@ -264,17 +270,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
