@@ -79,7 +79,20 @@ class MSDeformAttn(nn.Module):
         value_input: torch.Tensor,
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
-        """query (B, Q, C), reference_points (B, Q, levels, 2) in [0, 1], value_input (B, S, C) -> (B, Q, C)."""
+        """query (B, Q, C), reference_points (B, Q, levels, 2) in [0, 1], value_input (B, S, C) -> (B, Q, C).
+
+        Always computed in float32, also under autocast: sampling locations need the precision.
+        """
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            return self._forward_fp32(query.float(), reference_points.float(), value_input.float(), spatial_shapes)
+
+    def _forward_fp32(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value_input: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
         batch, num_queries, _ = query.shape
         value = self.value_proj(value_input).view(batch, value_input.shape[1], self.n_heads, -1)
         offsets = self.sampling_offsets(query).view(

@@ -53,8 +53,8 @@ def _conv_gn(in_dim: int, out_dim: int, kernel_size: int, relu: bool) -> nn.Sequ
 class PixelDecoder(nn.Module):
     """ViT tokens -> (mask features at stride 4, [encoded maps at strides 32, 16, 8]).
 
-    The deformable encoder always runs in float32 (the reference casts its inputs with ``.float()``);
-    under autocast it is excluded from the reduced-precision region.
+    Under autocast the projections and FFNs run in reduced precision, but the deformable sampling
+    itself (offsets, locations, bilinear sampling, weighting) always runs in float32.
     """
 
     def __init__(
@@ -97,13 +97,12 @@ class PixelDecoder(nn.Module):
         feature_map = tokens.transpose(1, 2).view(batch, channels, grid_size[0], grid_size[1])
         stride4, stride8, stride16, stride32 = self.neck(feature_map)
 
-        with torch.autocast(device_type=tokens.device.type, enabled=False):
-            srcs, pos = [], []
-            for proj, feature in zip(self.input_proj, (stride32, stride16, stride8)):
-                feature = feature.float()
-                srcs.append(proj(feature))
-                pos.append(self.pe_layer(feature))
-            encoded = self.transformer(srcs, pos)
+        srcs, pos = [], []
+        for proj, feature in zip(self.input_proj, (stride32, stride16, stride8)):
+            feature = feature.float()
+            srcs.append(proj(feature))
+            pos.append(self.pe_layer(feature))
+        encoded = self.transformer(srcs, pos)
 
         lateral = self.lateral_convs[0](stride4.float())
         upsampled = F.interpolate(encoded[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
