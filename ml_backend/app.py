@@ -207,6 +207,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(settings.threads, 2)
         _log_startup(settings, backend)
         threading.Thread(target=_warm_up, args=(backend,), name="model-load", daemon=True).start()
+        if backend.finetune is not None:
+            backend.finetune.start()  # recover jobs of a dead worker, resume the queue, watch MODEL_DIR/current
         stop = threading.Event()
         if settings.no_traffic_warning_s > 0:
             threading.Thread(target=_warn_if_no_traffic, args=(backend, settings.no_traffic_warning_s, stop),
@@ -254,8 +256,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
 
     @app.post("/train")
     async def train(request: Request) -> dict[str, Any]:
-        await _json_body(request, settings.max_request_bytes)
-        log.info("/train called: this backend does not train online")
+        body = await _json_body(request, settings.max_request_bytes)
+        if backend.finetune is not None and isinstance(body, dict):  # older Label Studio's "Start Training"
+            return backend.webhook({"action": "START_TRAINING", "project": body.get("project")})
+        log.info("/train called: fine-tuning is off (it needs MODEL_DIR)")
         return {"status": "ok", "training": "not supported online"}
 
     @app.post("/predict")

@@ -1,6 +1,8 @@
 """``adaptiveclick`` console script: the model commands of ``model.cli`` plus ``serve`` (the ML backend).
 
     adaptiveclick serve [--host 0.0.0.0] [--port 9090] [--workers N] [--threads T] [--server auto|gunicorn|uvicorn]
+    adaptiveclick worker [--once] [--poll S]          # the fine-tuning worker (ml_backend/finetune_worker.py)
+    adaptiveclick versions [list|jobs|rollback VERSION] [--model-dir DIR]
 
 ``serve`` runs gunicorn with uvicorn workers when gunicorn is installed (never with ``--preload``: each worker
 loads the model itself, so CUDA is never initialised before a fork), else uvicorn directly. The backend is
@@ -61,6 +63,64 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
     return serve
 
 
+def add_finetune_commands(subparsers: Any) -> None:
+    worker = subparsers.add_parser(
+        "worker", help="run the queued fine-tuning jobs of MODEL_DIR (one at a time)",
+        description="Run the fine-tuning jobs queued under $MODEL_DIR/jobs, one at a time, in this process. The "
+        "server starts `worker --once` itself after queueing a job (FINETUNE_WORKER=spawn, the default); with "
+        "FINETUNE_WORKER=external run `adaptiveclick worker` yourself. Settings: FINETUNE_* (see the README).")
+    worker.add_argument("--once", action="store_true", help="drain the queue and exit (default: keep polling)")
+    worker.add_argument("--poll", type=float, default=5.0, help="seconds between queue checks (default 5)")
+    worker.set_defaults(handler=worker_command)
+    versions = subparsers.add_parser(
+        "versions", help="list fine-tuned model versions and jobs, or roll back",
+        description="Model versions under $MODEL_DIR/versions and the version $MODEL_DIR/current points at. "
+        "`rollback VERSION` (or `rollback base`) replaces the pointer atomically; running servers switch within "
+        "MODEL_WATCH_S seconds, without a restart.")
+    versions.add_argument("action", nargs="?", choices=("list", "jobs", "rollback"), default="list")
+    versions.add_argument("version", nargs="?", help="the version to serve (rollback), or 'base'")
+    versions.add_argument("--model-dir", default=os.environ.get("MODEL_DIR", ""), help="default $MODEL_DIR")
+    versions.set_defaults(handler=versions_command)
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from .finetune_worker import main_worker
+
+    return main_worker(once=args.once, poll_s=args.poll)
+
+
+def versions_command(args: argparse.Namespace) -> int:
+    import json
+
+    from .finetune import BASE, ModelStore
+
+    if not args.model_dir:
+        raise ValueError("set MODEL_DIR or pass --model-dir: the folder the backend keeps versions and jobs in")
+    store = ModelStore(args.model_dir)
+    if args.action == "rollback":
+        if not args.version:
+            raise ValueError("rollback needs the VERSION to serve (see `adaptiveclick versions list`), or 'base'")
+        store.set_current(args.version)
+        print(f"{store.current_path} -> {args.version}; servers switch within MODEL_WATCH_S seconds "
+              "(MODEL_VERSION_PIN, when set, still wins)")
+        return 0
+    if args.action == "jobs":
+        for job in store.jobs():
+            print(json.dumps({k: job.get(k) for k in ("id", "project", "state", "reason", "created", "finished",
+                                                       "promoted", "version", "message")}))
+        return 0
+    current = store.current()
+    print(f"{'*' if current == BASE else ' '} base (MODEL_CHECKPOINT)")
+    for manifest in store.versions():
+        name = manifest.get("version")
+        metrics = manifest.get("metrics") or {}
+        before, after = metrics.get("before") or {}, metrics.get("after") or {}
+        print(f"{'*' if name == current else ' '} {name}  parent={manifest.get('parent')}  "
+              f"created={manifest.get('created')}  job={manifest.get('job')}  "
+              f"NoC@85 {before.get('noc85')} -> {after.get('noc85')}")
+    return 0
+
+
 def _uvicorn_worker_class() -> str:
     if importlib.util.find_spec("uvicorn_worker") is not None:
         return "uvicorn_worker.UvicornWorker"
@@ -115,6 +175,7 @@ def serve_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, subparsers = _base_parser()
     add_serve_command(subparsers)
+    add_finetune_commands(subparsers)
     try:
         from model.cli import dispatch  # the model commands' parsing and error reporting
     except ModuleNotFoundError as exc:

@@ -65,6 +65,13 @@ class Settings:
     max_clicks: int = 100
     prefetch_on_open: bool = True
     log_level: str = "INFO"
+    # --- active-learning fine-tuning (ml_backend/finetune.py) ---
+    finetune: str = "auto"  # auto: on when MODEL_DIR is set and the engine is adaptiveclick; on; off
+    start_training_each_n_updates: int = 0  # 0: train only on START_TRAINING
+    finetune_projects: tuple[str, ...] = ()  # only these project ids (empty: any)
+    finetune_worker: str = "spawn"  # spawn: the server starts the worker process; external: `adaptiveclick worker`
+    model_version_pin: str = ""  # serve this version whatever MODEL_DIR/current says ("base" = MODEL_CHECKPOINT)
+    model_watch_s: float = 2.0  # how often the server checks MODEL_DIR/current for a new version
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -99,6 +106,12 @@ class Settings:
             max_clicks=_int(env, "MAX_CLICKS", 100),
             prefetch_on_open=_bool(env.get("PREFETCH_ON_TASK_OPEN"), True),
             log_level=(env.get("LOG_LEVEL", "INFO").strip() or "INFO").upper(),
+            finetune=(env.get("FINETUNE", "auto").strip() or "auto").lower(),
+            start_training_each_n_updates=max(0, _int(env, "START_TRAINING_EACH_N_UPDATES", 0)),
+            finetune_projects=tuple(p.strip() for p in env.get("FINETUNE_PROJECTS", "").split(",") if p.strip()),
+            finetune_worker=(env.get("FINETUNE_WORKER", "spawn").strip() or "spawn").lower(),
+            model_version_pin=env.get("MODEL_VERSION_PIN", "").strip(),
+            model_watch_s=_float(env, "MODEL_WATCH_S", 2.0),
         )
 
     @property

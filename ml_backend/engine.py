@@ -41,6 +41,12 @@ def _file_tag(path: Path) -> str:
     return digest.hexdigest()[:8]
 
 
+def _served_version(settings: Settings) -> Any:
+    from .finetune import resolve_served
+
+    return resolve_served(settings)
+
+
 class Engine:
     """Builds predictors for sessions; ``lock`` serialises all model work of this process."""
 
@@ -56,10 +62,16 @@ class Engine:
         self._version = version or settings.model_version or ""
         self.model_class = "AdaptiveClick" if self.name == "adaptiveclick" else self.name
         self.load_seconds = 0.0
+        self.generation = 0  # bumped by every hot swap (sessions of an older generation are dropped)
+        # A fine-tuned version from MODEL_DIR (ml_backend.finetune): (version, checkpoint) or None = the base model.
+        self._active = None if factory is not None else _served_version(settings)
         if factory is not None:
             self.ready.set()
+        self.base_version = self._version or self._default_version()
+        if self._active is not None and not version:
+            self._version = self._active[0]
         if not self._version:
-            self._version = self._default_version()
+            self._version = self.base_version
 
     @property
     def model_version(self) -> str:
@@ -70,7 +82,7 @@ class Engine:
         if self.name == "grabcut":
             return "grabcut-baseline"
         if self.name == "adaptiveclick":
-            path_str = self._checkpoint_path() or os.environ.get("ADAPTIVECLICK_CHECKPOINT", "")
+            path_str = self._base_checkpoint_path() or os.environ.get("ADAPTIVECLICK_CHECKPOINT", "")
             if not path_str:
                 from model.checkpoint import DEFAULT_WEIGHTS  # imports torch, not CUDA
 
@@ -80,6 +92,11 @@ class Engine:
         return self.name.replace(":", ".")
 
     def _checkpoint_path(self) -> str | None:
+        if self._active is not None:
+            return str(self._active[1])
+        return self._base_checkpoint_path()
+
+    def _base_checkpoint_path(self) -> str | None:
         ckpt = self.settings.model_checkpoint
         if not ckpt:
             return None
@@ -104,6 +121,34 @@ class Engine:
             self.ready.set()
         if self.error is None:
             log.info("model %s ready on %s in %.1f s", self.model_version, self.device, self.load_seconds)
+
+    def refresh(self) -> bool:
+        """Hot swap: serve the version ``MODEL_DIR/current`` (or ``MODEL_VERSION_PIN``) names when it changed.
+
+        The new network is loaded outside the lock; predictors are swapped under ``lock`` and ``generation`` is
+        bumped so cached sessions of the old model are not reused. A version that fails to load is logged and the
+        current model kept. Returns True when the served model changed."""
+        if self.name != "adaptiveclick" or not self.ready.is_set() or self._factory is None:
+            return False
+        target = _served_version(self.settings)
+        if target == self._active:
+            return False
+        previous = self._active
+        t0 = time.perf_counter()
+        try:
+            self._active = target
+            factory = self._build_factory()
+        except Exception as exc:
+            self._active = previous
+            log.error("could not load model version %s (%s: %s): still serving %s",
+                      target[0] if target else self.base_version, type(exc).__name__, exc, self._version)
+            return False
+        with self.lock:
+            self._factory = factory
+            self._version = target[0] if target else self.base_version
+            self.generation += 1
+        log.info("now serving model version %s (loaded in %.1f s)", self._version, time.perf_counter() - t0)
+        return True
 
     def _build_factory(self) -> Callable[[], Any]:
         engine = self.name

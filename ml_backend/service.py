@@ -15,6 +15,7 @@ import numpy as np
 from .config import Settings
 from .engine import Engine
 from .errors import BadRequest, BackendError, ConfigError
+from .finetune import FinetuneServer, finetune_enabled
 from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config
 from .media import DecodedImage, MediaFetcher
 from .rle import mask2rle
@@ -136,9 +137,19 @@ class Backend:
         self.started = time.time()
         self.ls_requests = 0
         self.predictions = 0
+        # Active-learning fine-tuning (MODEL_DIR): webhooks recorded, jobs run by a worker process, hot swap.
+        self.finetune = (FinetuneServer(settings, self.engine, on_swap=self._drop_sessions)
+                         if finetune_enabled(settings) else None)
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
+        if self.finetune is not None:
+            self.finetune.stop()
+
+    def _drop_sessions(self) -> None:
+        """After a model swap: forget the sessions (their states come from the old model), keep the images."""
+        dropped = self.cache.drop(lambda k: not (isinstance(k, tuple) and k[:1] == ("image",)))
+        log.info("model swapped: dropped %d cached sessions", dropped)
 
     # --- /health, /versions --------------------------------------------------------------------
 
@@ -155,6 +166,8 @@ class Backend:
         return status
 
     def versions(self) -> dict[str, Any]:
+        if self.finetune is not None:
+            return {"versions": self.finetune.version_names(), "model_version": self.engine.model_version}
         return {"versions": [self.engine.model_version], "model_version": self.engine.model_version}
 
     # --- /setup --------------------------------------------------------------------------------
@@ -167,6 +180,8 @@ class Backend:
             raise BadRequest("setup.schema must be a string (the labeling config)")
         project = _project_id(body.get("project"))
         self.fetcher.set_setup_fallback(body.get("hostname"), body.get("access_token"))
+        if self.finetune is not None and isinstance(body.get("hostname"), str) and isinstance(body.get("access_token"), str):
+            self.finetune.ls_fallback = (body["hostname"], body["access_token"])
         reply: dict[str, Any] = {"model_version": self.engine.model_version}
         if schema:
             config = parse_label_config(schema)
@@ -201,9 +216,11 @@ class Backend:
         project = body.get("project")
         log.info("webhook %s (project %s)", action[:64],
                  _project_id(project.get("id") if isinstance(project, dict) else project) or "?")
-        if action == "START_TRAINING":
-            log.info("START_TRAINING received: this backend does not train online; train offline and restart "
-                     "with MODEL_CHECKPOINT pointing at the new weights")
+        if self.finetune is not None and self.finetune.handles(action):
+            reply.update(self.finetune.on_webhook(action, body))
+        elif action == "START_TRAINING":
+            log.info("START_TRAINING received: fine-tuning is off (it needs MODEL_DIR and the adaptiveclick "
+                     "engine); train offline and restart with MODEL_CHECKPOINT pointing at the new weights")
             reply["training"] = "not supported online"
         elif action == "TASKS_DELETED":
             tasks = body.get("tasks")
@@ -367,6 +384,9 @@ class Backend:
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
         session = self.cache.get_session(key)
+        if session is not None and getattr(session, "generation", 0) != self.engine.generation:
+            self.cache.drop(lambda k: k == key)  # made by a model that has since been swapped out
+            session = None
         if session is None:
             if not self.engine.ready.wait(timeout=600):
                 raise BackendError("the model is still loading; try again in a minute", status=503)
@@ -375,6 +395,7 @@ class Backend:
                 stats.queue_ms += (time.perf_counter() - t0) * 1000
                 predictor = self._new_predictor()
                 new = Session(key, frame.image(), predictor, own_image=frame.own_image)
+                new.generation = self.engine.generation
             if frame.note:
                 log.warning("task %s: %s", task_id, frame.note)
             session, _ = self.cache.get_or_create_session(key, lambda: new)

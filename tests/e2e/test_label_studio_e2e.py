@@ -78,8 +78,14 @@ def _decode(region: dict) -> np.ndarray:
 def test_backend_is_connected_with_basic_auth_and_reports_its_version(stack):
     ml, client = stack["ml"], stack["client"]
     assert ml["readable_state"] == "Connected" and ml["is_interactive"] and ml["auth_method"] == "BASIC_AUTH"
-    health = requests.get(stack["backend"].url + "/health", timeout=5).json()
-    assert ml["model_version"] == health["model_version"] and health["model_loaded"]
+    deadline = time.monotonic() + 120  # the model loads in the background after the server starts
+    while True:
+        health = requests.get(stack["backend"].url + "/health", timeout=5).json()
+        if health["model_loaded"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert health["model_loaded"], health
+    assert ml["model_version"] == health["model_version"]
     versions = client.call("GET", f"/api/ml/{ml['id']}/versions")
     assert versions["versions"] == [health["model_version"]]
 

@@ -1,0 +1,489 @@
+"""The fine-tuning worker: a separate process that runs the queued jobs under ``MODEL_DIR/jobs``, one at a time.
+
+``adaptiveclick worker --once`` (what the server starts after enqueueing a job) drains the queue and exits;
+``adaptiveclick worker`` keeps polling (``FINETUNE_WORKER=external``: run it yourself, e.g. in its own container).
+Only one worker runs jobs at a time (``ModelStore.worker_lock``); a second one exits at once.
+
+A job (:func:`run_job`):
+
+1. pulls the project's annotations through the Label Studio API (``/api/projects/{id}/export``), keeps per task
+   the newest submitted annotation that is neither cancelled nor empty (a ground-truth one first), and decodes
+   each of its brush regions into one instance mask (``label_studio_sdk``'s ``decode_rle``); images are fetched
+   as the predictor fetches them (``ml_backend.media.MediaFetcher``);
+2. holds out a validation split, deterministic by task id (``FINETUNE_VAL_FRACTION``, at least one task);
+3. measures NoC@85/90 on it with the served model (robot clicker), fine-tunes from the served checkpoint with
+   the training recipe (AFL, click simulation; ``model.finetune``), measures again;
+4. promotes the new checkpoint only when NoC@85 is not worse (ties allowed): ``versions/<version>/`` with
+   ``model.safetensors`` and ``manifest.json``, written atomically, then ``current`` is replaced.
+
+A job that crashes ends "failed" with the error; one that is killed or runs out of memory is found "running" by
+the next worker (or server start) and marked "interrupted". Neither touches the served version or its files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .config import Settings
+from .finetune import DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, resolve_served
+
+log = logging.getLogger("adaptiveclick.finetune")
+
+
+class JobSkipped(Exception):
+    """Nothing to train on (the message says why); the job ends "skipped", not "failed"."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(float(raw)) if raw else default
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """Fine-tuning settings of the worker (environment ``FINETUNE_*``)."""
+
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 3e-5
+    max_minutes: float = 60.0
+    max_extra_clicks: int = 3
+    val_fraction: float = 0.2
+    min_tasks: int = 2
+    max_tasks: int = 1000
+    max_clicks: int = 20
+    val_max_instances: int = 100
+    min_instance_px: int = 100
+    threads: int = 0  # torch threads of the worker (FINETUNE_THREADS, default half the cores: serving keeps the rest)
+    nice: int = 10
+    seed: int = 0
+    keep_rejected: bool = False  # keep a not-promoted candidate as jobs/<job>.rejected.safetensors (analysis)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "JobConfig":
+        env = os.environ if env is None else env
+        return cls(
+            steps=max(1, _int(env, "FINETUNE_STEPS", 100)),
+            batch_size=max(1, _int(env, "FINETUNE_BATCH_SIZE", 4)),
+            lr=_float(env, "FINETUNE_LR", 3e-5),
+            max_minutes=_float(env, "FINETUNE_MAX_MINUTES", 60.0),
+            max_extra_clicks=max(0, _int(env, "FINETUNE_MAX_EXTRA_CLICKS", 3)),
+            val_fraction=min(0.9, max(0.0, _float(env, "FINETUNE_VAL_FRACTION", 0.2))),
+            min_tasks=max(2, _int(env, "FINETUNE_MIN_TASKS", 2)),
+            max_tasks=max(2, _int(env, "FINETUNE_MAX_TASKS", 1000)),
+            max_clicks=max(1, _int(env, "FINETUNE_MAX_CLICKS", 20)),
+            val_max_instances=max(1, _int(env, "FINETUNE_VAL_MAX_INSTANCES", 100)),
+            min_instance_px=max(0, _int(env, "FINETUNE_MIN_INSTANCE_PX", 100)),
+            threads=max(1, _int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
+            nice=_int(env, "FINETUNE_NICE", 10),
+            seed=_int(env, "FINETUNE_SEED", 0),
+            keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
+        )
+
+
+@dataclasses.dataclass
+class TaskData:
+    task_id: int
+    annotation_id: int | None
+    image: np.ndarray  # HxWx3 uint8, as the predictor sees it
+    masks: list[np.ndarray]  # HxW bool, one per brush region
+
+
+# --- Label Studio ------------------------------------------------------------------------------
+
+
+class LabelStudioAPI:
+    """The two read calls a job makes, with the backend's auth (PAT exchanged, or legacy token)."""
+
+    def __init__(self, fetcher: Any, timeout: float = 120.0):
+        self.fetcher = fetcher
+        self.timeout = timeout
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        import requests
+
+        from .errors import MediaError
+
+        try:
+            base = self.fetcher.ls_url
+        except MediaError as exc:
+            raise RuntimeError(exc.message) from None
+        for attempt in range(2):
+            headers = self.fetcher.auth.headers(base, force_refresh=attempt == 1)
+            try:
+                resp = self.fetcher.session.get(base + path, params=params, headers=headers, timeout=self.timeout)
+            except requests.RequestException as exc:
+                raise RuntimeError(f"cannot reach Label Studio at {base} ({type(exc).__name__}): check "
+                                   "LABEL_STUDIO_URL") from None
+            if resp.status_code in (401, 403) and self.fetcher.auth.kind == "pat" and attempt == 0:
+                continue
+            if resp.status_code in (401, 403):
+                raise RuntimeError(f"Label Studio refused GET {path} ({resp.status_code}): set LABEL_STUDIO_API_KEY "
+                                   "to a token of a user with access to the project")
+            if resp.status_code >= 400:
+                raise RuntimeError(f"Label Studio answered {resp.status_code} for GET {path}: {resp.text[:300]}")
+            return resp.json()
+        raise RuntimeError("unreachable")  # pragma: no cover
+
+    def project(self, project: str) -> dict[str, Any]:
+        return self.get(f"/api/projects/{project}")
+
+    def annotated_tasks(self, project: str) -> list[dict[str, Any]]:
+        tasks = self.get(f"/api/projects/{project}/export", {"exportType": "JSON", "download_all_tasks": "false"})
+        if not isinstance(tasks, list):
+            raise RuntimeError(f"unexpected export of project {project}: {str(tasks)[:200]}")
+        return tasks
+
+
+def _pick_annotation(task: dict[str, Any], stats: dict[str, int]) -> dict[str, Any] | None:
+    """The task's newest usable annotation (ground truth first); cancelled and empty ones are skipped."""
+    usable = []
+    for annotation in task.get("annotations") or []:
+        if not isinstance(annotation, dict):
+            continue
+        if annotation.get("was_cancelled"):
+            stats["cancelled"] += 1
+            continue
+        regions = [r for r in annotation.get("result") or [] if isinstance(r, dict) and r.get("type") == "brushlabels"
+                   and isinstance(r.get("value"), dict) and r["value"].get("rle")]
+        if not regions:
+            stats["empty"] += 1
+            continue
+        usable.append((bool(annotation.get("ground_truth")), str(annotation.get("updated_at") or ""),
+                       int(annotation.get("id") or 0), annotation, regions))
+    if not usable:
+        return None
+    usable.sort(key=lambda u: u[:3])
+    _, _, _, annotation, regions = usable[-1]
+    return dict(annotation, result=regions)
+
+
+def decode_brush(region: dict[str, Any]) -> np.ndarray:
+    """A brush region's mask (HxW bool) from its RLE, with the SDK's decoder."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    height, width = int(region["original_height"]), int(region["original_width"])
+    return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[..., 3] > 0
+
+
+def collect_annotations(api: LabelStudioAPI, fetcher: Any, project: str, cfg: JobConfig
+                        ) -> tuple[list[TaskData], dict[str, int]]:
+    """The project's usable annotations as (image, instance masks) per task, newest tasks last; and counts."""
+    from .labeling import parse_label_config
+
+    stats = {"tasks": 0, "annotated_tasks": 0, "annotations_used": 0, "cancelled": 0, "empty": 0,
+             "empty_regions": 0, "instances": 0, "image_errors": 0}
+    project_info = api.project(project)
+    config = parse_label_config(project_info.get("label_config") or "<View/>")
+    tasks = api.annotated_tasks(project)
+    stats["tasks"] = len(tasks)
+    picked = []
+    for task in tasks:
+        if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+            continue
+        annotation = _pick_annotation(task, stats)
+        if annotation is not None:
+            picked.append((task, annotation))
+    picked.sort(key=lambda p: p[0]["id"])
+    picked = picked[-cfg.max_tasks:]
+    out = []
+    for task, annotation in picked:
+        to_name = annotation["result"][0].get("to_name")
+        tag = config.images.get(to_name) or next(iter(config.images.values()), None)
+        if tag is None or tag.data_key not in (task.get("data") or {}):
+            stats["image_errors"] += 1
+            log.warning("task %s: no image field for %r in the task data", task["id"], to_name)
+            continue
+        url = task["data"][tag.data_key]
+        if isinstance(url, list):
+            url = url[0] if url else None
+        try:
+            image = fetcher.load(url, task["id"]).array
+        except Exception as exc:  # one bad image does not fail the job
+            stats["image_errors"] += 1
+            log.warning("task %s: image not loaded (%s)", task["id"], getattr(exc, "message", exc))
+            continue
+        masks = []
+        for region in annotation["result"]:
+            try:
+                mask = decode_brush(region)
+            except Exception as exc:
+                log.warning("task %s: brush region %s not decoded (%s)", task["id"], region.get("id"), exc)
+                continue
+            if mask.shape != image.shape[:2]:  # the UI reported another size (EXIF, rescaled file)
+                import cv2
+
+                mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]),
+                                  interpolation=cv2.INTER_NEAREST) > 0
+            if not mask.any():
+                stats["empty_regions"] += 1
+                continue
+            masks.append(mask)
+        if masks:
+            stats["annotated_tasks"] += 1
+            stats["annotations_used"] += 1
+            stats["instances"] += len(masks)
+            out.append(TaskData(task["id"], annotation.get("id"), image, masks))
+    return out, stats
+
+
+# --- split, evaluation, training --------------------------------------------------------------------
+
+
+def _task_hash(project: str, task_id: int) -> int:
+    return int(hashlib.sha256(f"{project}:{task_id}".encode()).hexdigest()[:12], 16)
+
+
+def split_tasks(project: str, tasks: list[TaskData], val_fraction: float) -> tuple[list[TaskData], list[TaskData]]:
+    """(train, validation), deterministic by task id: tasks ranked by a hash of (project, task id); a task whose
+    hash falls below the fraction is always validation, and the ranking tops the split up to
+    ``round(fraction * n)`` tasks (small projects), with at least one task on each side (given two or more)."""
+    ranked = sorted(tasks, key=lambda t: _task_hash(project, t.task_id))
+    limit = int(val_fraction * (1 << 48))
+    below = sum(1 for t in ranked if _task_hash(project, t.task_id) < limit)
+    count = max(below, int(round(val_fraction * len(ranked))), 1)
+    count = min(count, len(ranked) - 1) if len(ranked) > 1 else len(ranked)
+    ids = {t.task_id for t in ranked[:count]}
+    return [t for t in tasks if t.task_id not in ids], [t for t in tasks if t.task_id in ids]
+
+
+@dataclasses.dataclass
+class JobSteps:
+    """The parts of a job, replaceable in tests."""
+
+    collect: Callable[..., tuple[list[TaskData], dict[str, int]]] | None = None
+    evaluate: Callable[..., dict[str, Any]] | None = None
+    train: Callable[..., tuple[Any, dict[str, Any]]] | None = None
+    save: Callable[[Any, Path, dict[str, str]], None] | None = None
+
+
+def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobConfig, settings: Settings) -> dict:
+    from model.finetune import evaluate_noc
+
+    return evaluate_noc(net, samples, max_clicks=cfg.max_clicks, device=_device(settings), flip=settings.flip,
+                        zoom_in=settings.zoom_in).to_dict()
+
+
+def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings, work: Path) -> tuple[Any, dict]:
+    from model.finetune import FinetuneSettings, finetune, memory_source
+
+    samples = [(t.image, [m for m in t.masks if int(m.sum()) >= cfg.min_instance_px]) for t in train]
+    source = memory_source(samples, names=[str(t.task_id) for t in train])
+    if not source.records:
+        raise JobSkipped(f"no training instance of at least FINETUNE_MIN_INSTANCE_PX={cfg.min_instance_px} pixels")
+    settings_ft = FinetuneSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                   max_extra_clicks=cfg.max_extra_clicks, seed=cfg.seed,
+                                   threads=cfg.threads or None, device=_device(settings),
+                                   max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None)
+    net, info = finetune(init, source, settings_ft, out=work / "train")
+    info["train_instances"] = sum(len(r.objects) for r in source.records)
+    return net, info
+
+
+def _save(net: Any, path: Path, metadata: dict[str, str]) -> None:
+    from model.checkpoint import save_checkpoint
+
+    save_checkpoint(net, path, metadata)
+
+
+def _device(settings: Settings) -> str:
+    return settings.device if settings.device not in ("", "auto") else (
+        "cuda" if _cuda_available() else "cpu")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _served(settings: Settings, store: ModelStore) -> tuple[str, Path]:
+    """(version, checkpoint) the server serves now: the fine-tuned version or the base model."""
+    served = resolve_served(settings, store)
+    if served is not None:
+        return served[0], served[1]
+    from .engine import Engine
+
+    engine = Engine(dataclasses.replace(settings, model_dir=""))
+    path = engine._base_checkpoint_path()
+    if path is None:
+        from model.checkpoint import DEFAULT_WEIGHTS
+
+        path = os.environ.get("ADAPTIVECLICK_CHECKPOINT") or str(DEFAULT_WEIGHTS)
+    return engine.base_version, Path(path)
+
+
+def run_job(store: ModelStore, job: dict[str, Any], settings: Settings, cfg: JobConfig,
+            steps: JobSteps | None = None) -> dict[str, Any]:
+    """Run one job to a terminal state and record it; never raises for a job's own failure."""
+    steps = steps or JobSteps()
+    job_id, project = job["id"], str(job["project"])
+    handler = logging.FileHandler(store.jobs_dir / f"{job_id}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("adaptiveclick").addHandler(handler)
+    work = store.jobs_dir / f"{job_id}.work"
+    t0 = time.perf_counter()
+    store.update_job(job_id, state=RUNNING, pid=os.getpid(), started=now_iso(), message="running")
+    try:
+        fields = _run(store, job_id, project, settings, cfg, steps, work)
+    except JobSkipped as exc:
+        fields = {"state": SKIPPED, "promoted": False, "message": str(exc)}
+    except MemoryError:
+        fields = {"state": FAILED, "promoted": False, "message": "out of memory: lower FINETUNE_BATCH_SIZE or "
+                  "FINETUNE_MAX_TASKS; the served model was not changed"}
+    except Exception as exc:
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        fields = {"state": FAILED, "promoted": False,
+                  "message": f"{type(exc).__name__}: {exc} (the served model was not changed; see {job_id}.log)"}
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        logging.getLogger("adaptiveclick").removeHandler(handler)
+        handler.close()
+    fields.update(finished=now_iso(), seconds=round(time.perf_counter() - t0, 1))
+    log.info("job %s: %s: %s", job_id, fields["state"], fields.get("message"))
+    return store.update_job(job_id, **fields)
+
+
+def _run(store: ModelStore, job_id: str, project: str, settings: Settings, cfg: JobConfig, steps: JobSteps,
+         work: Path) -> dict[str, Any]:
+    parent, parent_path = _served(settings, store)
+    store.update_job(job_id, parent=parent)
+    log.info("job %s: project %s, fine-tuning from %s (%s)", job_id, project, parent, parent_path)
+
+    if steps.collect is not None:
+        tasks, stats = steps.collect(project, cfg)
+    else:
+        from .media import MediaFetcher
+
+        fetcher = MediaFetcher(settings)
+        tasks, stats = collect_annotations(LabelStudioAPI(fetcher), fetcher, project, cfg)
+    store.update_job(job_id, data=stats)
+    if not tasks:
+        raise JobSkipped(f"project {project} has no usable annotations (submitted, not cancelled, with at least "
+                         f"one non-empty brush region; {stats.get('tasks', 0)} annotated tasks seen, "
+                         f"{stats.get('cancelled', 0)} cancelled and {stats.get('empty', 0)} empty annotations "
+                         "skipped): nothing to fine-tune on")
+    if len(tasks) < cfg.min_tasks:
+        raise JobSkipped(f"project {project} has {len(tasks)} annotated task(s); fine-tuning needs at least "
+                         f"FINETUNE_MIN_TASKS={cfg.min_tasks} (one is held out for validation)")
+    train, val = split_tasks(project, tasks, cfg.val_fraction)
+    val_samples = [(t.image, m) for t in val for m in t.masks][: cfg.val_max_instances]
+    split = {"train_tasks": [t.task_id for t in train], "val_tasks": [t.task_id for t in val],
+             "val_instances": len(val_samples), "train_instances": sum(len(t.masks) for t in train)}
+    store.update_job(job_id, split=split)
+    log.info("job %s: %d train tasks (%d instances), %d validation tasks (%d instances)", job_id, len(train),
+             split["train_instances"], len(val), len(val_samples))
+
+    evaluate = steps.evaluate or (lambda net, samples: _evaluate(net, samples, cfg, settings))
+    if steps.evaluate is None:
+        from model.checkpoint import load_checkpoint
+
+        base_net = load_checkpoint(parent_path)
+    else:
+        base_net = parent_path
+    before = evaluate(base_net, val_samples)
+    store.update_job(job_id, metrics={"before": before})
+    log.info("job %s: before: %s", job_id, before)
+
+    train_fn = steps.train or (lambda init, data: _train(init, data, cfg, settings, work))
+    net, info = train_fn(parent_path, train)
+    if info.get("stopped"):
+        return {"state": INTERRUPTED, "promoted": False, "training": _training_summary(info, cfg),
+                "message": "stopped by a signal during training: not promoted; the served model was not changed"}
+    after = evaluate(net, val_samples)
+    metrics = {"before": before, "after": after,
+               "rule": "promote when NoC@85 on the validation split is not worse (ties allowed)"}
+    log.info("job %s: after: %s", job_id, after)
+    result: dict[str, Any] = {"metrics": metrics, "training": _training_summary(info, cfg)}
+    change = f"NoC@85 {before['noc85']:.2f} -> {after['noc85']:.2f}, NoC@90 {before['noc90']:.2f} -> " \
+             f"{after['noc90']:.2f} on {after['instances']} validation instances"
+    save = steps.save or _save
+    metadata = {"parent": parent, "job": job_id, "project": project, "finetune_steps": str(info.get("step", ""))}
+    if not after["noc85"] <= before["noc85"] + 1e-9:
+        if cfg.keep_rejected:
+            candidate = store.jobs_dir / f"{job_id}.rejected.safetensors"
+            save(net, candidate, metadata)
+            result["candidate"] = str(candidate)
+        return dict(result, state=DONE, promoted=False, version=None,
+                    message=f"not promoted ({change}: worse); still serving {parent}")
+    manifest = {"parent": parent, "project": project, "job": job_id,
+                "data": {"tasks": len(tasks), "train_tasks": len(train), "val_tasks": len(val),
+                         "train_instances": info.get("train_instances", split["train_instances"]),
+                         "val_instances": len(val_samples), **{f"ls_{k}": v for k, v in stats.items()}},
+                "metrics": metrics, "training": result["training"]}
+    version = store.write_version(job_id, lambda path: save(net, path, metadata), manifest)
+    return dict(result, state=DONE, promoted=True, version=version, message=f"promoted {version} ({change})")
+
+
+def _training_summary(info: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
+    return {"steps": info.get("step"), "planned_steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "loss": info.get("loss"), "seconds": round(float(info.get("wall_time", 0.0)), 1),
+            "train_instances": info.get("train_instances")}
+
+
+# --- the worker loop -------------------------------------------------------------------------------
+
+
+def worker_loop(settings: Settings, cfg: JobConfig, once: bool = True, poll_s: float = 5.0,
+                steps: JobSteps | None = None) -> int:
+    """Run queued jobs one at a time. ``once``: drain the queue and return (at once when another worker holds
+    the lock: it picks up what was queued). Returns the number of jobs run."""
+    if not settings.model_dir:
+        raise ValueError("the fine-tuning worker needs MODEL_DIR")
+    store = ModelStore(settings.model_dir)
+    ran = 0
+    while True:
+        with store.worker_lock() as got:
+            if got:
+                for job_id in store.recover():
+                    log.warning("job %s had been interrupted (its worker died): marked so", job_id)
+                while (job := store.next_queued()) is not None:
+                    run_job(store, job, settings, cfg, steps)
+                    ran += 1
+        # Released: a job queued while we held the lock (whose own worker gave up) is ours to run.
+        if store.next_queued() is not None and got:
+            continue
+        if once:
+            return ran
+        time.sleep(poll_s)
+
+
+def main_worker(once: bool, poll_s: float) -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s", stream=sys.stderr)
+    settings = Settings.from_env()
+    cfg = JobConfig.from_env()
+    if cfg.nice:
+        try:
+            os.nice(cfg.nice)  # serving keeps the CPU first
+        except OSError:
+            pass
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    worker_loop(settings, cfg, once=once, poll_s=poll_s)
+    return 0
+
+
+__all__ = ["JobConfig", "JobSkipped", "JobSteps", "LabelStudioAPI", "TaskData", "collect_annotations",
+           "main_worker", "run_job", "split_tasks", "worker_loop"]
