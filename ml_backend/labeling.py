@@ -172,15 +172,7 @@ def _as_bool(value: Any) -> bool:
 def _as_int(value: Any, what: str, minimum: int | None = None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRequest(f"{what} must be a number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadRequest(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise BadRequest(f"{what} must be finite, got {value!r}")
-    number_int = int(round(number))
+    number_int = int(round(_as_float(value, what)))
     if minimum is not None and number_int < minimum:
         raise BadRequest(f"{what} must be >= {minimum}, got {value!r}")
     return number_int

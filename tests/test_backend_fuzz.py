@@ -98,7 +98,7 @@ def _check(response):
         assert response.json()["error"]
 
 
-fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+fuzz = settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
 
 
@@ -112,7 +112,7 @@ def test_predict_never_5xx(client, body, data):
     _check(client.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"}))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values)
 def test_predict_arbitrary_json_never_5xx(client, body):
     _check(client.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"}))
@@ -124,13 +124,13 @@ def test_webhook_never_5xx(client, body):
     _check(client.post("/webhook", content=json.dumps(body), headers={"content-type": "application/json"}))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=200), path=st.sampled_from(["/predict", "/webhook", "/setup"]))
 def test_raw_bytes_never_5xx(client, raw, path):
     _check(client.post(path, content=raw))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values)
 def test_setup_never_5xx(client, body):
     _check(client.post("/setup", content=json.dumps(body), headers={"content-type": "application/json"}))
