@@ -116,25 +116,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The ``adaptiveclick`` parser with the model commands; callers may add more subcommands."""
+    from .evaluation.command import add_evaluate_parser
+    from .training import add_train_parser
+    from .weights import add_weights_parser
+
     parser = argparse.ArgumentParser(prog="adaptiveclick", description="AdaptiveClick interactive segmentation")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_predict_parser(subparsers)
-    _add_optional(subparsers, "model.evaluation.command", "add_evaluate_parser")
-    _add_optional(subparsers, "model.training", "add_train_parser")
-    _add_optional(subparsers, "model.weights", "add_weights_parser")
+    add_evaluate_parser(subparsers)
+    add_train_parser(subparsers)
+    add_weights_parser(subparsers)
     return parser, subparsers
-
-
-def _add_optional(subparsers: argparse._SubParsersAction, module_name: str, function: str) -> None:
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        return
-    getattr(module, function)(subparsers)
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
