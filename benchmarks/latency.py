@@ -106,11 +106,20 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.rand(batch, 4, *size)
             pts = torch.tensor([[[200.0, 200.0, 0.0], [-1.0, -1.0, -1.0]]] * batch)
 
-            def forward() -> None:
+            def forward(x: torch.Tensor = x, pts: torch.Tensor = pts) -> None:
                 with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
                     model(x, pts)
 
+            if batch == 1:
+                forward_b1 = forward
+
             entry[f"forward_b{batch}_s"] = median_time(forward, args.repeats)
+        # The other deformable-attention kernel, for comparison ("auto" above: grid_sample for fp32,
+        # gather for bf16).
+        other = "gather" if dtype == torch.float32 else "grid_sample"
+        model.set_deformable_sampler(other)
+        entry[f"forward_b1_{other}_s"] = median_time(forward_b1, args.repeats)
+        model.set_deformable_sampler("auto")
         flops = report["gflops_per_forward"]["batch1"] * 1e9
         entry["forward_b1_fraction_of_peak"] = flops / entry["forward_b1_s"] / (report["matmul_peak_gflops"][name] * 1e9)
         for flip in (True, False):

@@ -75,6 +75,9 @@ class Predictor:
         zoom_in: crop around the object from the second click; off = always the whole image.
         target_size: network input size (default: the model's native size, e.g. 448; 672 for DAVIS).
         threshold: probability threshold of :attr:`mask`.
+        sampler: deformable-attention kernel, see :meth:`AdaptiveClick.set_deformable_sampler`; the
+            default ``"auto"`` keeps fp32 reference-exact and uses the faster gather kernel for bf16 on
+            the CPU; ``"gather"`` also speeds up fp32 at the cost of bit-exactness (~1e-6).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class Predictor:
         zoom_in: bool = True,
         target_size: int | tuple[int, int] | None = None,
         threshold: float = 0.49,
+        sampler: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -95,6 +99,8 @@ class Predictor:
         if isinstance(target_size, int):
             target_size = (target_size, target_size)
         self.model.set_image_size(tuple(target_size))  # validates the size early
+        self.model.set_deformable_sampler(sampler)  # validates the name early
+        self.sampler = sampler
         self.flip = flip
         self.use_zoom_in = zoom_in
         self.zoom = ZoomIn(target_size=tuple(target_size))
@@ -216,6 +222,7 @@ class Predictor:
         points = clicks_to_points(batch_clicks, self.device)
 
         self.model.set_image_size(self.zoom.target_size)
+        self.model.set_deformable_sampler(self.sampler)  # the model may be shared with other predictors
         with autocast(self.device, self.dtype):
             logits = self.model(net_input, points)["instances"].float()
         if self.flip:

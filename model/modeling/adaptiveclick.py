@@ -8,6 +8,7 @@ from torch import nn
 
 from .camd import ClickAwareMaskDecoder
 from .click_encoding import click_disk_maps
+from .ms_deform_attn import SAMPLERS, MSDeformAttn
 from .pixel_decoder import PixelDecoder
 from .vit import ClickViT, PatchEmbed
 
@@ -72,6 +73,16 @@ class AdaptiveClick(nn.Module):
             raise ValueError(f"input size {size} is not a multiple of the patch size {patch}")
         self.backbone.set_grid_size((size[0] // patch, size[1] // patch))
 
+    def set_deformable_sampler(self, sampler: str) -> None:
+        """Pick the pixel decoder's deformable sampling kernel: ``"grid_sample"`` (the reference's
+        arithmetic), ``"gather"`` (faster CPU inference, equal up to float rounding) or ``"auto"``
+        (gather for no-grad autocast runs on the CPU; the default)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown deformable sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.sampler = sampler
+
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> dict:
         if image.ndim != 4 or image.shape[1] != 4:
             raise ValueError(f"image must be (B, 4, H, W) = RGB + previous mask, got {tuple(image.shape)}")
@@ -85,7 +96,12 @@ class AdaptiveClick(nn.Module):
         coord_features = torch.cat([prev_mask, disks], dim=1)
         tokens = self.backbone(rgb, self.patch_embed_coords(coord_features))
         mask_features, multi_scale = self.pixel_decoder(tokens, self.backbone.grid_size)
-        outputs = self.click_aware_decoder(multi_scale, mask_features, disks[:, 0])
+        # The decoder always runs in fp32: it costs ~1% of a forward, and its hard (sigmoid < 0.5)
+        # attention masks turn bf16 rounding into visible mask changes.
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            outputs = self.click_aware_decoder(
+                [feature.float() for feature in multi_scale], mask_features.float(), disks[:, 0].float()
+            )
         outputs["instances"] = sum_over_queries(outputs["pred_logits"], outputs["pred_masks"], (height, width))
         return outputs
 

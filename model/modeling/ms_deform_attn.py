@@ -42,6 +42,62 @@ def ms_deform_attn_sample(
     return out.view(batch, heads * head_dim, queries).transpose(1, 2).contiguous()
 
 
+def ms_deform_attn_gather(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Same result as :func:`ms_deform_attn_sample` up to float rounding, for inference on the CPU.
+
+    The bilinear corner weights (zeros padding folded in) are multiplied into the attention
+    weights, and one ``embedding_bag`` gathers and sums the 4 * levels * points value rows of every
+    (query, head) without materialising the samples: ~5x faster than ``grid_sample`` + stack +
+    weighted sum for ViT-B at 448 px. Its gradient with respect to the locations differs from
+    ``grid_sample``'s, so training uses the other.
+    """
+    batch, total, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    device = value.device
+    # Row arithmetic in floats (exact below 2**24 rows), converted to integers once at the end.
+    index_dtype = torch.float32 if batch * total * heads < 2**24 else torch.float64
+    sizes = torch.tensor(spatial_shapes, dtype=index_dtype, device=device)
+    height, width = sizes[:, 0].view(levels, 1), sizes[:, 1].view(levels, 1)
+    level_starts = [sum(h * w for h, w in spatial_shapes[:level]) for level in range(levels)]
+    starts = torch.tensor(level_starts, dtype=index_dtype, device=device).view(levels, 1)
+    # Pixel coordinates as grid_sample(align_corners=False) computes them.
+    x = sampling_locations[..., 0].to(index_dtype) * width - 0.5
+    y = sampling_locations[..., 1].to(index_dtype) * height - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    # 1-D weights, zero where a neighbour lies outside the level; coordinates clamped so that those
+    # zero-weight neighbours still read a valid row.
+    weight_x0 = (1 - fx) * ((x0 >= 0) & (x0 <= width - 1))
+    weight_x1 = fx * ((x0 >= -1) & (x0 <= width - 2))
+    weight_y0 = (1 - fy) * ((y0 >= 0) & (y0 <= height - 1)) * attention_weights
+    weight_y1 = fy * ((y0 >= -1) & (y0 <= height - 2)) * attention_weights
+    # Row of value.reshape(-1, head_dim) = ((b * total + start + y * w + x) * heads + h).
+    offset = torch.arange(batch, dtype=index_dtype, device=device).view(batch, 1, 1, 1, 1) * (total * heads)
+    offset = offset + torch.arange(heads, dtype=index_dtype, device=device).view(1, 1, heads, 1, 1)
+    col0 = x0.clamp(0, None).minimum(width - 1) * heads
+    col1 = (x0 + 1).clamp(0, None).minimum(width - 1) * heads
+    row0 = (starts + y0.clamp(0, None).minimum(height - 1) * width) * heads + offset
+    row1 = (starts + (y0 + 1).clamp(0, None).minimum(height - 1) * width) * heads + offset
+    rows = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], -1)
+    weights = torch.stack([weight_y0 * weight_x0, weight_y0 * weight_x1, weight_y1 * weight_x0, weight_y1 * weight_x1], -1)
+    bag = levels * points * 4
+    out = F.embedding_bag(
+        rows.view(-1, bag).long(),
+        value.reshape(-1, head_dim),
+        per_sample_weights=weights.view(-1, bag).to(value.dtype),
+        mode="sum",
+    )
+    return out.view(batch, queries, heads * head_dim)
+
+
+SAMPLERS = ("grid_sample", "gather", "auto")
+
+
 class MSDeformAttn(nn.Module):
     """Each query attends to ``n_points`` learned offsets around its reference point on every level."""
 
@@ -54,6 +110,10 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        # "grid_sample": the reference's arithmetic (training, parity); "gather": the embedding_bag
+        # kernel (inference only); "auto": gather for no-grad reduced-precision (autocast) runs on the
+        # CPU, where the fp32 sampling dominates, grid_sample otherwise.
+        self.sampler = "auto"
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -83,8 +143,17 @@ class MSDeformAttn(nn.Module):
 
         Always computed in float32, also under autocast: sampling locations need the precision.
         """
-        with torch.autocast(device_type=query.device.type, enabled=False):
-            return self._forward_fp32(query.float(), reference_points.float(), value_input.float(), spatial_shapes)
+        device_type = query.device.type
+        sampler = self.sampler
+        if sampler == "auto":
+            reduced = device_type == "cpu" and torch.is_autocast_enabled(device_type)
+            sampler = "gather" if reduced and not torch.is_grad_enabled() else "grid_sample"
+        elif sampler == "gather" and torch.is_grad_enabled() and query.requires_grad:
+            raise RuntimeError("the 'gather' deformable sampler is for inference; train with 'grid_sample'")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._forward_fp32(
+                query.float(), reference_points.float(), value_input.float(), spatial_shapes, sampler
+            )
 
     def _forward_fp32(
         self,
@@ -92,6 +161,7 @@ class MSDeformAttn(nn.Module):
         reference_points: torch.Tensor,
         value_input: torch.Tensor,
         spatial_shapes: list[tuple[int, int]],
+        sampler: str,
     ) -> torch.Tensor:
         batch, num_queries, _ = query.shape
         value = self.value_proj(value_input).view(batch, value_input.shape[1], self.n_heads, -1)
@@ -104,7 +174,8 @@ class MSDeformAttn(nn.Module):
             [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
         )
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        return self.output_proj(ms_deform_attn_sample(value, spatial_shapes, locations, weights))
+        sample = ms_deform_attn_gather if sampler == "gather" else ms_deform_attn_sample
+        return self.output_proj(sample(value, spatial_shapes, locations, weights))
 
 
 class DeformableEncoderLayer(nn.Module):
