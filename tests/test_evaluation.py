@@ -268,3 +268,21 @@ def test_region_label_layout(tmp_path):
     samples = list(open_dataset(tmp_path))
     assert [s.name for s in samples] == ["scene#7", "scene#300"]
     assert (samples[1].gt == 1).sum() == 140
+
+
+def test_evaluate_adaptiveclick_at_another_size_and_precision(data_root, tmp_path, capsys):
+    import torch
+
+    from model.build import build_model
+    from model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(build_model("starter"), tmp_path / "starter.safetensors")
+    common = ["--checkpoint", str(checkpoint), "--datasets", "GrabCut", "--data-root", str(data_root),
+              "--limit", "1", "--max-clicks", "1", "--no-progress", "--device", "cpu"]
+    # The starter's 160-px attention windows do not tile 448 px: refused up front, with the reason.
+    assert main([*common, "--target-size", "448", "--out", str(tmp_path / "bad")]) == 2
+    assert "multiple of 160 px" in capsys.readouterr().err
+    assert main([*common, "--target-size", "480", "--dtype", "bf16", "--out", str(tmp_path / "ok")]) == 0
+    settings = json.loads((tmp_path / "ok" / "results.json").read_text())["settings"]
+    assert settings["target_size"] == 480 and settings["dtype"] == "bf16"

@@ -243,6 +243,15 @@ def test_bad_clicks_are_rejected_with_a_reason(predictor):
         predictor.predict([])
 
 
+def test_target_size_must_fit_the_attention_windows():
+    from model.build import build_model
+
+    starter = build_model("starter")  # 10x10-token windows of 16-px patches: sizes in steps of 160 px
+    with pytest.raises(ValueError, match="multiple of 160 px"):
+        Predictor(starter, device="cpu", target_size=448)
+    assert Predictor(starter, device="cpu", target_size=480).zoom.target_size == (480, 480)
+
+
 def test_bf16_autocast_runs_and_fp16_needs_cuda(tiny_model):
     rng = np.random.default_rng(3)
     p = Predictor(tiny_model, device="cpu", dtype="bf16")

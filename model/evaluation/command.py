@@ -38,6 +38,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
     parser.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in crop")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="inference precision")
+    parser.add_argument(
+        "--target-size", type=int, default=None, help="network input side (default: the model's own, e.g. 448; 672 for DAVIS)"
+    )
     parser.add_argument("--method", choices=METHODS, default="adaptiveclick")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances per dataset")
     parser.add_argument("--out", default="results", help="output folder for results.json and the plot")
@@ -91,7 +95,14 @@ def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(args.checkpoint, device=device)
-    return Predictor(net, device=device, flip=not args.no_flip, zoom_in=not args.no_zoom_in)
+    return Predictor(
+        net,
+        device=device,
+        dtype=args.dtype,
+        flip=not args.no_flip,
+        zoom_in=not args.no_zoom_in,
+        target_size=args.target_size,
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -107,6 +118,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             flip=not args.no_flip,
             zoom_in=not args.no_zoom_in,
             device=args.device or "auto",
+            dtype=args.dtype,
+            target_size=args.target_size or "native",
         )
     return settings
 

@@ -121,6 +121,12 @@ class ClickViT(nn.Module):
     def set_grid_size(self, grid_size: tuple[int, int]) -> None:
         """Run on another token grid: the position embedding is resized bicubically from the trained
         one (as the reference does at inference). The parameter itself keeps its trained grid."""
+        if grid_size[0] % self.window_size or grid_size[1] % self.window_size:
+            side = self.window_size * self.patch_size
+            raise ValueError(
+                f"a {tuple(grid_size)} token grid does not split into the {self.window_size}x{self.window_size}-token "
+                f"attention windows: use an input size that is a multiple of {side} px"
+            )
         self.grid_size = tuple(grid_size)
 
     @property
