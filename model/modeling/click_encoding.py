@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -29,7 +31,22 @@ def click_disk_maps(points: torch.Tensor, height: int, width: int, radius: float
     grid_cols = torch.arange(width, device=points.device, dtype=torch.float32)
     d_row = (grid_rows[None, :] - coords[:, :1]).float() ** 2
     d_col = (grid_cols[None, :] - coords[:, 1:]).float() ** 2
-    inside = (d_row[:, :, None] + d_col[:, None, :]) <= radius**2
-    inside &= ~is_padding[:, None, None]
-    inside = inside.view(batch, 2, num_per_kind, height, width).any(dim=2)
-    return inside.float()
+
+    # Only pixels within ``radius`` rows and columns of a click can be inside its disk, so the sum is
+    # formed on a small window around each click (the same float32 values the full H x W sum would
+    # hold there) instead of on B x 2N x H x W pixels.
+    reach = math.ceil(radius)
+    window = torch.arange(-reach, reach + 2, device=points.device)
+    finite = torch.nan_to_num(coords.float(), nan=-1.0).clamp(-2.0 * (reach + 1), float(max(height, width) + reach + 1))
+    rows = finite[:, :1].floor().long() + window  # (P, w)
+    cols = finite[:, 1:].floor().long() + window
+    row_ok, col_ok = (rows >= 0) & (rows < height), (cols >= 0) & (cols < width)
+    rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
+    window_sum = d_row.gather(1, rows)[:, :, None] + d_col.gather(1, cols)[:, None, :]
+    inside = (window_sum <= radius**2) & row_ok[:, :, None] & col_ok[:, None, :] & ~is_padding[:, None, None]
+
+    channel = torch.arange(batch * num_rows, device=points.device) // num_per_kind  # = b * 2 + kind
+    flat = (channel[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+    maps = torch.zeros(batch * 2 * height * width, device=points.device)
+    maps[flat[inside]] = 1.0
+    return maps.view(batch, 2, height, width)
