@@ -2,8 +2,8 @@
 
     python benchmarks/latency.py [--config vit_b_448 | --checkpoint F] [--repeats 7] [--threads N] [--json out.json]
 
-Reports, for fp32 and bf16: the median time of one network forward (batch 1 and the flip batch of 2)
-and of one predictor click (flip on/off) after warm-up, peak RSS, FLOPs per forward (PyTorch's
+Reports, for fp32 and bf16: the median time of one network forward (batch 1 and the flip batch of 2;
+batch 1 also with the other deformable-attention kernel) and of one predictor click (flip on/off) after warm-up, peak RSS, FLOPs per forward (PyTorch's
 FLOP counter), the machine's measured matmul peak and the fraction of it a forward reaches, and the
 IoU between the fp32 and bf16 masks over a click sequence on a real image.
 """
