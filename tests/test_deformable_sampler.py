@@ -92,3 +92,15 @@ def test_gather_forward_of_the_whole_network_matches():
         tiny_model.set_deformable_sampler("gather")
         result = tiny_model(image, points)["pred_masks"]
     torch.testing.assert_close(result, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_training_form_of_grid_sample_equals_the_reference_form():
+    """Under autograd the levels are weighted and summed one by one; without it, stacked as the reference does."""
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    value, locations, weights = _inputs(2, shapes, queries=30)
+    with torch.no_grad():
+        expected = ms_deform_attn_sample(value, shapes, locations, weights)
+    trained = ms_deform_attn_sample(value.requires_grad_(True), shapes, locations, weights)
+    torch.testing.assert_close(trained, expected, rtol=1e-5, atol=1e-6)
+    trained.sum().backward()
+    assert value.grad is not None and value.grad.abs().sum() > 0

@@ -41,7 +41,8 @@ def ms_deform_attn_sample(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights)):
         # Training: weight and sum level by level, without the stacked copy; forward + backward ~1.6x
         # faster on the CPU, equal to the reference's form below up to the order of the sum.
-        out = sum((sample * weight).sum(-1) for sample, weight in zip(samples, weights.split(points, dim=-1)))
+        per_level = weights.view(batch * heads, 1, queries, levels, points).movedim(3, 0).contiguous()
+        out = sum((sample * weight).sum(-1) for sample, weight in zip(samples, per_level))
     else:
         out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
     return out.view(batch, heads * head_dim, queries).transpose(1, 2).contiguous()
