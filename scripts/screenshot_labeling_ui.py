@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from ls_harness import LS_PASSWORD, LS_USER, Backend, LabelStudio, LSClient, keypoint, running  # noqa: E402
 
-GRABCUT = Path(os.environ.get("SHARED_DIR", "/work/shared")) / "datasets" / "GrabCut" / "images"
+GRABCUT = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared")) / "datasets" / "GrabCut" / "images"
 DEFAULT_IMAGE = GRABCUT / "llama.png"  # the e2e tests' local-files image: one llama, clear against the ruins
 DEFAULT_CLICKS = "160,260;250,200;340,190"  # head, neck, chest of the llama (row,col in image pixels)
 STARTER_WEIGHTS = REPO / "weights" / "starter.safetensors"  # model.checkpoint.DEFAULT_WEIGHTS (without torch)
