@@ -13,7 +13,7 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -23,7 +23,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -84,14 +84,14 @@ class Settings:
                 "LOCAL_FILES_DOCUMENT_ROOT", env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "")
             ).strip(),
             media_allowed_hosts=hosts,
-            max_image_bytes=_int(env, "MAX_IMAGE_MB", 64) * 1024 * 1024,
-            max_image_pixels=int(_float(env, "MAX_IMAGE_MEGAPIXELS", 64.0) * 1_000_000),
-            fetch_timeout_s=_float(env, "FETCH_TIMEOUT_S", 30.0),
+            max_image_bytes=env_int(env, "MAX_IMAGE_MB", 64) * 1024 * 1024,
+            max_image_pixels=int(env_float(env, "MAX_IMAGE_MEGAPIXELS", 64.0) * 1_000_000),
+            fetch_timeout_s=env_float(env, "FETCH_TIMEOUT_S", 30.0),
             basic_auth_user=env.get("BASIC_AUTH_USER", ""),
             basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
-            max_request_bytes=_int(env, "MAX_REQUEST_MB", 64) * 1024 * 1024,
-            threads=max(1, _int(env, "THREADS", 8)),
-            no_traffic_warning_s=_float(env, "NO_TRAFFIC_WARNING_S", 120.0),
+            max_request_bytes=env_int(env, "MAX_REQUEST_MB", 64) * 1024 * 1024,
+            threads=max(1, env_int(env, "THREADS", 8)),
+            no_traffic_warning_s=env_float(env, "NO_TRAFFIC_WARNING_S", 120.0),
             model_engine=env.get("MODEL_ENGINE", "adaptiveclick").strip() or "adaptiveclick",
             model_checkpoint=env.get("MODEL_CHECKPOINT", "").strip(),
             model_dir=env.get("MODEL_DIR", "").strip(),
@@ -100,18 +100,18 @@ class Settings:
             dtype=env.get("MODEL_DTYPE", "fp32").strip() or "fp32",
             flip=_bool(env.get("MODEL_FLIP"), True),
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
-            mask_threshold=_float(env, "MASK_THRESHOLD", 0.5) if env.get("MASK_THRESHOLD", "").strip() else None,
-            session_cache_mb=_int(env, "SESSION_CACHE_MB", 2048),
-            session_ttl_s=_float(env, "SESSION_TTL_S", 1800.0),
-            max_clicks=_int(env, "MAX_CLICKS", 100),
+            mask_threshold=env_float(env, "MASK_THRESHOLD", 0.5) if env.get("MASK_THRESHOLD", "").strip() else None,
+            session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
+            session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),
+            max_clicks=env_int(env, "MAX_CLICKS", 100),
             prefetch_on_open=_bool(env.get("PREFETCH_ON_TASK_OPEN"), True),
             log_level=(env.get("LOG_LEVEL", "INFO").strip() or "INFO").upper(),
             finetune=(env.get("FINETUNE", "auto").strip() or "auto").lower(),
-            start_training_each_n_updates=max(0, _int(env, "START_TRAINING_EACH_N_UPDATES", 0)),
+            start_training_each_n_updates=max(0, env_int(env, "START_TRAINING_EACH_N_UPDATES", 0)),
             finetune_projects=tuple(p.strip() for p in env.get("FINETUNE_PROJECTS", "").split(",") if p.strip()),
             finetune_worker=(env.get("FINETUNE_WORKER", "spawn").strip() or "spawn").lower(),
             model_version_pin=env.get("MODEL_VERSION_PIN", "").strip(),
-            model_watch_s=_float(env, "MODEL_WATCH_S", 2.0),
+            model_watch_s=env_float(env, "MODEL_WATCH_S", 2.0),
         )
 
     @property

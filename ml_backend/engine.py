@@ -12,7 +12,6 @@ fork), by :meth:`Engine.load`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -34,11 +33,9 @@ def _file_tag(path: Path) -> str:
         return "missing"
     if size > 1 << 30:
         return f"{size:x}"[-8:]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:8]
+    from model.weights import sha256_file  # no torch
+
+    return sha256_file(path)[:8]
 
 
 def _served_version(settings: Settings) -> Any:

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from model.weights import sha256_file
+
 log = logging.getLogger("adaptiveclick.finetune")
 
 UPDATE_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
@@ -329,9 +331,9 @@ class ModelStore:
             time.sleep(float(hold))
         model_path = staging / MODEL_FILE
         write_model(model_path)
-        tag = _sha256(model_path)[:8]
+        tag = sha256_file(model_path)[:8]
         version = self.next_version_name(tag)
-        manifest = dict(manifest, version=version, sha256=_sha256(model_path), created=now_iso(), job=job_id)
+        manifest = dict(manifest, version=version, sha256=sha256_file(model_path), created=now_iso(), job=job_id)
         atomic_write_json(staging / MANIFEST_FILE, manifest)
         _fsync_dir(staging)
         os.rename(staging, self.versions_dir / version)
@@ -339,16 +341,6 @@ class ModelStore:
         if make_current:
             self.set_current(version)
         return version
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_served(settings: Any, store: ModelStore | None = None) -> tuple[str, Path] | None:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .config import Settings
+from .config import Settings, env_float, env_int
 from .finetune import DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, resolve_served
 
 log = logging.getLogger("adaptiveclick.finetune")
@@ -43,16 +43,6 @@ log = logging.getLogger("adaptiveclick.finetune")
 
 class JobSkipped(Exception):
     """Nothing to train on (the message says why); the job ends "skipped", not "failed"."""
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    return int(float(raw)) if raw else default
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    return float(raw) if raw else default
 
 
 @dataclasses.dataclass
@@ -79,20 +69,20 @@ class JobConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "JobConfig":
         env = os.environ if env is None else env
         return cls(
-            steps=max(1, _int(env, "FINETUNE_STEPS", 100)),
-            batch_size=max(1, _int(env, "FINETUNE_BATCH_SIZE", 4)),
-            lr=_float(env, "FINETUNE_LR", 3e-5),
-            max_minutes=_float(env, "FINETUNE_MAX_MINUTES", 60.0),
-            max_extra_clicks=max(0, _int(env, "FINETUNE_MAX_EXTRA_CLICKS", 3)),
-            val_fraction=min(0.9, max(0.0, _float(env, "FINETUNE_VAL_FRACTION", 0.2))),
-            min_tasks=max(2, _int(env, "FINETUNE_MIN_TASKS", 2)),
-            max_tasks=max(2, _int(env, "FINETUNE_MAX_TASKS", 1000)),
-            max_clicks=max(1, _int(env, "FINETUNE_MAX_CLICKS", 20)),
-            val_max_instances=max(1, _int(env, "FINETUNE_VAL_MAX_INSTANCES", 100)),
-            min_instance_px=max(0, _int(env, "FINETUNE_MIN_INSTANCE_PX", 100)),
-            threads=max(1, _int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
-            nice=_int(env, "FINETUNE_NICE", 10),
-            seed=_int(env, "FINETUNE_SEED", 0),
+            steps=max(1, env_int(env, "FINETUNE_STEPS", 100)),
+            batch_size=max(1, env_int(env, "FINETUNE_BATCH_SIZE", 4)),
+            lr=env_float(env, "FINETUNE_LR", 3e-5),
+            max_minutes=env_float(env, "FINETUNE_MAX_MINUTES", 60.0),
+            max_extra_clicks=max(0, env_int(env, "FINETUNE_MAX_EXTRA_CLICKS", 3)),
+            val_fraction=min(0.9, max(0.0, env_float(env, "FINETUNE_VAL_FRACTION", 0.2))),
+            min_tasks=max(2, env_int(env, "FINETUNE_MIN_TASKS", 2)),
+            max_tasks=max(2, env_int(env, "FINETUNE_MAX_TASKS", 1000)),
+            max_clicks=max(1, env_int(env, "FINETUNE_MAX_CLICKS", 20)),
+            val_max_instances=max(1, env_int(env, "FINETUNE_VAL_MAX_INSTANCES", 100)),
+            min_instance_px=max(0, env_int(env, "FINETUNE_MIN_INSTANCE_PX", 100)),
+            threads=max(1, env_int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
+            nice=env_int(env, "FINETUNE_NICE", 10),
+            seed=env_int(env, "FINETUNE_SEED", 0),
             keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
         )
 

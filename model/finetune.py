@@ -87,21 +87,14 @@ def memory_source(samples: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]], na
 
 
 class MemoryTrainer(Trainer):
-    """A :class:`Trainer` whose data are given :class:`TrainSource` objects instead of folders.
+    """A :class:`Trainer` on given :class:`TrainSource` objects instead of folders.
 
     It writes nothing but the run folder's log (``save`` is a no-op: the caller decides what to keep)."""
 
     def __init__(self, cfg: TrainConfig, sources: Sequence[TrainSource]) -> None:
-        from . import training
-
         if not cfg.data:
             cfg.data = [MEMORY_DATA]
-        original = training.open_train_sources
-        training.open_train_sources = lambda paths, **_: list(sources)  # only while the base class builds
-        try:
-            super().__init__(cfg)
-        finally:
-            training.open_train_sources = original
+        super().__init__(cfg, sources=sources)
 
     def save(self) -> None:  # no last.pt / model_last.safetensors for a fine-tuning job
         pass

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import signal
@@ -54,7 +53,7 @@ from .checkpoint import (
 )
 from .click_sampler import MultiPointSampler, add_error_clicks
 from .criterion import build_criterion, downsample_gt, total_loss
-from .data import AugmentConfig, ClickTrainDataset, StreamSampler, TrainDataError, open_train_sources
+from .data import AugmentConfig, ClickTrainDataset, StreamSampler, TrainDataError, TrainSource, open_train_sources
 from .modeling.adaptiveclick import AdaptiveClick
 from .modeling.vit import resize_pos_embed
 
@@ -367,7 +366,14 @@ def iterative_clicks(
 class Trainer:
     """Holds the model, optimiser and data stream of one process; :meth:`run` trains to ``steps``."""
 
-    def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dist_info: DistInfo | None = None,
+        resume: bool = False,
+        sources: Sequence[TrainSource] | None = None,
+    ) -> None:
+        """``sources``: data already opened (e.g. annotations in memory) instead of the folders of ``cfg.data``."""
         cfg.validate()
         self.cfg = cfg
         self.out = Path(cfg.out)
@@ -420,7 +426,8 @@ class Trainer:
             np.random.seed(cfg.seed + self.dist.rank)
             torch.manual_seed(cfg.seed + self.dist.rank)
 
-        sources = open_train_sources(cfg.data, allow_evaluation_sets=cfg.allow_eval_data)
+        if sources is None:
+            sources = open_train_sources(cfg.data, allow_evaluation_sets=cfg.allow_eval_data)
         augment = AugmentConfig(
             crop_size=self.crop, scale_range=cfg.scale_range,
             base_scale=cfg.base_scale if cfg.base_scale is not None else self.crop / 448,

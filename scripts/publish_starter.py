@@ -10,7 +10,6 @@ GrabCut and Berkeley (NoC@85/90 with the standard protocol), and writes ``weight
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -21,16 +20,9 @@ sys.path.insert(0, str(REPO))
 
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
 from model.evaluation.command import main as evaluate  # noqa: E402
+from model.weights import sha256_file  # noqa: E402
 
 WEIGHTS = REPO / "weights"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def summary_rows(results_file: Path, label: str) -> list[str]:
@@ -70,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_data": meta.get("train_data", "?"),
         "train_config": meta.get("train_config", "{}"),
     })
-    digest = sha256(target)
+    digest = sha256_file(target)
     (WEIGHTS / "starter.sha256").write_text(f"{digest}  starter.safetensors\n")
 
     results = Path(args.results)

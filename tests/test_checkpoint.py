@@ -1,9 +1,7 @@
 """Checkpoint reading and writing: safety, clear errors, round trips, atomicity."""
 
-import io
 import os
 import pickle
-import zipfile
 
 import pytest
 import torch
