@@ -63,6 +63,7 @@ class JobConfig:
     threads: int = 0  # torch threads of the worker (FINETUNE_THREADS, default half the cores: serving keeps the rest)
     nice: int = 10
     seed: int = 0
+    amp: str = "auto"  # autocast of the training steps: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16
     keep_rejected: bool = False  # keep a not-promoted candidate as jobs/<job>.rejected.safetensors (analysis)
 
     @classmethod
@@ -83,8 +84,16 @@ class JobConfig:
             threads=max(1, env_int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
             nice=env_int(env, "FINETUNE_NICE", 10),
             seed=env_int(env, "FINETUNE_SEED", 0),
+            amp=_env_choice(env, "FINETUNE_AMP", "auto", ("auto", "fp32", "bf16", "fp16")),
             keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
         )
+
+
+def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or "").strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"environment variable {name}={env.get(name)!r} must be one of {', '.join(choices)}")
+    return value
 
 
 @dataclasses.dataclass
@@ -280,7 +289,7 @@ def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings
     settings_ft = FinetuneSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                    max_extra_clicks=cfg.max_extra_clicks, seed=cfg.seed,
                                    threads=cfg.threads or None, device=_device(settings),
-                                   max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None)
+                                   max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None, amp=cfg.amp)
     net, info = finetune(init, source, settings_ft, out=work / "train")
     info["train_instances"] = sum(len(r.objects) for r in source.records)
     return net, info

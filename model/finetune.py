@@ -112,6 +112,7 @@ class FinetuneSettings:
     threads: int | None = None
     device: str = "auto"
     max_minutes: float | None = None
+    amp: str = "auto"  # autocast: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (fast on CPUs with AVX-512 BF16/AMX), fp16
     extra: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
 
 
@@ -128,11 +129,12 @@ def finetune(init: str | Path, source: TrainSource, settings: FinetuneSettings,
             batch_size=settings.batch_size, lr=settings.lr, lr_milestones=(1.0,), warmup_steps=0,
             clip_grad=settings.clip_grad, max_points=settings.max_points, max_extra_clicks=settings.max_extra_clicks,
             workers=0, seed=settings.seed, threads=settings.threads, device=settings.device,
-            save_every_min=1e9, log_every=max(1, min(10, settings.steps)), **settings.extra,
+            save_every_min=1e9, log_every=max(1, min(10, settings.steps)), amp=settings.amp, **settings.extra,
         )
         trainer = MemoryTrainer(cfg, [source])
         result = trainer.run(max_minutes=settings.max_minutes)
         result["stopped"] = bool(trainer._stop_requested)
+        result["autocast"] = str(trainer.amp_dtype).removeprefix("torch.")
         net = trainer.net.eval().cpu()
         log_path = Path(cfg.out) / "log.csv"
         result["log"] = log_path.read_text() if log_path.is_file() else ""

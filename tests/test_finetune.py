@@ -424,6 +424,34 @@ def test_memory_source_feeds_the_training_dataset():
     assert sample["image"].shape == (3, 32, 32) and sample["gt"].sum() > 0 and sample["points"].shape[1] == 3
 
 
+def test_finetune_amp_setting_is_parsed_and_checked():
+    assert JobConfig.from_env({}).amp == "auto"
+    assert JobConfig.from_env({"FINETUNE_AMP": " BF16 "}).amp == "bf16"
+    with pytest.raises(ValueError, match="FINETUNE_AMP='fp8' must be one of auto, fp32, bf16, fp16"):
+        JobConfig.from_env({"FINETUNE_AMP": "fp8"})
+
+
+def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.finetune import FinetuneSettings, finetune, memory_source
+
+    init = save_checkpoint(tiny_model, tmp_path / "init.safetensors")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 80, (240, 240, 3), dtype=np.uint8)
+    mask = np.zeros((240, 240), bool)
+    mask[60:170, 70:190] = True
+    image[mask] += 150
+    source = memory_source([(image, [mask])])
+    net, info = finetune(init, source, FinetuneSettings(steps=2, batch_size=1, lr=1e-3, threads=1, device="cpu",
+                                                        amp="bf16"))
+    assert info["step"] == 2 and info["finished"] and np.isfinite(info["loss"]) and info["autocast"] == "bfloat16"
+    before = dict(tiny_model.named_parameters())
+    changed = [n for n, p in net.named_parameters() if not torch.equal(p, before[n].cpu())]
+    assert all(p.dtype == torch.float32 for p in net.parameters()) and changed
+
+
 # --- versions: hot swap, rollback ------------------------------------------------------------------------
 
 
