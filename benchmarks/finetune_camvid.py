@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-5, help="FINETUNE_LR")
     p.add_argument("--val-fraction", type=float, default=0.2, help="FINETUNE_VAL_FRACTION (the job's own split)")
     p.add_argument("--max-clicks", type=int, default=20, help="robot clicks per instance (job and held-out)")
+    p.add_argument("--amp", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="FINETUNE_AMP")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the worker and of the measurements")
     p.add_argument("--job-timeout-min", type=float, default=60.0)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (Label Studio data, MODEL_DIR)")
@@ -164,6 +165,7 @@ def main(argv=None) -> int:
             "FINETUNE_BATCH_SIZE": str(args.batch_size), "FINETUNE_LR": str(args.lr),
             "FINETUNE_VAL_FRACTION": str(args.val_fraction), "FINETUNE_MAX_CLICKS": str(args.max_clicks),
             "FINETUNE_THREADS": str(args.threads), "FINETUNE_MAX_MINUTES": str(args.job_timeout_min),
+            "FINETUNE_AMP": args.amp,
             "FINETUNE_KEEP_REJECTED": "true", "WORKERS": "1", "THREADS": "2", "NO_TRAFFIC_WARNING_S": "0",
         }, tmp / "backend.log").start()
         with running(ls, backend):
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
         report = {
             "settings": {k: getattr(args, k) for k in ("checkpoint", "limit_frames", "heldout_frames", "limit_instances",
                                                      "steps", "batch_size", "lr", "val_fraction", "max_clicks",
-                                                     "threads")},
+                                                     "amp", "threads")},
             "start_checkpoint_train_steps": meta.get("train_steps"), "base_version": base_version,
             "finetune_frames": finetune_frames, "heldout_frames": heldout_frames,
             "heldout_instances": heldout_instances, "job": {k: job.get(k) for k in (
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
         lines = [
             f"Start: `{args.checkpoint}` ({meta.get('train_steps', '?')} steps), {len(finetune_frames)} fine-tune "
             f"frames / {sum(map(len, annotations.values()))} instances annotated through Label Studio, "
-            f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, {args.threads} thread(s).",
+            f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, autocast {args.amp}, {args.threads} thread(s).",
             f"Job {job['id']}: {job['message']}", "",
             f"Held-out CamVid ({len(heldout_frames)} frames, {heldout_instances} instances, max {args.max_clicks} clicks):",
             "", "| model | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@5 | s |", "|---|---|---|---|---|---|---|---|"]
