@@ -376,7 +376,7 @@ def test_dockerignore():
     patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
     for path in (".venv", ".cache", "runs", "results", ".git", ".pytest_cache", ".hypothesis", ".env", "data",
-                 "weights/wip/starter_step4581.safetensors"):
+                 "weights/adaptiveclick_base448_sbd.pth.part"):
         assert _ignored(patterns, path), f"{path} is sent to the Docker daemon"
     for path in ("pyproject.toml", "README.md", "model/checkpoint.py", "ml_backend/app.py",
                  "weights/starter.safetensors"):
