@@ -14,10 +14,9 @@ import time
 
 import numpy as np
 
-# The engine the tests use where a mask must honour the clicks (positive inside, negative outside). There are no
-# trained AdaptiveClick weights yet, so the GrabCut baseline stands in: change this one line to "adaptiveclick"
-# once weights/starter.safetensors ships.
-SEGMENTATION_ENGINE = "grabcut"
+# The engine the tests use where a mask must honour the clicks (positive inside, negative outside): the shipped
+# starter model (weights/starter.safetensors), as a user gets it.
+SEGMENTATION_ENGINE = "adaptiveclick"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, InProcessBackend, basic_auth_header, keypoint
 from PIL import Image
 
-from ml_backend.testing import SEGMENTATION_ENGINE  # grabcut until trained AdaptiveClick weights ship
+from ml_backend.testing import SEGMENTATION_ENGINE  # the starter model
 
 pytestmark = pytest.mark.slow
 
