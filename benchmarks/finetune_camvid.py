@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-5, help="FINETUNE_LR")
     p.add_argument("--val-fraction", type=float, default=0.2, help="FINETUNE_VAL_FRACTION (the job's own split)")
     p.add_argument("--max-clicks", type=int, default=20, help="robot clicks per instance (job and held-out)")
+    p.add_argument("--max-extra-clicks", type=int, default=3, help="FINETUNE_MAX_EXTRA_CLICKS (iterative rounds 0..N)")
     p.add_argument("--amp", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="FINETUNE_AMP")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the worker and of the measurements")
     p.add_argument("--job-timeout-min", type=float, default=60.0)
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
             "FINETUNE_BATCH_SIZE": str(args.batch_size), "FINETUNE_LR": str(args.lr),
             "FINETUNE_VAL_FRACTION": str(args.val_fraction), "FINETUNE_MAX_CLICKS": str(args.max_clicks),
             "FINETUNE_THREADS": str(args.threads), "FINETUNE_MAX_MINUTES": str(args.job_timeout_min),
-            "FINETUNE_AMP": args.amp,
+            "FINETUNE_AMP": args.amp, "FINETUNE_MAX_EXTRA_CLICKS": str(args.max_extra_clicks),
             "FINETUNE_KEEP_REJECTED": "true", "WORKERS": "1", "THREADS": "2", "NO_TRAFFIC_WARNING_S": "0",
         }, tmp / "backend.log").start()
         with running(ls, backend):
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
         report = {
             "settings": {k: getattr(args, k) for k in ("checkpoint", "limit_frames", "heldout_frames", "limit_instances",
                                                      "steps", "batch_size", "lr", "val_fraction", "max_clicks",
-                                                     "amp", "threads")},
+                                                     "max_extra_clicks", "amp", "threads")},
             "start_checkpoint_train_steps": meta.get("train_steps"), "base_version": base_version,
             "finetune_frames": finetune_frames, "heldout_frames": heldout_frames,
             "heldout_instances": heldout_instances, "job": {k: job.get(k) for k in (
