@@ -129,7 +129,7 @@ def finetune(init: str | Path, source: TrainSource, settings: FinetuneSettings,
             batch_size=settings.batch_size, lr=settings.lr, lr_milestones=(1.0,), warmup_steps=0,
             clip_grad=settings.clip_grad, max_points=settings.max_points, max_extra_clicks=settings.max_extra_clicks,
             workers=0, seed=settings.seed, threads=settings.threads, device=settings.device,
-            save_every_min=1e9, log_every=max(1, min(10, settings.steps)), amp=settings.amp, **settings.extra,
+            amp=settings.amp, **{"save_every_min": 1e9, "log_every": max(1, min(10, settings.steps)), **settings.extra},
         )
         trainer = MemoryTrainer(cfg, [source])
         result = trainer.run(max_minutes=settings.max_minutes)
