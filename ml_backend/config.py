@@ -23,6 +23,14 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    """The lower-cased value of ``name`` (``default`` when unset), which must be one of ``choices``."""
+    value = (env.get(name) or "").strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"environment variable {name}={env.get(name)!r} must be one of {', '.join(choices)}")
+    return value
+
+
 def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .config import Settings, env_float, env_int
+from .config import Settings, env_choice, env_float, env_int
 from .finetune import DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, resolve_served
 
 log = logging.getLogger("adaptiveclick.finetune")
@@ -84,16 +84,9 @@ class JobConfig:
             threads=max(1, env_int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
             nice=env_int(env, "FINETUNE_NICE", 10),
             seed=env_int(env, "FINETUNE_SEED", 0),
-            amp=_env_choice(env, "FINETUNE_AMP", "auto", ("auto", "fp32", "bf16", "fp16")),
+            amp=env_choice(env, "FINETUNE_AMP", "auto", ("auto", "fp32", "bf16", "fp16")),
             keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
         )
-
-
-def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = (env.get(name) or "").strip().lower() or default
-    if value not in choices:
-        raise ValueError(f"environment variable {name}={env.get(name)!r} must be one of {', '.join(choices)}")
-    return value
 
 
 @dataclasses.dataclass

@@ -123,13 +123,14 @@ def finetune(init: str | Path, source: TrainSource, settings: FinetuneSettings,
     Constant learning rate (no milestone inside the run), the network's native input size, data loading in the
     process (``workers=0``: the records are in memory). ``run_info["stopped"]`` is True when a SIGTERM/SIGINT
     ended the run early (the caller should then not promote it)."""
+    options = {"save_every_min": 1e9, "log_every": max(1, min(10, settings.steps)), **settings.extra}
     with tempfile.TemporaryDirectory(prefix="adaptiveclick-ft-") as tmp:
         cfg = TrainConfig(
             data=[MEMORY_DATA], out=str(out or tmp), steps=settings.steps, init=str(init),
             batch_size=settings.batch_size, lr=settings.lr, lr_milestones=(1.0,), warmup_steps=0,
             clip_grad=settings.clip_grad, max_points=settings.max_points, max_extra_clicks=settings.max_extra_clicks,
             workers=0, seed=settings.seed, threads=settings.threads, device=settings.device,
-            amp=settings.amp, **{"save_every_min": 1e9, "log_every": max(1, min(10, settings.steps)), **settings.extra},
+            amp=settings.amp, **options,
         )
         trainer = MemoryTrainer(cfg, [source])
         result = trainer.run(max_minutes=settings.max_minutes)
