@@ -86,6 +86,7 @@ class TrainConfig:
     crop: int | None = None  # default: the model's native input size
     scale_range: tuple[float, float] = (0.75, 1.40)
     base_scale: float | None = None  # default crop / 448, so a smaller crop sees the reference field of view
+    zoom_in_prob: float = 0.0  # share of samples cropped around the object as the predictor's zoom-in sees it
     max_points: int = 24
     max_extra_clicks: int = 3
     workers: int = 2
@@ -107,6 +108,8 @@ class TrainConfig:
             raise ValueError("--steps and --batch-size must be positive")
         if self.amp not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"--amp must be auto, fp32, bf16 or fp16, not {self.amp!r}")
+        if not 0 <= self.zoom_in_prob <= 1:
+            raise ValueError(f"zoom_in_prob is a probability in [0, 1], got {self.zoom_in_prob}")
         if any(not 0 < m <= 1 for m in self.lr_milestones):
             raise ValueError(f"lr milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
 
@@ -431,6 +434,7 @@ class Trainer:
         augment = AugmentConfig(
             crop_size=self.crop, scale_range=cfg.scale_range,
             base_scale=cfg.base_scale if cfg.base_scale is not None else self.crop / 448,
+            zoom_in_prob=cfg.zoom_in_prob,
         )
         self.dataset = ClickTrainDataset(sources, augment, MultiPointSampler(cfg.max_points), seed=cfg.seed)
         self._stop_requested = False

@@ -211,6 +211,31 @@ def test_samples_are_deterministic_and_keep_the_object(tmp_path):
     assert [next(sampler) for _ in range(3)] == [7, 9, 11]
 
 
+def test_zoom_in_crops_frame_a_small_object_like_the_predictor(tmp_path):
+    """A 40x60 object in a 400x600 image: a zoom-in sample shows all of it, centred, filling the share of the
+    crop that a 160..240 px ROI gives it (the predictor's zoom-in: box x1.4, at least 200 px)."""
+    from model.finetune import memory_source
+
+    image = np.random.default_rng(0).integers(0, 90, size=(400, 600, 3), dtype=np.uint8)
+    mask = np.zeros((400, 600), bool)
+    mask[100:140, 300:360] = True
+    image[mask] = (220, 180, 60)
+    source = memory_source([(image, [mask])])
+    zoomed = ClickTrainDataset([source], AugmentConfig(crop_size=64, zoom_in_prob=1.0, color_prob=0, shift_prob=0,
+                                                       merge_objects_prob=0), MultiPointSampler(4), seed=1)
+    for position in range(8):
+        sample = zoomed[position]
+        assert torch.equal(sample["image"], zoomed[position]["image"])
+        gt = sample["gt"][0].numpy() > 0.5
+        rows, cols = np.flatnonzero(gt.any(1)), np.flatnonzero(gt.any(0))
+        assert rows[0] > 0 and cols[0] > 0 and rows[-1] < 63 and cols[-1] < 63  # the whole object is inside
+        assert abs(0.5 * (rows[0] + rows[-1]) - 31.5) < 12 and abs(0.5 * (cols[0] + cols[-1]) - 31.5) < 12
+        assert 2400 / 240**2 * 0.8 < gt.mean() < 2400 / 160**2 * 1.2
+        assert (sample["image"][:, gt].float().mean(1) > 150).any()  # the object's colour, not padding
+    with pytest.raises(ValueError, match="zoom_in_prob"):
+        TrainConfig(data=["x"], zoom_in_prob=1.5).validate()
+
+
 def test_split_ignore_takes_the_nearer_label():
     target = np.zeros((1, 9), bool)
     target[0, :3] = True
