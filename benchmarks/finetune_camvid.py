@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-clicks", type=int, default=20, help="robot clicks per instance (job and held-out)")
     p.add_argument("--max-extra-clicks", type=int, default=3, help="FINETUNE_MAX_EXTRA_CLICKS (iterative rounds 0..N)")
     p.add_argument("--amp", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="FINETUNE_AMP")
+    p.add_argument("--zoom-in-prob", type=float, default=0.5, help="FINETUNE_ZOOM_IN_PROB (share of zoom-in crops)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the worker and of the measurements")
     p.add_argument("--job-timeout-min", type=float, default=60.0)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (Label Studio data, MODEL_DIR)")
@@ -76,10 +77,21 @@ def spread(items: list[str], n: int) -> list[str]:
     return [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, n).round().astype(int).tolist()))]
 
 
-def largest_instances(regions: np.ndarray, k: int) -> list[np.ndarray]:
+def largest_ids(regions: np.ndarray, k: int) -> list[int]:
+    """Ids of the ``k`` largest regions, largest first (ties by id)."""
     ids, counts = np.unique(regions[regions > 0], return_counts=True)
-    order = ids[np.lexsort((ids, -counts))][:k]  # largest first, ties by id
-    return [regions == i for i in order]
+    return [int(i) for i in ids[np.lexsort((ids, -counts))][:k]]
+
+
+def largest_instances(regions: np.ndarray, k: int) -> list[np.ndarray]:
+    return [regions == i for i in largest_ids(regions, k)]
+
+
+def instance_classes(data: Path) -> dict[str, list[str]]:
+    """Frame -> class name of each region id (``instances.csv`` + ``classes.csv``; index 0 is id 1)."""
+    names = dict(line.split(",", 1) for line in (data / "classes.csv").read_text().split()[1:])
+    rows = [line.split(",") for line in (data / "instances.csv").read_text().splitlines()[1:] if line]
+    return {row[0]: [names[c] for c in row[4].split()] for row in rows}
 
 
 def brush_region(mask: np.ndarray, i: int) -> dict:
@@ -100,21 +112,28 @@ def start_evaluation(args: argparse.Namespace, data_root: Path, out: Path, metho
     return subprocess.Popen([sys.executable, "-m", "model.cli", "evaluate", *argv], cwd=REPO, env=env)
 
 
-def evaluate_all(args: argparse.Namespace, data_root: Path, out: Path, runs: dict[str, tuple[str, Path | None]]) -> dict:
-    """Run the evaluations side by side; returns their summaries by name."""
+def evaluate_all(args: argparse.Namespace, data_root: Path, out: Path, runs: dict[str, tuple[str, Path | None]],
+                 classes: dict[str, str]) -> dict:
+    """Run the evaluations side by side; returns their summaries by name (``classes``: instance name -> class)."""
     t0 = time.perf_counter()
     procs = {name: start_evaluation(args, data_root, out / name, method, ckpt) for name, (method, ckpt) in runs.items()}
     results = {}
     for name, proc in procs.items():
         if proc.wait() != 0:
             raise RuntimeError(f"evaluation {name} ({runs[name]}) failed with exit code {proc.returncode}")
-        summary = json.loads((out / name / "results.json").read_text())["datasets"]["CamVid-heldout"]["summary"]
+        measured = json.loads((out / name / "results.json").read_text())["datasets"]["CamVid-heldout"]
+        summary = measured["summary"]
+        by_class: dict[str, list[int]] = {}
+        for instance in measured["instances"]:
+            by_class.setdefault(classes[instance["name"]], []).append(instance["noc"]["85"])
         results[name] = {
             "noc85": summary["noc"]["85"], "noc90": summary["noc"]["90"], "nof85": summary["nof"]["85"],
             "nof90": summary["nof"]["90"], "instances": summary["num_instances"],
             "iou_at_1": summary["mean_iou_per_click"][0],
             "iou_at_5": summary["mean_iou_per_click"][min(4, args.max_clicks - 1)],
             "seconds": round(summary["total_time_s"], 1),
+            "noc85_by_class": {c: {"instances": len(v), "noc85": round(float(np.mean(v)), 2)}
+                               for c, v in sorted(by_class.items())},
         }
     print(f"held-out evaluations (side by side): {time.perf_counter() - t0:.0f} s", flush=True)
     return results
@@ -150,10 +169,13 @@ def main(argv=None) -> int:
         heldout = tmp / "eval" / "CamVid-heldout"
         (heldout / "images").mkdir(parents=True)
         (heldout / "regions").mkdir(parents=True)
-        heldout_frames, heldout_instances = [], 0
+        heldout_frames, heldout_instances, heldout_classes = [], 0, {}
+        classes = instance_classes(data)
         for frame in spread(splits["heldout"], args.heldout_frames or args.limit_frames):
             regions = cv2.imread(str(data / "regions" / f"{frame}.png"), cv2.IMREAD_UNCHANGED)
-            masks = largest_instances(regions, args.limit_instances)
+            ids = largest_ids(regions, args.limit_instances)
+            masks = [regions == i for i in ids]
+            heldout_classes.update({f"{frame}#{n}": classes[frame][i - 1] for n, i in enumerate(ids, 1)})
             if not masks:
                 continue
             label_map = np.zeros(regions.shape, np.uint16)
@@ -182,6 +204,7 @@ def main(argv=None) -> int:
             "FINETUNE_VAL_FRACTION": str(args.val_fraction), "FINETUNE_MAX_CLICKS": str(args.max_clicks),
             "FINETUNE_THREADS": str(args.threads), "FINETUNE_MAX_MINUTES": str(args.job_timeout_min),
             "FINETUNE_AMP": args.amp, "FINETUNE_MAX_EXTRA_CLICKS": str(args.max_extra_clicks),
+            "FINETUNE_ZOOM_IN_PROB": str(args.zoom_in_prob),
             "FINETUNE_KEEP_REJECTED": "true", "WORKERS": "1", "THREADS": "2", "NO_TRAFFIC_WARNING_S": "0",
         }, tmp / "backend.log").start()
         with running(ls, backend):
@@ -229,13 +252,14 @@ def main(argv=None) -> int:
         # --- held-out measurements: before, after, GrabCut ---
         t0 = time.perf_counter()
         results = evaluate_all(args, tmp / "eval", out, {
-            "before": ("adaptiveclick", base), "after": ("adaptiveclick", tuned), "grabcut": ("grabcut", None)})
+            "before": ("adaptiveclick", base), "after": ("adaptiveclick", tuned), "grabcut": ("grabcut", None)},
+            heldout_classes)
         phases["heldout_eval_s"] = round(time.perf_counter() - t0, 1)
         phases["total_s"] = round(time.perf_counter() - t_start, 1)
         report = {
             "settings": {k: getattr(args, k) for k in ("checkpoint", "limit_frames", "heldout_frames", "limit_instances",
                                                      "steps", "batch_size", "lr", "val_fraction", "max_clicks",
-                                                     "max_extra_clicks", "amp", "threads")},
+                                                     "max_extra_clicks", "zoom_in_prob", "amp", "threads")},
             "start_checkpoint_train_steps": meta.get("train_steps"), "base_version": base_version,
             "finetune_frames": finetune_frames, "heldout_frames": heldout_frames,
             "heldout_instances": heldout_instances, "job": {k: job.get(k) for k in (
@@ -244,17 +268,22 @@ def main(argv=None) -> int:
         }
         (out / "report.json").write_text(json.dumps(report, indent=2))
         lines = [
-            f"Start: `{args.checkpoint}` ({meta.get('train_steps', '?')} steps), {len(finetune_frames)} fine-tune "
-            f"frames / {sum(map(len, annotations.values()))} instances annotated through Label Studio, "
-            f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, autocast {args.amp}, {args.threads} thread(s).",
+            (f"Start: `{args.checkpoint}` ({meta.get('train_steps', '?')} steps), {len(finetune_frames)} fine-tune "
+             f"frames / {sum(map(len, annotations.values()))} instances annotated through Label Studio, "
+             f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, zoom-in crops {args.zoom_in_prob:.0%}, "
+             f"autocast {args.amp}, {args.threads} thread(s)."),
             f"Job {job['id']}: {job['message']}", "",
             f"Held-out CamVid ({len(heldout_frames)} frames, {heldout_instances} instances, max {args.max_clicks} clicks):",
             "", "| model | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@5 | s |", "|---|---|---|---|---|---|---|---|"]
         for name, r in results.items():
             lines.append(f"| {name} | {r['noc85']:.2f} | {r['noc90']:.2f} | {r['nof85']} | {r['nof90']} | "
                          f"{r['iou_at_1']:.3f} | {r['iou_at_5']:.3f} | {r['seconds']} |")
-        lines += ["", "s: each evaluation's own wall time; the three ran side by side on the CPU.",
-                  "", "Wall times: " + ", ".join(f"{k} {v} s" for k, v in phases.items())]
+        lines += ["", "s: each evaluation's own wall time; the three ran side by side on the CPU.", "",
+                  "NoC@85 by class (instances): " + "; ".join(
+                      f"{c} ({v['instances']}): " + " / ".join(f"{name} {r['noc85_by_class'][c]['noc85']:.2f}"
+                                                             for name, r in results.items())
+                      for c, v in results["before"]["noc85_by_class"].items())]
+        lines += ["", "Wall times: " + ", ".join(f"{k} {v} s" for k, v in phases.items())]
         (out / "report.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return 0

@@ -41,6 +41,13 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
+def env_probability(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env_float(env, name, default)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"environment variable {name}={value} must be a probability between 0 and 1")
+    return value
+
+
 @dataclasses.dataclass
 class Settings:
     # --- Label Studio access (media download) ---

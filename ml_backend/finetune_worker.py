@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .config import Settings, env_choice, env_float, env_int
+from .config import Settings, env_choice, env_float, env_int, env_probability
 from .finetune import DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, resolve_served
 
 log = logging.getLogger("adaptiveclick.finetune")
@@ -64,6 +64,7 @@ class JobConfig:
     nice: int = 10
     seed: int = 0
     amp: str = "auto"  # autocast of the training steps: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16
+    zoom_in_prob: float = 0.5  # share of training samples cropped around the object, as zoom-in shows it
     keep_rejected: bool = False  # keep a not-promoted candidate as jobs/<job>.rejected.safetensors (analysis)
 
     @classmethod
@@ -85,6 +86,7 @@ class JobConfig:
             nice=env_int(env, "FINETUNE_NICE", 10),
             seed=env_int(env, "FINETUNE_SEED", 0),
             amp=env_choice(env, "FINETUNE_AMP", "auto", ("auto", "fp32", "bf16", "fp16")),
+            zoom_in_prob=env_probability(env, "FINETUNE_ZOOM_IN_PROB", 0.5),
             keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
         )
 
@@ -282,7 +284,8 @@ def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings
     settings_ft = FinetuneSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                    max_extra_clicks=cfg.max_extra_clicks, seed=cfg.seed,
                                    threads=cfg.threads or None, device=_device(settings),
-                                   max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None, amp=cfg.amp)
+                                   max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None, amp=cfg.amp,
+                                   zoom_in_prob=cfg.zoom_in_prob)
     net, info = finetune(init, source, settings_ft, out=work / "train")
     info["train_instances"] = sum(len(r.objects) for r in source.records)
     return net, info

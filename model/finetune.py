@@ -113,6 +113,7 @@ class FinetuneSettings:
     device: str = "auto"
     max_minutes: float | None = None
     amp: str = "auto"  # autocast: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (fast on CPUs with AVX-512 BF16/AMX), fp16
+    zoom_in_prob: float = 0.5  # share of samples cropped around the object as the predictor's zoom-in sees it
     extra: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
 
 
@@ -130,7 +131,7 @@ def finetune(init: str | Path, source: TrainSource, settings: FinetuneSettings,
             batch_size=settings.batch_size, lr=settings.lr, lr_milestones=(1.0,), warmup_steps=0,
             clip_grad=settings.clip_grad, max_points=settings.max_points, max_extra_clicks=settings.max_extra_clicks,
             workers=0, seed=settings.seed, threads=settings.threads, device=settings.device,
-            amp=settings.amp, **options,
+            amp=settings.amp, zoom_in_prob=settings.zoom_in_prob, **options,
         )
         trainer = MemoryTrainer(cfg, [source])
         result = trainer.run(max_minutes=settings.max_minutes)
@@ -151,6 +152,7 @@ class NocResult:
     nof90: int
     mean_iou_first_click: float
     seconds: float
+    noc85_per_instance: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -161,7 +163,7 @@ def evaluate_noc(net: AdaptiveClick, samples: Sequence[tuple[np.ndarray, np.ndar
     """NoC@85/90 (robot clicker, stop at IoU 0.90) over ``[(image, gt mask), ...]`` (gt: bool or 0/1/-1)."""
     import time
 
-    from .evaluation.metrics import compute_noc
+    from .evaluation.metrics import compute_noc, noc_of_instance
     from .evaluation.runner import evaluate_instance
     from .predictor import Predictor
 
@@ -177,4 +179,4 @@ def evaluate_noc(net: AdaptiveClick, samples: Sequence[tuple[np.ndarray, np.ndar
         return NocResult(float("nan"), float("nan"), 0, 0, 0, float("nan"), 0.0)
     (noc85, noc90), _, (nof85, nof90) = compute_noc(all_ious, (0.85, 0.90), max_clicks)
     return NocResult(noc85, noc90, len(all_ious), nof85, nof90, float(np.mean([i[0] for i in all_ious])),
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, [int(noc_of_instance(i, 0.85, max_clicks)) for i in all_ious])

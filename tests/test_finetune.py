@@ -431,6 +431,14 @@ def test_finetune_amp_setting_is_parsed_and_checked():
         JobConfig.from_env({"FINETUNE_AMP": "fp8"})
 
 
+def test_finetune_zoom_in_share_is_parsed_and_checked():
+    assert JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": "0.25"}).zoom_in_prob == 0.25
+    assert JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": "0"}).zoom_in_prob == 0.0
+    for bad, message in (("1.5", "must be a probability"), ("half", "must be a number")):
+        with pytest.raises(ValueError, match=f"FINETUNE_ZOOM_IN_PROB.*{message}"):
+            JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": bad})
+
+
 def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
     import torch
 
