@@ -453,8 +453,9 @@ def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
     image[mask] += 150
     source = memory_source([(image, [mask])])
     net, info = finetune(init, source, FinetuneSettings(steps=2, batch_size=1, lr=1e-3, threads=1, device="cpu",
-                                                        amp="bf16"))
+                                                        amp="bf16", zoom_in_prob=1.0), out=tmp_path / "run")
     assert info["step"] == 2 and info["finished"] and np.isfinite(info["loss"]) and info["autocast"] == "bfloat16"
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["zoom_in_prob"] == 1.0  # reaches the data
     before = dict(tiny_model.named_parameters())
     changed = [n for n, p in net.named_parameters() if not torch.equal(p, before[n].cpu())]
     assert all(p.dtype == torch.float32 for p in net.parameters()) and changed
