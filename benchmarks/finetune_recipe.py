@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-frames", type=int, default=48)
     p.add_argument("--heldout-frames", type=int, default=12)
     p.add_argument("--limit-instances", type=int, default=3)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=600, help="0: only measure --checkpoint on the held-out frames")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--zoom-in-prob", type=float, default=0.0)
@@ -92,9 +92,12 @@ def main(argv=None) -> int:
     print(f"{len(train)} {train_split} frames / {sum(len(m) for _, m in train)} instances to train on, "
           f"{len(heldout)} held-out instances", flush=True)
     report: dict = {"settings": vars(args)}
-    if args.eval_before:
+    if args.eval_before or args.steps == 0:
         report["before"] = measure(load_checkpoint(args.checkpoint), heldout)
         print("before", report["before"], flush=True)
+    if args.steps == 0:
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        return 0
     settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, amp=args.amp,
                                 max_extra_clicks=args.max_extra_clicks, threads=args.threads,
                                 zoom_in_prob=args.zoom_in_prob, extra={"log_every": 50})

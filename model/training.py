@@ -666,6 +666,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--clip-grad", type=float, help="clip the gradient norm to this value (default 0 = off)")
     add("--crop", type=int, help="training crop = network input size (default: the model's)")
     add("--base-scale", type=float, help="image pre-scale before the x0.75-1.40 resize (default crop/448)")
+    add("--zoom-in-prob", type=float, help="share of samples cropped around the object like zoom-in (default 0)")
     add("--max-points", type=int, help="initial clicks per kind (default 24)")
     add("--max-extra-clicks", type=int, help="iterative-training rounds are drawn from 0..this (default 3)")
     add("--workers", type=int, help="data-loading processes (default 2; 0 = in the main process)")

@@ -377,9 +377,11 @@ def test_command_line_config_and_errors(tmp_path, capsys):
     cfg_file = tmp_path / "cfg.json"
     cfg = asdict(_micro_config(tmp_path, data))
     cfg_file.write_text(json.dumps(cfg))
-    args = build_parser().parse_args(["--config", str(cfg_file), "--steps", "9", "--lr-milestones", "0.5,0.9"])
+    args = build_parser().parse_args(["--config", str(cfg_file), "--steps", "9", "--lr-milestones", "0.5,0.9",
+                                      "--zoom-in-prob", "0.3"])
     merged, resume = config_from_args(args)
     assert merged.steps == 9 and merged.lr_milestones == (0.5, 0.9) and merged.data == [str(data)] and not resume
+    assert merged.zoom_in_prob == 0.3
     assert run_train(build_parser().parse_args(["--steps", "2", "--out", str(tmp_path / "x")])) == 2
     assert "no training data" in capsys.readouterr().err
     assert run_train(build_parser().parse_args(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])) != 0
