@@ -89,7 +89,7 @@ def largest_instances(regions: np.ndarray, k: int) -> list[np.ndarray]:
 
 def instance_classes(data: Path) -> dict[str, list[str]]:
     """Frame -> class name of each region id (``instances.csv`` + ``classes.csv``; index 0 is id 1)."""
-    names = dict(line.split(",", 1) for line in (data / "classes.csv").read_text().split()[1:])
+    names = dict(line.split(",", 1) for line in (data / "classes.csv").read_text().splitlines()[1:] if line)
     rows = [line.split(",") for line in (data / "instances.csv").read_text().splitlines()[1:] if line]
     return {row[0]: [names[c] for c in row[4].split()] for row in rows}
 

@@ -460,14 +460,13 @@ class ClickTrainDataset(Dataset):
                 target |= plane == neighbours[rng.integers(len(neighbours))]
 
         image, layers, ignore = annotated.image, annotated.layers, annotated.ignore
-        if ignore is None:
-            ignore = np.zeros(target.shape, bool)
         size = cfg.crop_size
         zoom_in = cfg.zoom_in_prob > 0 and rng.random() < cfg.zoom_in_prob  # no draw: the reference stream
         if zoom_in:  # the object's box, expanded, resized to the crop
             rmin, rmax, cmin, cmax = self._zoom_in_box(target, rng)
             window = (slice(rmin, rmax + 1), slice(cmin, cmax + 1))
-            image, layers, target, ignore = image[window], layers[window], target[window], ignore[window]
+            image, layers, target = image[window], layers[window], target[window]
+            ignore = None if ignore is None else ignore[window]
             height = width = size
             interpolation = cv2.INTER_AREA if image.shape[0] * image.shape[1] > size * size else cv2.INTER_LINEAR
         else:  # the whole image, rescaled
@@ -478,7 +477,7 @@ class ClickTrainDataset(Dataset):
         image = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interpolation)
         layers = resize_nearest(layers, height, width)
         target = resize_nearest(target, height, width)
-        ignore = resize_nearest(ignore, height, width)
+        ignore = np.zeros((height, width), bool) if ignore is None else resize_nearest(ignore, height, width)
         if rng.random() < cfg.flip_prob:
             image, layers, target, ignore = image[:, ::-1], layers[:, ::-1], target[:, ::-1], ignore[:, ::-1]
         if not target.any():
