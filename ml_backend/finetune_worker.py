@@ -114,17 +114,27 @@ class LabelStudioAPI:
 
         from .errors import MediaError
 
+        from urllib.parse import urlencode
+
+        from .urls import UnsafeURL
+
         try:
-            base = self.fetcher.ls_url
-        except MediaError as exc:
+            base = self.fetcher.ls_destination.with_path("").url
+            query = f"?{urlencode(params)}" if params else ""
+            url = self.fetcher.ls_destination.with_path(path + query).url
+        except (MediaError, UnsafeURL) as exc:
             raise RuntimeError(exc.message) from None
         for attempt in range(2):
             headers = self.fetcher.auth.headers(base, force_refresh=attempt == 1)
             try:
-                resp = self.fetcher.session.get(base + path, params=params, headers=headers, timeout=self.timeout)
-            except requests.RequestException as exc:
+                # No redirects: the token must reach Label Studio's origin and nothing else.
+                resp = self.fetcher.session.get(url, headers=headers, timeout=self.timeout, allow_redirects=False)
+            except (requests.RequestException, ValueError) as exc:  # ValueError: a malformed redirect Location
                 raise RuntimeError(f"cannot reach Label Studio at {base} ({type(exc).__name__}): check "
                                    "LABEL_STUDIO_URL") from None
+            if resp.is_redirect:
+                raise RuntimeError(f"Label Studio answered GET {path} with a redirect ({resp.status_code}); "
+                                   "set LABEL_STUDIO_URL to the address it serves the API on")
             if resp.status_code in (401, 403) and self.fetcher.auth.kind == "pat" and attempt == 0:
                 continue
             if resp.status_code in (401, 403):

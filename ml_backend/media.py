@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -32,12 +33,14 @@ import requests
 
 from .config import Settings
 from .errors import BadRequest, MediaError
+from .urls import Destination, UnsafeURL, join_redirect, parse_destination
 
 log = logging.getLogger("adaptiveclick.backend")
 
 CLOUD_SCHEMES = ("s3", "gs", "gcs", "azure-blob", "azure")
 LS_MEDIA_PATHS = ("/data/upload/", "/data/local-files")
 MAX_REDIRECTS = 5
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _CHUNK = 256 * 1024
 
 
@@ -60,15 +63,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _netloc(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) with the default port filled in; raises ValueError for a URL without one."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname.lower(), port
 
 
 def _host_matches(host: str, port: int, pattern: str) -> bool:
@@ -276,18 +270,22 @@ class MediaFetcher:
                 self._auth = LabelStudioAuth(key, self.session, self.settings.fetch_timeout_s)
             return self._auth
 
-    def _is_ls(self, url: str) -> bool:
+    @property
+    def ls_destination(self) -> Destination:
+        """Label Studio's origin, parsed by the same strict parser as every URL connected to."""
         try:
-            return _netloc(url) == _netloc(self.ls_url)
-        except (ValueError, MediaError):
+            return parse_destination(self.ls_url)
+        except UnsafeURL as exc:
+            raise MediaError(f"LABEL_STUDIO_URL is not usable: {exc.message}", status=502) from None
+
+    def _is_ls(self, destination: Destination) -> bool:
+        try:
+            return destination.origin == self.ls_destination.origin
+        except MediaError:
             return False
 
-    def _allowed_listed(self, url: str) -> bool:
-        try:
-            _, host, port = _netloc(url)
-        except ValueError:
-            return False
-        return any(_host_matches(host, port, p) for p in self.settings.media_allowed_hosts)
+    def _allowed_listed(self, destination: Destination) -> bool:
+        return any(_host_matches(destination.host, destination.port, p) for p in self.settings.media_allowed_hosts)
 
     # --- entry point -----------------------------------------------------------------------
 
@@ -306,30 +304,32 @@ class MediaFetcher:
         url = url.strip()
         if url.startswith("data:"):
             return self._data_uri(url)
-        parts = urllib.parse.urlsplit(url)
-        scheme = parts.scheme.lower()
+        match = _SCHEME.match(url)
+        scheme = match.group(1).lower() if match else ""
         if scheme in CLOUD_SCHEMES:
             return self._presigned(url, task_id)
         if not scheme:
-            if url.startswith("/"):
+            if url.startswith("/") and not url.startswith("//"):
                 if url.startswith("/data/local-files") and self.settings.local_files_document_root:
                     return self._local_file(url)
-                return self._http(self.ls_url + url, via_ls=True)
+                return self._http(self.ls_destination.with_path(url))
             raise BadRequest(
                 f"image URL {url[:200]!r} has no scheme: use /data/upload/..., /data/local-files/?d=..., "
                 "http(s)://... or s3://... in the task data"
             )
         if scheme in ("http", "https"):
-            if not self._is_ls(url) and not self._allowed_listed(url) and parts.path.startswith(LS_MEDIA_PATHS):
+            destination = parse_destination(url)
+            if (not self._is_ls(destination) and not self._allowed_listed(destination)
+                    and destination.path.startswith(LS_MEDIA_PATHS)):
                 # Label Studio wrote its own media URL with a host this backend does not use for it (typically
                 # localhost vs. the compose service name): fetch the path from LABEL_STUDIO_URL instead.
-                url = self.ls_url + urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
-                parts = urllib.parse.urlsplit(url)
-            if self._is_ls(url):
-                if parts.path.startswith("/data/local-files") and self.settings.local_files_document_root:
-                    return self._local_file(url)
-                return self._http(url, via_ls=True)
-            return self._http(url, via_ls=False)
+                query = f"?{destination.query}" if destination.query else ""
+                destination = self.ls_destination.with_path(destination.path + query)
+            if self._is_ls(destination):
+                if destination.path.startswith("/data/local-files") and self.settings.local_files_document_root:
+                    return self._local_file(destination.url)
+                return self._http(destination)
+            return self._http(destination)
         raise BadRequest(f"unsupported image URL scheme {scheme!r} in {url[:200]!r}")
 
     # --- sources ---------------------------------------------------------------------------
@@ -350,6 +350,8 @@ class MediaFetcher:
         rel = (query.get("d") or [""])[0]
         if not rel:
             raise BadRequest(f"local-files URL {url[:200]!r} has no ?d=<path> parameter")
+        if "\x00" in rel:
+            raise BadRequest(f"local-files path {rel[:200]!r} contains a NUL byte")
         root = os.path.realpath(self.settings.local_files_document_root)
         path = os.path.realpath(os.path.join(root, rel.lstrip("/")))
         if path != root and not path.startswith(root.rstrip(os.sep) + os.sep):
@@ -375,23 +377,32 @@ class MediaFetcher:
             raise MediaError(f"cannot read local file {rel!r}: {exc}", status=403) from None
 
     def _presigned(self, uri: str, task_id: Any) -> bytes:
+        try:
+            bucket = urllib.parse.urlsplit(uri).netloc
+        except ValueError as exc:
+            raise BadRequest(f"cloud-storage URI {uri[:200]!r} is malformed ({exc})") from None
+        if not bucket:
+            raise BadRequest(f"cloud-storage URI {uri[:200]!r} names no bucket (expected s3://bucket/key)")
         if isinstance(task_id, bool) or not isinstance(task_id, int):
             raise BadRequest(f"a cloud-storage image ({uri[:100]}) needs the task id to be presigned by Label Studio")
         fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
-        url = f"{self.ls_url}/tasks/{task_id}/presign/?fileuri={urllib.parse.quote(fileuri)}"
-        return self._http(url, via_ls=True)
+        path = f"/tasks/{task_id}/presign/?fileuri={urllib.parse.quote(fileuri)}"
+        return self._http(self.ls_destination.with_path(path))
 
-    def _http(self, url: str, via_ls: bool) -> bytes:
-        """GET with manual redirects: every hop must be LS's host, allow-listed, or (after LS) a public host."""
+    def _http(self, destination: Destination) -> bytes:
+        """GET with manual redirects: every hop must be LS's host, allow-listed, or (after LS) a public host.
+
+        Each hop is parsed by :func:`parse_destination` and the rebuilt URL is what is requested, so the host
+        checked is the host connected to; Label Studio's token goes only to Label Studio's origin.
+        """
         retried_auth = False
         came_from_ls = False
         for _ in range(MAX_REDIRECTS + 1):
-            is_ls = self._is_ls(url)
-            if not is_ls and not self._allowed_listed(url):
-                parsed = urllib.parse.urlsplit(url)
-                public = parsed.scheme in ("http", "https") and parsed.hostname and _resolves_public(parsed.hostname)
-                if not (came_from_ls and public):
-                    host = parsed.hostname or url[:100]
+            url = destination.url
+            is_ls = self._is_ls(destination)
+            if not is_ls and not self._allowed_listed(destination):
+                if not (came_from_ls and _resolves_public(destination.host)):
+                    host = destination.host
                     raise MediaError(
                         f"refusing to fetch the image from {host!r}: it is neither Label Studio's host "
                         f"(LABEL_STUDIO_URL={self.settings.label_studio_url or self._fallback_url or 'unset'}) nor in "
@@ -399,29 +410,34 @@ class MediaFetcher:
                         "trusted",
                         status=403,
                     )
-            headers = self.auth.headers(self.ls_url) if is_ls else {}
+            headers = self.auth.headers(self.ls_destination.with_path("").url) if is_ls else {}
             try:
                 resp = self.session.get(
                     url, headers=headers, timeout=self.settings.fetch_timeout_s, stream=True, allow_redirects=False
                 )
             except requests.ConnectionError as exc:
-                raise MediaError(self._unreachable_hint(url, exc), status=502) from None
+                raise MediaError(self._unreachable_hint(destination, exc), status=502) from None
             except requests.Timeout:
                 raise MediaError(f"timed out after {self.settings.fetch_timeout_s:.0f} s fetching {url[:200]}",
                                  status=504) from None
             except requests.RequestException as exc:
                 raise MediaError(f"could not fetch {url[:200]}: {exc}", status=502) from None
+            except ValueError as exc:  # requests pre-parses a redirect's Location even when it does not follow it
+                raise MediaError(f"refusing the answer of {url[:200]}: malformed redirect ({exc})", status=502) from None
             try:
                 if resp.status_code in (301, 302, 303, 307, 308):
                     location = resp.headers.get("Location")
                     if not location:
                         raise MediaError(f"redirect without Location from {url[:200]}")
                     came_from_ls = came_from_ls or is_ls
-                    url = urllib.parse.urljoin(url, location)
+                    try:
+                        destination = join_redirect(destination, location)
+                    except UnsafeURL as exc:
+                        raise MediaError(f"refusing the redirect from {url[:200]}: {exc.message}", status=502) from None
                     continue
                 if resp.status_code in (401, 403) and is_ls and self.auth.kind == "pat" and not retried_auth:
                     retried_auth = True
-                    self.auth.headers(self.ls_url, force_refresh=True)
+                    self.auth.headers(self.ls_destination.with_path("").url, force_refresh=True)
                     continue
                 if resp.status_code >= 400:
                     raise MediaError(self._status_hint(url, resp.status_code, is_ls), status=502)
@@ -480,15 +496,14 @@ class MediaFetcher:
             return f"the image was not found ({status} for {short}).{extra}"
         return f"fetching the image failed: {status} for {short}"
 
-    def _unreachable_hint(self, url: str, exc: Exception) -> str:
-        host = urllib.parse.urlsplit(url).hostname or ""
-        msg = f"cannot connect to {urllib.parse.urlsplit(url).netloc} to fetch the image ({type(exc).__name__})"
-        if is_loopback_host(host) and in_container():
+    def _unreachable_hint(self, destination: Destination, exc: Exception) -> str:
+        msg = f"cannot connect to {destination.netloc} to fetch the image ({type(exc).__name__})"
+        if is_loopback_host(destination.host) and in_container():
             msg += (
                 ": this backend runs in a container, where 'localhost' is the container itself; set LABEL_STUDIO_URL "
                 "to an address the container can reach (the compose service name, e.g. http://label-studio:8080, or "
                 "http://host.docker.internal:8080)"
             )
-        elif self._is_ls(url):
+        elif self._is_ls(destination):
             msg += ": check LABEL_STUDIO_URL"
         return msg
