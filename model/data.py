@@ -29,6 +29,7 @@ middle of the ignore band (each ignore pixel takes the label of the nearer of ob
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import pickle
@@ -595,3 +596,28 @@ class StreamSampler(Sampler[int]):
 def open_train_sources(paths: Sequence[str | Path], allow_evaluation_sets: bool = False, stuff_prob: float = 0.3) -> list[TrainSource]:
     """Open several training folders (see :func:`open_train_source`)."""
     return [open_train_source(p, allow_evaluation_sets=allow_evaluation_sets, stuff_prob=stuff_prob) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation split held out of the training data
+
+
+def in_validation_split(source: str, mask_stem: str, fraction: float) -> bool:
+    """Whether the object ``masks/<mask_stem>.png`` of folder ``source`` is held out for validation.
+
+    A hash of the name, not a random draw: the split is the same in every run, on every machine, and
+    for the training data reader and the evaluation reader alike.
+    """
+    digest = hashlib.sha1(f"{source}/{mask_stem}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") < fraction * 2**32
+
+
+def hold_out_validation(source: TrainSource, fraction: float) -> TrainSource:
+    """``source`` without its validation share (only ``images/`` + ``masks/`` records are split)."""
+    if fraction <= 0:
+        return source
+    kept = [r for r in source.records
+            if not (isinstance(r, MaskRecord) and in_validation_split(source.name, r.mask_path.stem, fraction))]
+    if not any(isinstance(r, MaskRecord) for r in source.records):
+        raise TrainDataError(f"{source.root}: a validation split needs an images/ + masks/ folder")
+    return TrainSource(source.name, source.root, kept)

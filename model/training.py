@@ -26,6 +26,7 @@ weights at that checkpoint), ``final.safetensors`` (at the end), ``train_config.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -53,7 +54,15 @@ from .checkpoint import (
 )
 from .click_sampler import MultiPointSampler, add_error_clicks
 from .criterion import build_criterion, downsample_gt, total_loss
-from .data import AugmentConfig, ClickTrainDataset, StreamSampler, TrainDataError, TrainSource, open_train_sources
+from .data import (
+    AugmentConfig,
+    ClickTrainDataset,
+    StreamSampler,
+    TrainDataError,
+    TrainSource,
+    hold_out_validation,
+    open_train_sources,
+)
 from .modeling.adaptiveclick import AdaptiveClick
 from .modeling.vit import resize_pos_embed
 
@@ -61,6 +70,7 @@ STATE_FORMAT = "adaptiveclick-train/1"
 STATE_FILE = "last.pt"
 CONFIG_FILE = "train_config.json"
 UNUSED_PREFIXES = ("backbone.cls_token", "backbone.fc_norm.", "backbone.head.")
+EVAL_COLUMNS = ("step", "dataset", "weights", "instances", "noc85", "noc90", "iou1")
 LOG_COLUMNS = ("step", "samples", "loss", "loss_ce", "loss_mask", "loss_dice", "train_iou", "extra_clicks", "lr", "s_per_step", "wall_s")
 
 
@@ -99,6 +109,9 @@ class TrainConfig:
     eval_every: int = 0
     eval_data: list[str] = field(default_factory=list)
     eval_limit: int = 20
+    holdout: list[str] = field(default_factory=list)  # training folders (names) whose validation share is held out
+    holdout_fraction: float = 0.1  # share of each holdout folder's objects kept out of training for validation
+    ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the weights (model_ema.safetensors)
     allow_eval_data: bool = False
 
     def validate(self) -> None:
@@ -110,6 +123,13 @@ class TrainConfig:
             raise ValueError(f"--amp must be auto, fp32, bf16 or fp16, not {self.amp!r}")
         if not 0 <= self.zoom_in_prob <= 1:
             raise ValueError(f"zoom_in_prob is a probability in [0, 1], got {self.zoom_in_prob}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction is a share in (0, 1), got {self.holdout_fraction}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        names = {Path(d).name for d in self.data}
+        if set(self.holdout) - names:
+            raise ValueError(f"--holdout names folders that are not in --data: {', '.join(sorted(set(self.holdout) - names))}")
         if any(not 0 < m <= 1 for m in self.lr_milestones):
             raise ValueError(f"lr milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
 
@@ -123,7 +143,7 @@ class TrainConfig:
         for key in ("betas", "lr_milestones", "scale_range"):
             if key in data and data[key] is not None:
                 data[key] = tuple(data[key])
-        for key in ("data", "eval_data"):
+        for key in ("data", "eval_data", "holdout"):
             if isinstance(data.get(key), str):
                 data[key] = [p for p in data[key].split(",") if p]
         return cls(**data)
@@ -414,6 +434,13 @@ class Trainer:
             no_object_weight=self.net.config.no_object_weight, num_aux_layers=self.net.config.decoder_layers
         ).to(self.device)
 
+        self.ema: dict[str, torch.Tensor] | None = None
+        if cfg.ema_decay > 0:
+            saved = state.get("ema") if state is not None else None
+            source = saved if saved else self.net.state_dict()
+            self.ema = {k: v.detach().to(self.device, torch.float32, copy=True)
+                        for k, v in source.items() if v.is_floating_point()}
+
         self.step = 0
         self.wall_time = 0.0
         if state is not None:
@@ -431,6 +458,7 @@ class Trainer:
 
         if sources is None:
             sources = open_train_sources(cfg.data, allow_evaluation_sets=cfg.allow_eval_data)
+            sources = [hold_out_validation(s, cfg.holdout_fraction) if s.name in cfg.holdout else s for s in sources]
         augment = AugmentConfig(
             crop_size=self.crop, scale_range=cfg.scale_range,
             base_scale=cfg.base_scale if cfg.base_scale is not None else self.crop / 448,
@@ -466,6 +494,7 @@ class Trainer:
             "rng": rng_state(),
             "train_config": json.dumps(asdict(self.cfg)),
             "wall_time": self.wall_time,
+            "ema": {k: v.cpu() for k, v in self.ema.items()} if self.ema is not None else None,
         }
 
     def save(self) -> None:
@@ -474,9 +503,28 @@ class Trainer:
             return
         atomic_torch_save(self.state_dict(), self.out / STATE_FILE)
         save_checkpoint(self.net, self.out / "model_last.safetensors", self._metadata())
+        if self.ema is not None:
+            save_checkpoint(self.ema_model(), self.out / "model_ema.safetensors", self._metadata(ema=True))
 
-    def _metadata(self) -> dict[str, str]:
+    def ema_model(self) -> AdaptiveClick:
+        """A copy of the network holding the averaged weights (buffers that are not float come from the net)."""
+        model = copy.deepcopy(self.net)
+        state = model.state_dict()
+        state.update({k: v.to(state[k].dtype) for k, v in self.ema.items()})
+        model.load_state_dict(state)
+        return model
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Bias-corrected warm-up (as timm's ModelEmaV3): early on the average must not stay near the init.
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        current = self.net.state_dict()
+        keys = list(self.ema)
+        torch._foreach_lerp_([self.ema[k] for k in keys], [current[k].float() for k in keys], 1 - decay)
+
+    def _metadata(self, ema: bool = False) -> dict[str, str]:
         return {
+            "train_weights": f"ema {self.cfg.ema_decay}" if ema else "last",
             "train_steps": str(self.step),
             "train_samples": str(self.step * self.cfg.batch_size * self.dist.world_size),
             "train_data": ",".join(self.cfg.data),
@@ -516,6 +564,8 @@ class Trainer:
         lr = self.optimizer.param_groups[-1]["lr"]
         self.scheduler.step()
         self.step += 1
+        if self.ema is not None:
+            self._update_ema()
 
         with torch.no_grad():
             pred = outputs["instances"] > 0
@@ -554,6 +604,8 @@ class Trainer:
         bar = tqdm(total=end, initial=self.step, disable=not self.dist.is_main, unit="step",
                    mininterval=1.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)
         loader = iter(self._loader()) if self.step < end else None
+        if cfg.eval_every and self.step == 0 and self.dist.is_main:
+            self.evaluate()  # the starting point (e.g. the --init weights) is the first row to compare against
         try:
             while self.step < end and not self._stop_requested:
                 step_start = time.perf_counter()
@@ -581,30 +633,48 @@ class Trainer:
         finished = self.step >= cfg.steps
         if finished and self.dist.is_main:
             save_checkpoint(self.net, self.out / "final.safetensors", self._metadata())
+            if self.ema is not None:
+                save_checkpoint(self.ema_model(), self.out / "final_ema.safetensors", self._metadata(ema=True))
         if log is not None:
             log.close()
         return {"step": self.step, "finished": finished, "loss": last_loss, "wall_time": self.wall_time}
 
+    def evaluation_sets(self) -> list:
+        """``eval_data`` sets, then the validation share of every ``holdout`` folder."""
+        from .evaluation.datasets import load_dataset, validation_dataset
+
+        sets = []
+        for name in self.cfg.eval_data:
+            path = Path(name)
+            sets.append(load_dataset(path.name, path.parent) if path.is_dir() else load_dataset(name))
+        for folder in self.cfg.data:
+            if Path(folder).name in self.cfg.holdout:
+                sets.append(validation_dataset(folder, self.cfg.holdout_fraction))
+        return sets
+
     def evaluate(self) -> None:
-        """NoC on the first ``eval_limit`` instances of each ``eval_data`` set; appends to ``eval.csv``."""
-        from .evaluation.datasets import load_dataset
+        """NoC on the first ``eval_limit`` instances of each evaluation set, for the trained weights and
+        their EMA; appends to ``eval.csv``."""
         from .evaluation.metrics import compute_noc
         from .evaluation.runner import evaluate_dataset
         from .predictor import Predictor
 
         rows = []
-        predictor = Predictor(self.net, device=self.device)
-        for name in self.cfg.eval_data:
-            path = Path(name)
-            dataset = load_dataset(path.name, path.parent) if path.is_dir() else load_dataset(name)
-            results = evaluate_dataset(predictor, dataset, limit=self.cfg.eval_limit, progress=False)
-            (noc85, noc90), _, _ = compute_noc([r.ious for r in results], (0.85, 0.90))
-            rows.append({"step": self.step, "dataset": name, "instances": len(results), "noc85": noc85, "noc90": noc90})
+        weights = [("last", self.net)] + ([("ema", self.ema_model())] if self.ema is not None else [])
+        for dataset in self.evaluation_sets():
+            for label, net in weights:
+                predictor = Predictor(net, device=self.device)
+                results = evaluate_dataset(predictor, dataset, limit=self.cfg.eval_limit, progress=False)
+                ious = [r.ious for r in results]
+                (noc85, noc90), _, _ = compute_noc(ious, (0.85, 0.90))
+                iou1 = float(np.mean([r[0] for r in ious]))
+                rows.append({"step": self.step, "dataset": dataset.name, "weights": label, "instances": len(results),
+                             "noc85": noc85, "noc90": noc90, "iou1": iou1})
         self.net.train()
         path = self.out / "eval.csv"
         new = not path.is_file()
         with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, ("step", "dataset", "instances", "noc85", "noc90"))
+            writer = csv.DictWriter(handle, EVAL_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
@@ -679,10 +749,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--eval-every", type=int, help="steps between NoC evaluations (default 0 = never)")
     add("--eval-data", help="comma-separated datasets for --eval-every (names under the data root or folders)")
     add("--eval-limit", type=int, help="instances per evaluation dataset (default 20)")
+    add("--holdout", help="comma-separated names of --data folders whose validation share (images/ + masks/) is "
+        "kept out of training and measured by --eval-every")
+    add("--holdout-fraction", type=float, help="share of each --holdout folder's objects held out (default 0.1)")
+    add("--ema-decay", type=float, help="also keep an EMA of the weights with this decay, e.g. 0.999 (default 0 = off)")
     add("--allow-eval-data", action="store_true", default=None, help="allow training on GrabCut/Berkeley (never do this for benchmarks)")
 
 
-_LIST_FLAGS = {"data": str, "eval_data": str, "lr_milestones": float}
+_LIST_FLAGS = {"data": str, "eval_data": str, "holdout": str, "lr_milestones": float}
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:

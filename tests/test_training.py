@@ -19,9 +19,12 @@ from model.data import (
     ClickTrainDataset,
     StreamSampler,
     TrainDataError,
+    hold_out_validation,
+    in_validation_split,
     open_train_source,
     split_ignore,
 )
+from model.evaluation.datasets import validation_dataset
 from model.training import TrainConfig, Trainer, build_parser, config_from_args, run_train
 
 MICRO = AdaptiveClickConfig(
@@ -369,7 +372,51 @@ def test_periodic_evaluation_writes_noc(tmp_path):
     evaluation = make_mask_dataset(tmp_path / "heldout", count=2, seed=5)
     Trainer(_micro_config(tmp_path, data, steps=2, eval_every=2, eval_data=[str(evaluation)], eval_limit=2)).run()
     rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()
-    assert rows[0] == "step,dataset,instances,noc85,noc90" and rows[1].startswith(f"2,{evaluation},2,")
+    assert rows[0] == "step,dataset,weights,instances,noc85,noc90,iou1"
+    assert rows[1].startswith("0,heldout,last,2,") and rows[2].startswith("2,heldout,last,2,")  # the start, then step 2
+
+
+def test_validation_split_is_held_out_of_training_and_is_what_is_evaluated(tmp_path):
+    data = make_mask_dataset(tmp_path / "blobs", count=40)
+    source = open_train_source(data)
+    kept = hold_out_validation(source, 0.25)
+    validation = validation_dataset(data, 0.25)
+    train_names = {r.mask_path.stem for r in kept.records}
+    val_names = {name for name, _, _ in validation.items}
+    assert train_names.isdisjoint(val_names) and train_names | val_names == {r.mask_path.stem for r in source.records}
+    assert 4 <= len(val_names) <= 16  # about a quarter of 40
+    assert val_names == {n for n in train_names | val_names if in_validation_split("blobs", n, 0.25)}
+    assert hold_out_validation(source, 0.25).records == kept.records  # the same split every time
+
+    cfg = _micro_config(tmp_path, data, steps=2, eval_every=2, eval_limit=2, holdout=["blobs"], holdout_fraction=0.25)
+    trainer = Trainer(cfg)
+    assert {r.mask_path.stem for r in trainer.dataset.records} == train_names
+    trainer.run()
+    rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()
+    assert rows[1].startswith("0,blobs:val,last,2,")
+    with pytest.raises(ValueError, match="not in --data"):
+        _micro_config(tmp_path, data, holdout=["COCO-MVal"]).validate()
+
+
+def test_ema_weights_are_saved_evaluated_and_resumed(tmp_path):
+    from safetensors.torch import load_file
+
+    data = make_mask_dataset(tmp_path / "blobs", count=3)
+    evaluation = make_mask_dataset(tmp_path / "heldout", count=1, seed=5)
+    cfg = _micro_config(tmp_path, data, ema_decay=0.9, eval_every=3, eval_data=[str(evaluation)], eval_limit=1)
+    trainer = Trainer(cfg)
+    trainer.run(until=3)
+    ema, last = load_file(str(tmp_path / "run" / "model_ema.safetensors")), load_file(str(tmp_path / "run" / "model_last.safetensors"))
+    weight = "backbone.blocks.0.mlp.fc1.weight"
+    assert not torch.equal(ema[weight], last[weight])  # an average, not a copy
+    resumed = Trainer(cfg, resume=True)
+    assert all(torch.equal(resumed.ema[k].cpu(), trainer.ema[k].cpu()) for k in trainer.ema)
+    resumed.run()
+    assert (tmp_path / "run" / "final_ema.safetensors").is_file()
+    weights = [line.split(",")[2] for line in (tmp_path / "run" / "eval.csv").read_text().splitlines()[1:]]
+    assert weights == ["last", "ema"] * 3  # steps 0, 3 and 6
+    with pytest.raises(ValueError, match="ema_decay"):
+        _micro_config(tmp_path, data, ema_decay=1.0).validate()
 
 
 def test_command_line_config_and_errors(tmp_path, capsys):

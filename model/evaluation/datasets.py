@@ -330,3 +330,21 @@ def resolve_dataset_path(name: str, data_root: str | Path | None = None) -> Path
 def load_dataset(name: str, data_root: str | Path | None = None, split: str = "val") -> InteractiveDataset:
     """Resolve `name` under the data root and open it."""
     return open_dataset(resolve_dataset_path(name, data_root), name=name, split=split)
+
+
+def validation_dataset(root: str | Path, fraction: float, name: str | None = None) -> InteractiveDataset:
+    """The objects of a training folder (``images/`` + ``masks/``) that training holds out as validation.
+
+    Same split as :func:`model.data.hold_out_validation`, so a run never trains on what it selects on.
+    """
+    from ..data import in_validation_split
+
+    dataset = open_dataset(root, name=name)
+    if not isinstance(dataset, MaskFolderDataset):
+        raise DatasetError(f"{root}: a validation split needs an images/ + masks/ folder")
+    source = Path(root).name
+    dataset.items = [item for item in dataset.items if in_validation_split(source, item[0], fraction)]
+    dataset.name = f"{dataset.name}:val"
+    dataset._check_not_empty()
+    return dataset
+
