@@ -73,6 +73,7 @@ class Settings:
     dtype: str = "fp32"
     flip: bool = True
     zoom_in: bool = True
+    refine: str = ""  # MODEL_REFINE: a model.refine spec; empty = model.refine.DEFAULT_REFINE
     mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
     # --- per-session cache ---
     session_cache_mb: int = 2048
@@ -115,6 +116,7 @@ class Settings:
             dtype=env.get("MODEL_DTYPE", "fp32").strip() or "fp32",
             flip=_bool(env.get("MODEL_FLIP"), True),
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
+            refine=env.get("MODEL_REFINE", "").strip(),
             mask_threshold=env_float(env, "MASK_THRESHOLD", 0.5) if env.get("MASK_THRESHOLD", "").strip() else None,
             session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
             session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),

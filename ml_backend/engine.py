@@ -55,6 +55,7 @@ class Engine:
         self.ready = threading.Event()
         self.error: str | None = None
         self.device = "cpu"
+        self.refine = "none"  # the predictor's refinement spec (model.refine), reported by /health
         self._factory = factory
         self._version = version or settings.model_version or ""
         self.model_class = "AdaptiveClick" if self.name == "adaptiveclick" else self.name
@@ -158,7 +159,13 @@ class Engine:
             from model.checkpoint import load_model
             from model.device import resolve_device
             from model.predictor import Predictor
+            from model.refine import DEFAULT_REFINE, Refinement, RefineSpecError
 
+            try:
+                refine = Refinement.parse(self.settings.refine or DEFAULT_REFINE)
+            except RefineSpecError as exc:
+                raise ValueError(f"MODEL_REFINE={self.settings.refine!r}: {exc}") from None
+            self.refine = refine.spec
             device = resolve_device(self.settings.device)
             self.device = str(device)
             ckpt = self._checkpoint_path()
@@ -166,7 +173,8 @@ class Engine:
             settings = self.settings
 
             def factory() -> Any:
-                return Predictor(net, device=device, dtype=settings.dtype, flip=settings.flip, zoom_in=settings.zoom_in)
+                return Predictor(net, device=device, dtype=settings.dtype, flip=settings.flip, zoom_in=settings.zoom_in,
+                                 refine=refine)
 
             factory()  # fail now (dtype/device problems), not on the first click
             return factory

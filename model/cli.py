@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .refine import DEFAULT_REFINE, REFINE_HELP
+
 
 class CommandError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -78,6 +80,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", help="weights file (default: the starter model in weights/)")
     parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
     parser.add_argument("--no-zoom", action="store_true", help="always run on the whole image (no zoom-in)")
+    parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision")
     parser.add_argument("--threshold", type=float, default=0.49, help="probability threshold of the mask")
@@ -96,7 +99,7 @@ def run_predict(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     model = load_model(args.checkpoint, args.device)
     predictor = Predictor(model, device=args.device, dtype=args.dtype, flip=not args.no_flip,
-                          zoom_in=not args.no_zoom, threshold=args.threshold)
+                          zoom_in=not args.no_zoom, threshold=args.threshold, refine=args.refine)
     predictor.set_image(image)
     for row, col, positive in args.click:
         predictor.add_click(row, col, positive)

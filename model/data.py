@@ -602,6 +602,9 @@ def open_train_sources(paths: Sequence[str | Path], allow_evaluation_sets: bool 
 # Validation split held out of the training data
 
 
+DEFAULT_HOLDOUT_FRACTION = 0.1  # share of a training folder's objects kept for validation (--holdout)
+
+
 def in_validation_split(source: str, mask_stem: str, fraction: float) -> bool:
     """Whether the object ``masks/<mask_stem>.png`` of folder ``source`` is held out for validation.
 

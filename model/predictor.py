@@ -19,6 +19,7 @@ import torch
 
 from .device import autocast, resolve_device, resolve_dtype
 from .modeling.adaptiveclick import AdaptiveClick
+from .refine import Refinement, drop_unclicked_components, guided_upsample
 from .zoom_in import Box, Click, ZoomIn
 
 __all__ = ["Click", "Predictor", "PredictorState", "to_rgb_uint8"]
@@ -78,6 +79,8 @@ class Predictor:
         sampler: deformable-attention kernel, see :meth:`AdaptiveClick.set_deformable_sampler`; the
             default ``"auto"`` keeps fp32 reference-exact and uses the faster gather kernel for bf16 on
             the CPU; ``"gather"`` also speeds up fp32 at the cost of bit-exactness (~1e-6).
+        refine: inference-time refinement, a :class:`~model.refine.Refinement` or its spec string
+            (``"guided,clean"``, ``"cfr2"``); ``None``/``"none"`` is the reference behaviour.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Predictor:
         target_size: int | tuple[int, int] | None = None,
         threshold: float = 0.49,
         sampler: str = "auto",
+        refine: Refinement | str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -105,7 +109,9 @@ class Predictor:
         self.use_zoom_in = zoom_in
         self.zoom = ZoomIn(target_size=tuple(target_size))
         self.threshold = threshold
+        self.refine = Refinement.parse(refine)
         self._image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]
+        self._grey: torch.Tensor | None = None  # (1, 1, H, W): the guide of edge-aware upsampling
         self._rgb: np.ndarray | None = None
         self._state = PredictorState()
 
@@ -119,6 +125,7 @@ class Predictor:
         self._rgb = rgb
         tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)
         self._image = tensor.unsqueeze(0).to(self.device)
+        self._grey = self._image.mean(1, keepdim=True) if self.refine.guided else None
         self._state = PredictorState()
 
     @property
@@ -211,6 +218,21 @@ class Predictor:
             roi, _ = self.zoom.next_roi(previous.roi, prev_np, clicks, (height, width))
         else:
             roi = (0, height - 1, 0, width - 1)
+        probs = self._forward(prev_probs, clicks, roi)
+        refine = self.refine
+        for _ in range(refine.cascade_steps):
+            again = self._forward(probs, clicks, roi)
+            before, after = probs > self.threshold, again > self.threshold
+            probs = again
+            if refine.cascade_tol and int((before ^ after).sum()) < refine.cascade_tol * max(1, int(before.sum())):
+                break
+        if refine.clean:
+            probs = drop_unclicked_components(probs, roi, clicks, self.threshold)
+        return PredictorState(clicks, probs, roi, previous.history + (previous,))
+
+    def _forward(self, prev_probs: torch.Tensor, clicks: tuple[Click, ...], roi: Box) -> torch.Tensor:
+        """One network call (with its flip twin) on the ROI; the full-size (1, 1, H, W) probability map."""
+        height, width = self.image_size
         net_input = self.zoom.crop(torch.cat([self._image, prev_probs], dim=1), roi)
         net_clicks = self.zoom.transform_clicks(clicks, roi)
 
@@ -227,8 +249,16 @@ class Predictor:
             logits = self.model(net_input, points)["instances"].float()
         if self.flip:
             logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
-        probs = self.zoom.paste(torch.sigmoid(logits), roi, (height, width))
-        return PredictorState(clicks, probs, roi, previous.history + (previous,))
+        if not self.refine.guided:
+            return self.zoom.paste(torch.sigmoid(logits), roi, (height, width))
+        rmin, rmax, cmin, cmax = roi
+        guide_low = net_input[:1, :3].mean(1, keepdim=True)
+        guide_full = self._grey[:, :, rmin : rmax + 1, cmin : cmax + 1]
+        refined = guided_upsample(torch.sigmoid(logits), guide_low, guide_full, self.refine.guided_radius,
+                                  self.refine.guided_eps)
+        canvas = refined.new_zeros((1, 1, height, width))
+        canvas[:, :, rmin : rmax + 1, cmin : cmax + 1] = refined
+        return canvas
 
 
 def clicks_to_points(batch_clicks: list[list[Click]], device: torch.device) -> torch.Tensor:

@@ -55,6 +55,7 @@ from .checkpoint import (
 from .click_sampler import MultiPointSampler, add_error_clicks
 from .criterion import build_criterion, downsample_gt, total_loss
 from .data import (
+    DEFAULT_HOLDOUT_FRACTION,
     AugmentConfig,
     ClickTrainDataset,
     StreamSampler,
@@ -110,7 +111,7 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)
     eval_limit: int = 20
     holdout: list[str] = field(default_factory=list)  # training folders (names) whose validation share is held out
-    holdout_fraction: float = 0.1  # share of each holdout folder's objects kept out of training for validation
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION  # share of each holdout folder's objects kept out of training for validation
     ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the weights (model_ema.safetensors)
     allow_eval_data: bool = False
 

@@ -19,6 +19,7 @@ from .report import (
     write_results,
 )
 from .runner import InteractivePredictor, evaluate_dataset
+from ..refine import DEFAULT_REFINE, REFINE_HELP, Refinement
 
 METHODS = ("adaptiveclick", "grabcut")
 
@@ -37,6 +38,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred-threshold", type=float, default=0.49, help="probability -> mask threshold")
     parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
     parser.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in crop")
+    parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="inference precision")
     parser.add_argument(
@@ -102,6 +104,7 @@ def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
         flip=not args.no_flip,
         zoom_in=not args.no_zoom_in,
         target_size=args.target_size,
+        refine=args.refine,
     )
 
 
@@ -120,6 +123,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             device=args.device or "auto",
             dtype=args.dtype,
             target_size=args.target_size or "native",
+            refine=Refinement.parse(args.refine).spec,
         )
     return settings
 

@@ -328,7 +328,12 @@ def resolve_dataset_path(name: str, data_root: str | Path | None = None) -> Path
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, split: str = "val") -> InteractiveDataset:
-    """Resolve `name` under the data root and open it."""
+    """Resolve `name` under the data root and open it; ``NAME:val`` is the validation share that training with
+    ``--holdout NAME`` (default fraction) keeps out of a training folder."""
+    from ..data import DEFAULT_HOLDOUT_FRACTION
+
+    if name.endswith(":val"):
+        return validation_dataset(resolve_dataset_path(name[:-4], data_root), DEFAULT_HOLDOUT_FRACTION, name[:-4])
     return open_dataset(resolve_dataset_path(name, data_root), name=name, split=split)
 
 
