@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -41,6 +42,14 @@ try:
 except PackageNotFoundError:
     __version__ = "0+unknown"
 INLINE_JSON_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: any string can be rendered (an echoed lone surrogate never fails the reply)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class GuardMiddleware:
@@ -117,11 +126,18 @@ async def _json_body(request: Request, limit: int) -> Any:
 
     def parse() -> Any:
         try:
-            return json.loads(bytes(chunks))
+            body = json.loads(bytes(chunks))
         except UnicodeDecodeError:
             raise BadRequest("request body is not UTF-8 JSON", status=400) from None
         except (json.JSONDecodeError, RecursionError, ValueError) as exc:
             raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}", status=400) from None
+        if _SURROGATE_ESCAPE.search(chunks):
+            try:  # JSON may escape lone UTF-16 surrogates (\ud800) that no text can hold: refuse them here, once
+                json.dumps(body, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("request body holds a lone UTF-16 surrogate escape (such as \\ud800) in a "
+                                 "string: it is not valid Unicode text", status=400) from None
+        return body
 
     if len(chunks) > INLINE_JSON_BYTES:
         return await run_in_threadpool(parse)
@@ -220,7 +236,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             backend.close()
 
     app = FastAPI(title="AdaptiveClick ML backend", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, default_response_class=AsciiJSONResponse)
     app.state.backend = backend
     app.add_middleware(GuardMiddleware, settings=settings, backend=backend)
 
@@ -228,12 +244,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
         level = logging.WARNING if exc.status < 500 else logging.ERROR
         log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return AsciiJSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the backend log"}, status_code=500)
+        return AsciiJSONResponse({"error": f"internal error ({type(exc).__name__}); see the backend log"},
+                                 status_code=500)
 
     @app.get("/health")
     @app.get("/")
@@ -267,7 +284,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         t0 = time.perf_counter()
         body = await _json_body(request, settings.max_request_bytes)
         reply, stats = await run_in_threadpool(backend.predict, body)
-        response = JSONResponse(reply)  # renders the body now, so "total" includes serialisation
+        response = AsciiJSONResponse(reply)  # renders the body now, so "total" includes serialisation
         total = (time.perf_counter() - t0) * 1000
         response.headers["Server-Timing"] = (
             f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
