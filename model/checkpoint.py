@@ -104,10 +104,13 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         if head != b"\x80\x02":  # the legacy (non-zip) torch.save format starts with a protocol-2 pickle
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        return torch.load(path, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False)
+        # An open file, not the path: torch.load would pick its reader by the file name (".safetensors"), and
+        # what this file is was decided above from its content.
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(error).__name__}: {error})") from None
 
 
@@ -286,12 +289,55 @@ def load_project_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
         raise CheckpointError(f"{path} is a .safetensors file but not an AdaptiveClick checkpoint (no '{FORMAT_TAG}' metadata)")
     try:
         config = AdaptiveClickConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{path}: the config in its metadata is not valid ({error})") from None
+    _check_config_fits_tensors(config, _tensor_shapes(path), path)
+    try:
         state_dict = load_file(str(path))
-    except (ValueError, TypeError, SafetensorError) as error:
-        raise CheckpointError(f"{path}: {error}") from None
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: the tensors cannot be read ({error})") from None
     model = build_adaptiveclick(config)
     load_state_dict_strict(model, state_dict, source=str(path))
     return model.eval()
+
+
+def _tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a .safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable .safetensors checkpoint ({error})") from None
+
+
+def _check_config_fits_tensors(config: AdaptiveClickConfig, shapes: dict[str, tuple[int, ...]], path: Any) -> None:
+    """Refuse a metadata config that does not describe the file's tensors, before any memory is spent on it.
+
+    The network is built on the ``meta`` device (shapes only, no storage), so an absurd config costs nothing.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build_adaptiveclick(config)
+    except Exception as error:  # any failure to build from untrusted metadata is the file's fault
+        raise CheckpointError(f"{path}: the config in its metadata does not describe a buildable network "
+                              f"({type(error).__name__}: {error})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = dict(shapes)
+    for alias, canonical in ALIAS_PREFIXES.items():  # files may name shared modules either way
+        for key in [k for k in found if k.startswith(alias)]:
+            found.setdefault(canonical + key[len(alias):], found[key])
+        for key in [k for k in expected if k.startswith(alias)]:
+            found.setdefault(key, found.get(canonical + key[len(alias):]))
+    missing = sorted(k for k in expected if found.get(k) is None)
+    wrong = sorted(f"{k}: file {found[k]} vs config {expected[k]}" for k in expected
+                   if found.get(k) is not None and found[k] != expected[k])
+    unexpected = sorted(k for k in found if k not in expected)
+    if missing or wrong or unexpected:
+        details = "; ".join(f"{title} ({len(items)}): {', '.join(items[:4])}" for title, items in
+                            (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected)) if items)
+        raise CheckpointError(f"{path}: the config in its metadata does not match the tensors in the file ({details})")
 
 
 def load_checkpoint(path: str | os.PathLike) -> AdaptiveClick:

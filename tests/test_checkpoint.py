@@ -149,3 +149,57 @@ def test_named_configs_build_and_run(tmp_path):
         build_model("vit_z")
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         model(image[:, :3], points)
+
+
+def _with_config(src, dst, **changes):
+    """Copy a project checkpoint, rewriting fields of the config in its metadata (the tensors stay)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    meta = read_metadata(src)
+    config = json.loads(meta["config"])
+    config.update(changes)
+    save_file(load_file(str(src)), str(dst), metadata=dict(meta, config=json.dumps(config)))
+    return dst
+
+
+def test_a_metadata_config_that_does_not_fit_the_tensors_is_refused_before_building(tmp_path, monkeypatch):
+    import model.checkpoint as checkpoint
+
+    src = save_checkpoint(build_adaptiveclick(SMALL), tmp_path / "small.safetensors")
+    built_for_real = []
+    real_build = checkpoint.build_adaptiveclick
+
+    def spy(config):
+        model = real_build(config)
+        built_for_real.extend(p.device.type for p in model.parameters() if p.device.type != "meta")
+        return model
+
+    monkeypatch.setattr(checkpoint, "build_adaptiveclick", spy)
+    cases = [
+        ({"embed_dim": 1_000_001}, "does not describe a buildable network"),  # was an AssertionError
+        ({"embed_dim": 1_000_000}, "does not match the tensors"),
+        ({"embed_dim": 4096, "num_heads": 16}, "does not match the tensors"),  # big but valid: no GBs spent
+        ({"depth": 6, "global_attn_indexes": [1, 5]}, "missing"),
+        ({"fpn_dims": [16, 16, 16, 16]}, "wrong shape"),
+    ]
+    for changes, words in cases:
+        with pytest.raises(CheckpointError, match=words):
+            load_checkpoint(_with_config(src, tmp_path / "bad.safetensors", **changes))
+    assert built_for_real == []  # only the meta-device skeleton was built
+    with pytest.raises(CheckpointError, match="not valid"):
+        load_checkpoint(_with_config(src, tmp_path / "bad.safetensors", no_such_field=1))
+    assert load_checkpoint(src).config == SMALL
+
+
+def test_a_zip_checkpoint_renamed_safetensors_is_read_by_content(tmp_path, golden_dir):
+    import shutil
+
+    renamed = tmp_path / "tiny.safetensors"
+    shutil.copy(golden_dir / "tiny_official.pth", renamed)
+    assert load_checkpoint(renamed).config.embed_dim > 0  # a real .pth: loads, whatever its name
+    torch.save({"state_dict": {"x": torch.zeros(1)}}, tmp_path / "junk.pth")
+    shutil.copy(tmp_path / "junk.pth", renamed)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(renamed)
