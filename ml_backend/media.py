@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from urllib3 import exceptions as urllib3_errors
 
 from .config import Settings
 from .errors import BadRequest, MediaError
@@ -397,8 +398,12 @@ class MediaFetcher:
         """
         retried_auth = False
         came_from_ls = False
+        deadline = time.monotonic() + self.settings.fetch_timeout_s  # for the whole download, redirects included
         for _ in range(MAX_REDIRECTS + 1):
             url = destination.url
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MediaError(self._deadline_message(url), status=504)
             is_ls = self._is_ls(destination)
             if not is_ls and not self._allowed_listed(destination):
                 if not (came_from_ls and _resolves_public(destination.host)):
@@ -412,14 +417,11 @@ class MediaFetcher:
                     )
             headers = self.auth.headers(self.ls_destination.with_path("").url) if is_ls else {}
             try:
-                resp = self.session.get(
-                    url, headers=headers, timeout=self.settings.fetch_timeout_s, stream=True, allow_redirects=False
-                )
+                resp = self.session.get(url, headers=headers, timeout=remaining, stream=True, allow_redirects=False)
             except requests.ConnectionError as exc:
                 raise MediaError(self._unreachable_hint(destination, exc), status=502) from None
             except requests.Timeout:
-                raise MediaError(f"timed out after {self.settings.fetch_timeout_s:.0f} s fetching {url[:200]}",
-                                 status=504) from None
+                raise MediaError(self._deadline_message(url), status=504) from None
             except requests.RequestException as exc:
                 raise MediaError(f"could not fetch {url[:200]}: {exc}", status=502) from None
             except ValueError as exc:  # requests pre-parses a redirect's Location even when it does not follow it
@@ -441,12 +443,17 @@ class MediaFetcher:
                     continue
                 if resp.status_code >= 400:
                     raise MediaError(self._status_hint(url, resp.status_code, is_ls), status=502)
-                return self._read_capped(resp, url)
+                return self._read_capped(resp, url, deadline)
             finally:
                 resp.close()
         raise MediaError(f"too many redirects fetching the image ({url[:200]})")
 
-    def _read_capped(self, resp: requests.Response, url: str) -> bytes:
+    def _deadline_message(self, url: str) -> str:
+        return (f"the image download from {url[:200]} did not finish within FETCH_TIMEOUT_S="
+                f"{self.settings.fetch_timeout_s:g} s")
+
+    def _read_capped(self, resp: requests.Response, url: str, deadline: float) -> bytes:
+        """The body, at most MAX_IMAGE_MB, by ``deadline`` (a host trickling bytes cannot hold the read open)."""
         cap = self.settings.max_image_bytes
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > cap:
@@ -455,10 +462,27 @@ class MediaFetcher:
                 status=413,
             )
         buf = bytearray()
-        for chunk in resp.iter_content(_CHUNK):
-            buf += chunk
-            if len(buf) > cap:
-                raise MediaError(f"the image at {url[:200]} is larger than MAX_IMAGE_MB={cap // 2**20}", status=413)
+        raw = resp.raw
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MediaError(self._deadline_message(url), status=504)
+                if sock is not None:
+                    sock.settimeout(remaining)  # no single read may outlast the deadline either
+                # read1: whatever has arrived (up to a chunk), so the deadline is checked between small reads
+                chunk = raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > cap:
+                    raise MediaError(f"the image at {url[:200]} is larger than MAX_IMAGE_MB={cap // 2**20}",
+                                     status=413)
+        except (TimeoutError, OSError, urllib3_errors.HTTPError) as exc:
+            if time.monotonic() >= deadline or isinstance(exc, (TimeoutError, urllib3_errors.ReadTimeoutError)):
+                raise MediaError(self._deadline_message(url), status=504) from None
+            raise MediaError(f"the download from {url[:200]} broke off ({type(exc).__name__})", status=502) from None
         return bytes(buf)
 
     def _status_hint(self, url: str, status: int, is_ls: bool) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import Settings
 from .engine import Engine
-from .errors import BadRequest, BackendError, ConfigError
+from .errors import BackendError, BadRequest, ConfigError, MediaError
 from .finetune import FinetuneServer, finetune_enabled
 from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config
 from .media import DecodedImage, MediaFetcher
@@ -131,6 +131,11 @@ class Backend:
         self._inflight: dict[Hashable, concurrent.futures.Future] = {}
         self._inflight_lock = threading.Lock()
         self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        # Downloads run on their own threads, at most half the request threads at once: a burst of slow hosts
+        # can never take every request thread, so clicks on tasks whose image is cached are answered meanwhile.
+        self._download_slots = max(1, settings.threads // 2)
+        self._downloads = concurrent.futures.ThreadPoolExecutor(self._download_slots, thread_name_prefix="download")
+        self._downloading = 0
         self._prefetch_pending = 0
         self._schemas: dict[str, str] = {}
         self._reported_configs: set[int] = set()
@@ -143,6 +148,7 @@ class Backend:
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
+        self._downloads.shutdown(wait=False, cancel_futures=True)
         if self.finetune is not None:
             self.finetune.stop()
 
@@ -311,18 +317,38 @@ class Backend:
             if stats is not None:
                 stats.image_hit = True
             return cached
+        wait_s = self.settings.fetch_timeout_s + 5  # the fetcher's own deadline, plus decoding
         with self._inflight_lock:
             future = self._inflight.get(key)
             owner = future is None
             if owner:
+                if self._downloading >= self._download_slots:
+                    raise MediaError(f"{self._downloading} image downloads are in progress (at most "
+                                     f"{self._download_slots} at once, half of THREADS); try again in a moment",
+                                     status=503)
+                self._downloading += 1
                 future = concurrent.futures.Future()
                 self._inflight[key] = future
         if not owner:  # another request (or the task-open prefetch) is fetching it
             if stats is not None:
                 stats.image_hit = True
-            return future.result(timeout=self.settings.fetch_timeout_s * 2 + 10)
+            try:
+                return future.result(timeout=wait_s)
+            except concurrent.futures.TimeoutError:
+                raise MediaError(f"the task's image is still downloading after {wait_s:g} s", status=504) from None
         try:
-            image = self.fetcher.load(url, task_id)
+            try:
+                download = self._downloads.submit(self.fetcher.load, url, task_id)
+            except RuntimeError:  # the executor is shut down
+                self._release_download_slot()
+                raise BackendError("the backend is shutting down", status=503) from None
+            # The slot frees when the download really ends, even if this request stopped waiting for it.
+            download.add_done_callback(lambda _: self._release_download_slot())
+            try:
+                image = download.result(timeout=wait_s)
+            except concurrent.futures.TimeoutError:
+                raise MediaError(f"the image download did not finish within FETCH_TIMEOUT_S="
+                                 f"{self.settings.fetch_timeout_s:g} s", status=504) from None
             log.info("fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)", str(url)[:120], *image.size,
                      image.fetch_ms, image.decode_ms)
             self.cache.put_image(key, image, image.array.nbytes)
@@ -337,6 +363,10 @@ class Backend:
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
+
+    def _release_download_slot(self) -> None:
+        with self._inflight_lock:
+            self._downloading -= 1
 
     def _prefetch_image(self, task: dict[str, Any], label_config: str) -> None:
         """Warm the image cache when a task opens, so the first click does not wait for the download."""

@@ -80,3 +80,117 @@ def test_lone_surrogates_anywhere_in_a_body_are_400(client):
 def test_an_echoed_non_ascii_action_renders(client):
     reply = client.post("/webhook", json={"action": "ÄNNOTATION_CREATED ✓", "project": 1})
     assert reply.status_code == 200 and reply.json()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow hosts: a real download deadline, and downloads never take every request thread
+
+
+class TrickleServer:
+    """``/data/upload/slow*`` sends headers, then one byte every 0.2 s for a minute; anything else is a PNG."""
+
+    def __init__(self) -> None:
+        import http.server
+        import io
+        import threading
+        import time
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (200, 200, 200)).save(buf, format="PNG")
+        png = buf.getvalue()
+        self.stop = threading.Event()
+        stop = self.stop
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                if self.path.startswith("/data/upload/slow"):
+                    self.send_header("Content-Length", "300")
+                    self.end_headers()
+                    for _ in range(300):
+                        if stop.wait(0.2):
+                            return
+                        try:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                    return
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._time = time
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def trickle():
+    server = TrickleServer()
+    yield server
+    server.close()
+
+
+def test_a_trickling_host_cannot_outlast_the_download_deadline(trickle):
+    import time
+
+    from ml_backend.errors import MediaError
+    from ml_backend.media import MediaFetcher
+
+    settings = Settings.from_env({})
+    settings.label_studio_url = trickle.url
+    settings.fetch_timeout_s = 1.5
+    started = time.monotonic()
+    with pytest.raises(MediaError) as error:
+        MediaFetcher(settings).fetch("/data/upload/slow.png", 1)
+    elapsed = time.monotonic() - started
+    assert error.value.status == 504 and "FETCH_TIMEOUT_S=1.5" in error.value.message
+    assert elapsed < 10  # the host would have trickled for 60 s (each byte within any per-read timeout)
+
+
+def test_slow_downloads_never_take_every_request_thread(trickle):
+    import threading
+
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s = 0
+    settings.label_studio_url = trickle.url
+    settings.fetch_timeout_s = 4
+    settings.threads = 4  # two download slots
+    settings.prefetch_on_open = False
+    app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        cached = _predict_with_image("/data/upload/1/fast.png")
+        assert client.post("/predict", json=cached).status_code == 200  # the image is now cached
+        slow_replies: list = []
+
+        def slow(i: int) -> None:
+            slow_replies.append(client.post("/predict", json=_predict_with_image(f"/data/upload/slow{i}.png")))
+
+        threads = [threading.Thread(target=slow, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        trickle._time.sleep(0.5)
+        again = copy.deepcopy(cached)
+        again["params"]["context"]["result"][0]["value"]["x"] += 7  # a new click on the cached task
+        reply = client.post("/predict", json=again)
+        still_downloading = sum(thread.is_alive() for thread in threads)
+        for thread in threads:
+            thread.join()
+    assert reply.status_code == 200 and reply.headers["x-cache"].startswith("image")
+    assert still_downloading >= 1  # answered while slow downloads were still holding their slots
+    statuses = sorted(r.status_code for r in slow_replies)
+    assert set(statuses) <= {503, 504} and 503 in statuses and 504 in statuses, statuses
+    assert all(r.json()["error"] for r in slow_replies)
