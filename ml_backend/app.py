@@ -25,8 +25,9 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -35,6 +36,7 @@ from .engine import Engine
 from .errors import BackendError, BadRequest
 from .media import MediaFetcher, in_container, is_loopback_host
 from .service import LS_USER_AGENT, Backend
+from .sessions import ClientGone
 
 log = logging.getLogger("adaptiveclick.backend")
 try:
@@ -280,11 +282,34 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         return {"status": "ok", "training": "not supported online"}
 
     @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
         body = await _json_body(request, settings.max_request_bytes)
-        reply, stats = await run_in_threadpool(backend.predict, body)
-        response = AsciiJSONResponse(reply)  # renders the body now, so "total" includes serialisation
+        cancelled = threading.Event()
+
+        async def watch_disconnect() -> None:  # a client that left gets no more forwards computed for it
+            while not cancelled.is_set():
+                if await request.is_disconnected():
+                    cancelled.set()
+                    return
+                await anyio.sleep(0.05)
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect)
+            try:
+                reply, stats = await run_in_threadpool(backend.predict, body, cancelled)
+            except Exception as exc:  # raised below, outside the task group (which would wrap it in a group)
+                failure = exc
+            finally:
+                cancelled.set()  # ends the watcher
+        if isinstance(failure, ClientGone):
+            log.info("/predict: the client disconnected; %s", failure)
+            return Response(status_code=499)
+        if failure is not None:
+            raise failure
+        # Rendering a large batch reply is CPU work: off the event loop, so /health keeps answering.
+        response = await run_in_threadpool(AsciiJSONResponse, reply)
         total = (time.perf_counter() - t0) * 1000
         response.headers["Server-Timing"] = (
             f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "

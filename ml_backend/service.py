@@ -242,8 +242,9 @@ class Backend:
 
     # --- /predict ------------------------------------------------------------------------------
 
-    def predict(self, body: Any) -> tuple[dict[str, Any], RunStats]:
-        stats = RunStats()
+    def predict(self, body: Any, cancelled: threading.Event | None = None) -> tuple[dict[str, Any], RunStats]:
+        """Answer a /predict body; ``cancelled`` (set when the client disconnects) stops the click loop."""
+        stats = RunStats() if cancelled is None else RunStats(cancelled=cancelled)
         if not isinstance(body, dict):
             raise BadRequest("the /predict body must be a JSON object")
         tasks = body.get("tasks")

@@ -60,6 +60,12 @@ class RunStats:
     rle_ms: float = 0.0
     model_ms: float = 0.0
     queue_ms: float = 0.0
+    # Set by the server when the client has gone: the click loop stops between forwards (states so far stay cached).
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+class ClientGone(Exception):
+    """The client disconnected while its clicks were being computed; there is nobody to answer."""
 
 
 class Session:
@@ -128,6 +134,9 @@ class Session:
         prob = None
         t0 = time.perf_counter()
         for k in range(start, n):
+            if stats.cancelled.is_set():
+                stats.model_ms += (time.perf_counter() - t0) * 1000
+                raise ClientGone(f"stopped after {k - start} of {n - start} forwards")
             row, col, positive = clicks[k]
             prob = p.add_click(row, col, positive)
             stats.forwards += 1

@@ -194,3 +194,81 @@ def test_slow_downloads_never_take_every_request_thread(trickle):
     statuses = sorted(r.status_code for r in slow_replies)
     assert set(statuses) <= {503, 504} and 503 in statuses and 504 in statuses, statuses
     assert all(r.json()["error"] for r in slow_replies)
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that leaves gets no more work done for it
+
+
+def _many_clicks(n: int) -> dict:
+    body = copy.deepcopy(ONE_CLICK)
+    first = body["params"]["context"]["result"][0]
+    clicks = []
+    for i in range(n):
+        click = copy.deepcopy(first)
+        click["id"] = f"c{i}"
+        click["value"]["x"] = 20 + (i * 7) % 60
+        click["value"]["y"] = 20 + (i * 11) % 60
+        clicks.append(click)
+    body["params"]["context"]["result"] = clicks
+    body["tasks"][0]["data"]["image"] = "data:image/png;base64," + _png_base64()
+    return body
+
+
+def _png_base64() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_disconnected_client_stops_the_click_loop():
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s = 0
+    settings.prefetch_on_open = False
+    app = create_app(settings, engine=Engine(settings, factory=lambda: DiskPredictor(cost_ms=100), name="disk"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        import requests
+
+        for _ in range(300):  # until the model is loaded (the warm-up imports take a few seconds)
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json().get("model_loaded"):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.05)
+        warm = requests.post(f"http://127.0.0.1:{port}/predict", json=_many_clicks(1), timeout=30)  # first-use imports
+        assert warm.status_code == 200
+        body = _many_clicks(60)  # 60 forwards x 0.1 s = 6 s of model work
+        body["tasks"][0]["id"] = 2
+        payload = json.dumps(body).encode()
+        before = DiskPredictor.forwards
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        time.sleep(1.0)
+        client.close()  # the annotator clicked again / closed the tab
+        time.sleep(2.0)
+        done = DiskPredictor.forwards - before
+        time.sleep(1.0)
+        assert DiskPredictor.forwards - before == done  # nothing more is computed for the gone client
+        assert 1 <= done < 40, done
+    finally:
+        server.should_exit = True
+        thread.join(10)
