@@ -29,8 +29,17 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE = "grabcut-baseline"
 
 
+def _split(setting: str) -> tuple[str, bool]:
+    """``noflip:SPEC`` -> (SPEC, False): a refinement spec, with or without flip test-time augmentation."""
+    return (setting[len("noflip:"):], False) if setting.startswith("noflip:") else (setting, True)
+
+
+def _label(spec: str, flip: bool) -> str:
+    return spec if flip else f"{spec}, no flip"
+
+
 def _run_setting(setting: str, args: argparse.Namespace) -> Path:
-    out = Path(args.out) / setting.replace(",", "+").replace("@", "at")
+    out = Path(args.out) / setting.replace(",", "+").replace("@", "at").replace(":", "-")
     if (out / "results.json").is_file():
         return out
     command = [sys.executable, "-m", "model.cli", "evaluate", "--datasets", args.datasets, "--out", str(out),
@@ -40,7 +49,8 @@ def _run_setting(setting: str, args: argparse.Namespace) -> Path:
     if setting == BASELINE:
         command += ["--method", "grabcut"]
     else:
-        command += ["--refine", setting]
+        spec, flip = _split(setting)
+        command += ["--refine", spec] + ([] if flip else ["--no-flip"])
         if args.checkpoint:
             command += ["--checkpoint", args.checkpoint]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
@@ -66,7 +76,8 @@ def table(args: argparse.Namespace) -> None:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(Path(args.out).glob("*/results.json"), key=lambda p: (p.parent.name == BASELINE, p.parent.name)):
         data = json.loads(path.read_text())
-        setting = BASELINE if data["method"] == "grabcut" else data["settings"].get("refine", "none")
+        settings = data["settings"]
+        setting = BASELINE if data["method"] == "grabcut" else _label(settings.get("refine", "none"), settings["flip"])
         for name, result in data["datasets"].items():
             s = result["summary"]
             iou = s["mean_iou_per_click"]
@@ -96,7 +107,8 @@ def latency(args: argparse.Namespace) -> None:
     net = load_model(args.checkpoint, "cpu")
     print(f"| setting | flip | median s/click | p90 s/click | clicks | threads |\n|---|---|---|---|---|---|")
     for setting in [s for s in args.settings.split(";") if s]:
-        predictor = Predictor(net, device="cpu", flip=not args.no_flip, refine=setting)
+        spec, flip = _split(setting)
+        predictor = Predictor(net, device="cpu", flip=flip and not args.no_flip, refine=spec)
         times = []
         for repeat in range(args.repeats + 1):
             predictor.set_image(image)
@@ -106,15 +118,16 @@ def latency(args: argparse.Namespace) -> None:
                 if repeat:  # the first pass warms up
                     times.append(time.perf_counter() - started)
         p90 = sorted(times)[int(0.9 * (len(times) - 1))]
-        print(f"| {predictor.refine.spec} | {not args.no_flip} | {statistics.median(times):.3f} | {p90:.3f} | "
+        print(f"| {predictor.refine.spec} | {predictor.flip} | {statistics.median(times):.3f} | {p90:.3f} | "
               f"{len(times)} | {args.threads} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("quality", "latency", "table"))
-    parser.add_argument("--settings", default="none;guided;clean;guided,clean;cfr2;cfr4@0.02",
-                        help="semicolon-separated refinement specs (a spec may hold commas)")
+    parser.add_argument("--settings", default="none;noflip:none;noflip:guided;noflip:guided,clean;cfr2;guided",
+                        help="semicolon-separated refinement specs (a spec may hold commas); noflip:SPEC runs "
+                        "without flip test-time augmentation")
     parser.add_argument("--datasets", default="GrabCut,Berkeley")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--out", default="results/refinement")

@@ -233,7 +233,9 @@ class Predictor:
     def _forward(self, prev_probs: torch.Tensor, clicks: tuple[Click, ...], roi: Box) -> torch.Tensor:
         """One network call (with its flip twin) on the ROI; the full-size (1, 1, H, W) probability map."""
         height, width = self.image_size
-        net_input = self.zoom.crop(torch.cat([self._image, prev_probs], dim=1), roi)
+        # Crop image and previous map separately: concatenating them at full resolution first would copy 4 x H x W
+        # floats every click (32 MB at 2 MP) for the same result.
+        net_input = torch.cat([self.zoom.crop(self._image, roi), self.zoom.crop(prev_probs, roi)], dim=1)
         net_clicks = self.zoom.transform_clicks(clicks, roi)
 
         batch_clicks = [net_clicks]

@@ -168,12 +168,14 @@ def drop_unclicked_components(probs: torch.Tensor, roi: Box, clicks: Sequence[Cl
     count, labels = cv2.connectedComponents(mask, connectivity=8)
     if count <= 2:
         return probs  # background and at most one component: nothing to drop
-    keep_ids = {int(labels[r - rmin, c - cmin]) for r, c in positives} - {0}
+    keep_ids = sorted({int(labels[r - rmin, c - cmin]) for r, c in positives} - {0})
     if not keep_ids:
         return probs  # no positive click is inside the mask: the network disagrees with the user; keep it all
-    drop = ~np.isin(labels, sorted(keep_ids)) & (labels > 0)
-    if not drop.any():
-        return probs
+    if len(keep_ids) == count - 1:
+        return probs  # every component holds a positive click
+    keep = np.zeros(count, np.float32)
+    keep[0] = 1.0  # background pixels keep their (sub-threshold) probabilities
+    keep[keep_ids] = 1.0
     cleaned = probs.clone()
-    cleaned[0, 0, rmin : rmax + 1, cmin : cmax + 1][torch.from_numpy(drop).to(probs.device)] = 0
+    cleaned[0, 0, rmin : rmax + 1, cmin : cmax + 1].mul_(torch.from_numpy(keep[labels]).to(probs.device))
     return cleaned
