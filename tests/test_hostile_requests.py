@@ -272,3 +272,58 @@ def test_a_disconnected_client_stops_the_click_loop():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_health_answers_while_a_large_reply_is_rendered(monkeypatch):
+    """Rendering a big /predict reply is CPU work off the event loop (stood in for by a slow render)."""
+    import threading
+    import time
+
+    import requests
+    import uvicorn
+
+    import ml_backend.app as app_module
+
+    rendered = threading.Event()
+    render = app_module.AsciiJSONResponse.render
+
+    def slow_render(self, content):
+        if isinstance(content, dict) and "results" in content:
+            time.sleep(1.5)  # what a 70 MB batch reply cost
+            rendered.set()
+        return render(self, content)
+
+    monkeypatch.setattr(app_module.AsciiJSONResponse, "render", slow_render)
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s = 0
+    app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if requests.get(url + "/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.05)
+        batch = {"tasks": [{"id": i, "data": {"image": "/data/upload/1/a.png"}} for i in range(50)]}
+        worker = threading.Thread(target=lambda: requests.post(url + "/predict", json=batch, timeout=30))
+        worker.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        health = requests.get(url + "/health", timeout=5)
+        answered_in = time.monotonic() - started
+        still_rendering = not rendered.is_set()
+        worker.join(30)
+        assert health.status_code == 200 and still_rendering
+        assert answered_in < 0.5  # not after the 1.5 s render
+    finally:
+        server.should_exit = True
+        thread.join(10)
