@@ -256,8 +256,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
 
     @app.get("/health")
     @app.get("/")
-    async def health() -> dict[str, Any]:
-        return backend.health()
+    async def health() -> AsciiJSONResponse:
+        status = backend.health()
+        # A model that failed to load answers 503, so Label Studio's connection check shows the error instead of
+        # a working backend that returns nothing (Label Studio accepts any 2xx as healthy).
+        return AsciiJSONResponse(status, status_code=503 if status.get("model_error") else 200)
 
     @app.get("/versions")
     async def versions() -> dict[str, Any]:

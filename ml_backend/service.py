@@ -168,6 +168,7 @@ class Backend:
             "model_loaded": engine.ready.is_set() and engine.error is None,
         }
         if engine.error:
+            status["status"] = "ERROR"
             status["model_error"] = engine.error
         return status
 

@@ -364,3 +364,16 @@ def test_adaptiveclick_engine_with_real_predictor_and_prefix_cache(shared_dir):
     predictor.set_image(image)
     expected = predictor.predict([(r, col, pos) for r, col, pos in points]) > predictor.threshold
     assert np.array_equal(served, expected)
+
+
+def test_a_model_that_failed_to_load_fails_label_studios_health_check(tmp_path):
+    app = make_app(None, model_engine="adaptiveclick", model_checkpoint=str(tmp_path / "missing.safetensors"))
+    with TestClient(app) as client:
+        for _ in range(100):
+            reply = client.get("/health")
+            if reply.json().get("model_error"):
+                break
+            time.sleep(0.05)
+        assert reply.status_code == 503  # Label Studio treats any 2xx as a working backend
+        body = reply.json()
+        assert body["status"] == "ERROR" and "missing.safetensors" in body["model_error"] and not body["model_loaded"]
