@@ -79,7 +79,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a click in pixels; repeat for more; ',neg' marks a background click")
     parser.add_argument("--checkpoint", help="weights file (default: the starter model in weights/)")
     parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
-    parser.add_argument("--no-zoom", action="store_true", help="always run on the whole image (no zoom-in)")
+    parser.add_argument("--no-zoom-in", "--no-zoom", dest="no_zoom", action="store_true",
+                        help="always run on the whole image (no zoom-in crop)")
     parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision")
@@ -124,6 +125,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     from .weights import add_weights_parser
 
     parser = argparse.ArgumentParser(prog="adaptiveclick", description="AdaptiveClick interactive segmentation")
+    parser.add_argument("--version", action="version", version=f"adaptiveclick {_package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_predict_parser(subparsers)
     add_evaluate_parser(subparsers)
@@ -136,7 +138,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse, run the chosen command, and turn user errors into one-line messages (exit 2)."""
     from .checkpoint import CheckpointError
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     handler = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:
         parser.print_help()
@@ -146,6 +148,26 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except (CommandError, CheckpointError, ValueError, FileNotFoundError) as error:
         print(f"adaptiveclick {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adaptiveclick")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--click -5,100`` -> ``--click=-5,100``: argparse takes a value that starts with '-' for an option."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if out and out[-1] == "--click" and arg.startswith("-") and len(arg) > 1 and (arg[1].isdigit() or arg[1] == "."):
+            out[-1] = f"--click={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,12 +74,12 @@ REGISTRY: dict[str, WeightsEntry] = {
         WeightsEntry(
             "adaptiveclick_base448_sbd", "adaptiveclick_base448_sbd.pth", "adaptiveclick",
             "released AdaptiveClick ViT-B 448, trained on SBD (authors' Google Drive)",
-            manual=_DRIVE_MANUAL, use="MODEL_CHECKPOINT=adaptiveclick_base448_sbd.pth",
+            manual=_DRIVE_MANUAL, use="MODEL_CHECKPOINT={path}",
         ),
         WeightsEntry(
             "adaptiveclick_base448_cocolvis", "adaptiveclick_base448_cocolvis.pth", "adaptiveclick",
             "released AdaptiveClick ViT-B 448, trained on COCO+LVIS (authors' Google Drive)",
-            manual=_DRIVE_MANUAL, use="MODEL_CHECKPOINT=adaptiveclick_base448_cocolvis.pth",
+            manual=_DRIVE_MANUAL, use="MODEL_CHECKPOINT={path}",
         ),
         *(
             WeightsEntry(
@@ -398,7 +398,9 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"  source: {source}")
         print(f"  sha256: {pinned or 'unknown (computed and printed by fetch / verify)'}")
         if entry.use:
-            print(f"  use:    {entry.use}")
+            # The path that works from here: where the file is, or where `fetch` would put it.
+            where = path or (default_dest() / entry.filename)
+            print(f"  use:    {entry.use.replace('{path}', str(Path(where).resolve()))}")
     return 0
 
 
@@ -438,7 +440,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"  (no sha256 is pinned for {entry.name}: keep this one to check later copies, e.g. "
               f"`adaptiveclick weights verify {dest} --sha256 {digest}`)")
     if entry.use:
-        print(f"  use: {entry.use}")
+        print(f"  use: {entry.use.replace('{path}', str(dest.resolve()))}")
     return 0
 
 

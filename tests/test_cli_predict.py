@@ -35,6 +35,8 @@ def test_predict_writes_mask_probabilities_and_overlay(tmp_path, golden_dir, gra
     "extra, message",
     [
         (["--click", "1000,5"], "outside the 321x481 image"),
+        (["--click", "-5,100"], "click (row=-5, col=100) is outside"),  # not argparse's "expected one argument"
+        (["--click", "5,5", "--refine", "sharpen"], "unknown refinement 'sharpen'"),
         (["--click", "5,5", "--checkpoint", "/nonexistent.pth"], "checkpoint not found"),
         (["--click", "5,5", "--dtype", "fp16", "--device", "cpu"], "fp16"),
     ],
@@ -58,3 +60,23 @@ def test_click_syntax_errors_exit_with_usage(capsys, tmp_path):
 def test_missing_image_is_reported(capsys, tmp_path):
     assert main(["predict", str(tmp_path / "none.png"), "--click", "1,1", "--out", str(tmp_path / "m.png")]) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_version_and_the_zoom_flag_spelled_as_in_evaluate(capsys, tmp_path, golden_dir, grabcut_image):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("adaptiveclick ")
+    args = ["predict", str(grabcut_image), "--checkpoint", str(golden_dir / "tiny_official.pth"), "--device", "cpu",
+            "--click", "104,204", "--out"]
+    assert main(args + [str(tmp_path / "a.png"), "--no-zoom-in"]) == 0
+    assert main(args + [str(tmp_path / "b.png"), "--no-zoom"]) == 0  # the old spelling still works
+    assert np.array_equal(cv2.imread(str(tmp_path / "a.png")), cv2.imread(str(tmp_path / "b.png")))
+
+
+def test_weights_list_prints_a_checkpoint_path_that_works(capsys):
+    from pathlib import Path
+
+    assert main(["weights", "list"]) == 0
+    uses = [line.split("MODEL_CHECKPOINT=", 1)[1] for line in capsys.readouterr().out.splitlines()
+            if "MODEL_CHECKPOINT=" in line]
+    assert uses and all(Path(u).is_absolute() and u.endswith(".pth") for u in uses)
