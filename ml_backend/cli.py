@@ -1,13 +1,13 @@
 """``adaptiveclick`` console script: the model commands of ``model.cli`` plus ``serve`` (the ML backend).
 
-    adaptiveclick serve [--host 0.0.0.0] [--port 9090] [--workers N] [--threads T] [--server auto|gunicorn|uvicorn]
+    adaptiveclick serve [--host 127.0.0.1] [--port 9090] [--workers N] [--threads T] [--server auto|gunicorn|uvicorn]
     adaptiveclick worker [--once] [--poll S]          # the fine-tuning worker (ml_backend/finetune_worker.py)
     adaptiveclick versions [list|jobs|rollback VERSION] [--model-dir DIR]
 
 ``serve`` runs gunicorn with uvicorn workers when gunicorn is installed (never with ``--preload``: each worker
 loads the model itself, so CUDA is never initialised before a fork), else uvicorn directly. The backend is
-configured by environment variables (see ``ml_backend/README_SECTION.md``); WORKERS and THREADS give the defaults
-of ``--workers`` and ``--threads``.
+configured by environment variables (the README's Environment section); HOST, PORT, WORKERS and THREADS give the
+defaults of ``--host``, ``--port``, ``--workers`` and ``--threads``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ def _base_parser() -> tuple[argparse.ArgumentParser, Any]:
     return build_parser()
 
 
+def default_host(env: Any) -> str:
+    """``HOST``, else all interfaces only when basic auth protects the backend, else loopback."""
+    if env.get("HOST", "").strip():
+        return env["HOST"].strip()
+    return "0.0.0.0" if env.get("BASIC_AUTH_USER") or env.get("BASIC_AUTH_PASS") else "127.0.0.1"
+
+
 def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
     serve = subparsers.add_parser(
         "serve",
@@ -50,7 +57,9 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
         "LABEL_STUDIO_API_KEY, LOCAL_FILES_DOCUMENT_ROOT, BASIC_AUTH_USER/PASS, MODEL_ENGINE, MODEL_CHECKPOINT, "
         "DEVICE, SESSION_CACHE_MB, SESSION_TTL_S, LOG_LEVEL (see the README).",
     )
-    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (default 0.0.0.0)")
+    serve.add_argument("--host", default=default_host(os.environ),
+                       help="bind address (default $HOST; else 0.0.0.0 when basic auth is set, else 127.0.0.1: an "
+                       "open backend is not put on the network by default)")
     serve.add_argument("--port", type=int, default=_env_int("PORT", 9090), help="port (default 9090)")
     serve.add_argument("--workers", type=int, default=_env_int("WORKERS", 1),
                        help="worker processes, each with its own model (default $WORKERS or 1)")

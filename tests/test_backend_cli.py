@@ -21,16 +21,20 @@ def test_serve_defaults_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("WORKERS", "3")
     monkeypatch.setenv("THREADS", "5")
     monkeypatch.setenv("PORT", "9191")
+    for name in ("HOST", "BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+        monkeypatch.delenv(name, raising=False)
     parser, sub = cli._base_parser()
     cli.add_serve_command(sub)
     args = parser.parse_args(["serve"])
-    assert (args.workers, args.threads, args.port, args.host) == (3, 5, 9191, "0.0.0.0")
+    assert (args.workers, args.threads, args.port, args.host) == (3, 5, 9191, "127.0.0.1")  # open: loopback only
+    assert cli.default_host({"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "x"}) == "0.0.0.0"  # protected: network
+    assert cli.default_host({"HOST": "10.1.2.3"}) == "10.1.2.3"
 
 
 def test_gunicorn_command_never_preloads(monkeypatch):
     parser, sub = cli._base_parser()
     cli.add_serve_command(sub)
-    argv = cli.gunicorn_argv(parser.parse_args(["serve", "--port", "9999", "--workers", "2"]))
+    argv = cli.gunicorn_argv(parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "9999", "--workers", "2"]))
     assert "--preload" not in argv
     assert argv[argv.index("--worker-class") + 1].endswith("UvicornWorker")
     assert argv[argv.index("--bind") + 1] == "0.0.0.0:9999" and argv[argv.index("--workers") + 1] == "2"
