@@ -346,12 +346,26 @@ def load_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     with open(path, "rb") as handle:
-        head = handle.read(16)
+        head = handle.read(512)
     if len(head) < 8:
         raise CheckpointError(f"{path} is empty or truncated ({path.stat().st_size} bytes)")
     if head[:2] in (b"PK", b"\x80\x02"):
         return load_official_checkpoint(path)
+    if head[8:9] != b"{":  # a .safetensors file: an 8-byte header length, then its JSON header
+        raise CheckpointError(f"{path} is not a checkpoint: {_what_it_is(head)}")
     return load_project_checkpoint(path)
+
+
+def _what_it_is(head: bytes) -> str:
+    """A guess at what a file that is no checkpoint is, from its first bytes, for the error message."""
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")) or b"<html" in text[:200]:
+        return ("it is an HTML page. A checkpoint downloaded from Google Drive is often the 'cannot scan this file for "
+                "viruses' page instead of the file: download it again from the page's 'Download anyway' button, or use "
+                "`adaptiveclick weights fetch NAME --url ...`")
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"it is a text file (it starts with {head[:40].decode('ascii', 'replace')!r})"
+    return "neither a .safetensors file nor a PyTorch checkpoint (zip archive or pickle)"
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> AdaptiveClick:

@@ -62,8 +62,16 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
 def test_not_a_checkpoint_and_truncated_files_give_clear_errors(tmp_path, golden_dir):
     junk = tmp_path / "notes.pth"
     junk.write_bytes(b"this is not a checkpoint at all\n" * 4)
-    with pytest.raises(CheckpointError, match="not an AdaptiveClick checkpoint|not a readable|not a PyTorch"):
+    with pytest.raises(CheckpointError, match="is a text file .it starts with 'this is not"):
         load_checkpoint(junk)
+    drive = tmp_path / "adaptiveclick_base448_sbd.pth"  # what a browser saves from Google Drive's scan warning
+    drive.write_bytes(b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>")
+    with pytest.raises(CheckpointError, match="HTML page.*Google Drive"):
+        load_checkpoint(drive)
+    binary = tmp_path / "random.safetensors"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="neither a .safetensors file nor a PyTorch checkpoint"):
+        load_checkpoint(binary)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((golden_dir / "tiny_official.pth").read_bytes()[:2_000_000])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):

@@ -368,7 +368,7 @@ def test_verify_load_opens_the_checkpoint_safely(registry, tmp_path, capsys):
     path = tmp_path / "broken.pth"
     path.write_bytes(b"not a checkpoint")
     assert model_main(["weights", "verify", str(path), "--load", "--no-progress"]) == 2
-    assert "not a readable .safetensors checkpoint" in capsys.readouterr().err
+    assert "is not a checkpoint: it is a text file" in capsys.readouterr().err
 
 
 def test_real_registry_is_consistent():
