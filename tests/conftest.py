@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from prerequisites import missing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,7 +16,7 @@ def shared_dir() -> Path:
     """The shared data folder (``../shared`` beside the repo, or ``$ADAPTIVECLICK_SHARED``); skips if absent."""
     path = Path(os.environ.get("ADAPTIVECLICK_SHARED", DEFAULT_SHARED_DIR))
     if not path.is_dir():
-        pytest.skip(f"shared data folder {path} not found (set ADAPTIVECLICK_SHARED to its location)")
+        missing(f"shared data folder {path} not found (set ADAPTIVECLICK_SHARED to its location)")
     return path
 
 
@@ -23,7 +24,7 @@ def shared_dir() -> Path:
 def golden_dir(shared_dir: Path) -> Path:
     path = shared_dir / "golden"
     if not path.is_dir():
-        pytest.skip(f"golden reference data {path} not found")
+        missing(f"golden reference data {path} not found")
     return path
 
 

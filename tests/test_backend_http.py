@@ -27,6 +27,7 @@ from ml_backend.engine import Engine
 from ml_backend.errors import BadRequest
 from ml_backend.media import MediaFetcher, decode_image
 from ml_backend.testing import SEGMENTATION_ENGINE, DiskPredictor
+from prerequisites import missing
 
 RECORDED = json.loads((Path(__file__).parent / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
 
@@ -323,7 +324,7 @@ def _click_payload(points, w, h):
 def test_segmentation_engine_honours_positive_and_negative_clicks(shared_dir):
     image_path = shared_dir / "datasets" / "GrabCut" / "images" / "37073.jpg"
     if not image_path.exists():
-        pytest.skip(f"{image_path} not found")
+        missing(f"{image_path} not found")
     image = decode_image(image_path.read_bytes(), 10**8).array
     h, w = image.shape[:2]
     app = make_app(engine_factory=None, image=image, model_engine=SEGMENTATION_ENGINE)
@@ -344,7 +345,7 @@ def test_adaptiveclick_engine_with_real_predictor_and_prefix_cache(shared_dir):
     """The real Predictor (tiny golden weights, random): 2nd click = 1 forward, equal to a full replay."""
     ckpt = shared_dir / "golden" / "tiny_official.pth"
     if not ckpt.exists():
-        pytest.skip(f"{ckpt} not found")
+        missing(f"{ckpt} not found")
     image = synthetic_image(160, 120)
     app = make_app(engine_factory=None, image=image, model_engine="adaptiveclick", model_checkpoint=str(ckpt),
                    device="cpu", flip=False)  # no flip TTA: half the CPU time

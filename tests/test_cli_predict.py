@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from model.cli import main
+from prerequisites import missing
 
 
 @pytest.fixture()
 def grabcut_image(shared_dir):
     path = shared_dir / "datasets" / "GrabCut" / "images" / "37073.jpg"
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        missing(f"{path} not found")
     return path
 
 

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from model.evaluation.clicker import Clicker, next_click
+from prerequisites import missing
 
 
 @pytest.fixture(scope="module")
 def clicker_cases(shared_dir):
     path = shared_dir / "golden" / "clicker_cases.pt"
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        missing(f"{path} not found")
     return torch.load(path, weights_only=True)
 
 

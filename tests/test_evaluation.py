@@ -13,6 +13,7 @@ from model.evaluation.datasets import DatasetError, DatasetNotFoundError, load_d
 from model.evaluation.grabcut import GrabCutPredictor
 from model.evaluation.metrics import compute_noc
 from model.evaluation.runner import InteractivePredictor, evaluate_dataset, evaluate_instance
+from prerequisites import missing
 
 MAX_CLICKS = 20
 
@@ -55,7 +56,7 @@ class ConstantPredictor:
 def data_root(shared_dir):
     root = shared_dir / "datasets"
     if not (root / "GrabCut").is_dir() or not (root / "Berkeley").is_dir():
-        pytest.skip(f"GrabCut / Berkeley not found under {root}")
+        missing(f"GrabCut / Berkeley not found under {root}")
     return root
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from prerequisites import missing
 import torch
 from torch.testing import assert_close
 
@@ -67,7 +68,7 @@ MATCHER_COSTS = {
 def afl_cases(shared_dir: Path) -> dict:
     path = shared_dir / "golden" / "afl_cases.pt"
     if not path.is_file():
-        pytest.skip(f"golden file {path} not found")
+        missing(f"golden file {path} not found")
     return torch.load(path, weights_only=True)
 
 

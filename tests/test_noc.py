@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from prerequisites import missing
 
 from model.evaluation.metrics import (
     DEFAULT_IOU_THRESHOLDS,
@@ -20,7 +21,7 @@ from model.evaluation.metrics import (
 def noc_cases(shared_dir):
     path = shared_dir / "golden" / "noc_cases.json"
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        missing(f"{path} not found")
     return json.loads(path.read_text())
 
 

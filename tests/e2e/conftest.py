@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ls_harness import E2E_IMAGES, LabelStudio
+from prerequisites import missing
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,7 @@ def e2e_root(shared_dir, tmp_path_factory) -> Path:
     (root / "images").mkdir()
     for name in E2E_IMAGES.values():
         if not (source / "images" / name).exists():
-            pytest.skip(f"{source / 'images' / name} not found")
+            missing(f"{source / 'images' / name} not found")
         shutil.copy(source / "images" / name, root / "images" / name)
     return root
 
@@ -31,10 +32,7 @@ def label_studio(e2e_root, tmp_path_factory):
     Skips when the Label Studio venv is missing, unless CI is set: then it fails, so CI cannot skip silently."""
     exe = LabelStudio.executable()
     if not exe.exists():
-        message = f"Label Studio is not installed at {exe}: run scripts/install_label_studio.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"Label Studio is not installed at {exe}: run scripts/install_label_studio.sh")
     ls = LabelStudio(tmp_path_factory.mktemp("ls-data"), e2e_root)
     ls.start()
     try:
