@@ -50,7 +50,7 @@ def _run_setting(setting: str, args: argparse.Namespace) -> Path:
         command += ["--method", "grabcut"]
     else:
         spec, flip = _split(setting)
-        command += ["--refine", spec] + ([] if flip else ["--no-flip"])
+        command += ["--refine", spec, "--flip" if flip else "--no-flip"]
         if args.checkpoint:
             command += ["--checkpoint", args.checkpoint]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),

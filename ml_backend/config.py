@@ -7,7 +7,7 @@ import os
 from typing import Mapping
 
 
-def _bool(value: str | None, default: bool) -> bool:
+def _bool(value: str | None, default: bool | None) -> bool | None:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
@@ -71,7 +71,7 @@ class Settings:
     model_version: str = ""
     device: str = "auto"
     dtype: str = "fp32"
-    flip: bool = True
+    flip: bool | None = None  # MODEL_FLIP; None = model.refine.DEFAULT_FLIP (what evaluate and predict use too)
     zoom_in: bool = True
     refine: str = ""  # MODEL_REFINE: a model.refine spec; empty = model.refine.DEFAULT_REFINE
     mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
@@ -114,7 +114,7 @@ class Settings:
             model_version=env.get("MODEL_VERSION", "").strip(),
             device=env.get("DEVICE", "auto").strip() or "auto",
             dtype=env.get("MODEL_DTYPE", "fp32").strip() or "fp32",
-            flip=_bool(env.get("MODEL_FLIP"), True),
+            flip=_bool(env.get("MODEL_FLIP"), None),
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
             refine=env.get("MODEL_REFINE", "").strip(),
             mask_threshold=env_float(env, "MASK_THRESHOLD", 0.5) if env.get("MASK_THRESHOLD", "").strip() else None,

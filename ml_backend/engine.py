@@ -159,13 +159,9 @@ class Engine:
             from model.checkpoint import load_model
             from model.device import resolve_device
             from model.predictor import Predictor
-            from model.refine import DEFAULT_REFINE, Refinement, RefineSpecError
 
-            try:
-                refine = Refinement.parse(self.settings.refine or DEFAULT_REFINE)
-            except RefineSpecError as exc:
-                raise ValueError(f"MODEL_REFINE={self.settings.refine!r}: {exc}") from None
-            self.refine = refine.spec
+            options = predictor_options(self.settings)
+            self.refine = options["refine"].spec
             device = resolve_device(self.settings.device)
             self.device = str(device)
             ckpt = self._checkpoint_path()
@@ -173,8 +169,7 @@ class Engine:
             settings = self.settings
 
             def factory() -> Any:
-                return Predictor(net, device=device, dtype=settings.dtype, flip=settings.flip, zoom_in=settings.zoom_in,
-                                 refine=refine)
+                return Predictor(net, device=device, dtype=settings.dtype, **options)
 
             factory()  # fail now (dtype/device problems), not on the first click
             return factory
@@ -198,3 +193,16 @@ class Engine:
         if self.settings.mask_threshold is not None:
             return float(self.settings.mask_threshold)
         return float(getattr(predictor, "threshold", 0.5))
+
+
+def predictor_options(settings: Settings) -> dict[str, Any]:
+    """Flip, zoom-in and refinement of the served predictor: the env's, else the model's defaults (model.refine),
+    the same that ``adaptiveclick evaluate`` and ``predict`` use, so a measured setting is the served one."""
+    from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, Refinement, RefineSpecError
+
+    try:
+        refine = Refinement.parse(settings.refine or DEFAULT_REFINE)
+    except RefineSpecError as exc:
+        raise ValueError(f"MODEL_REFINE={settings.refine!r}: {exc}") from None
+    flip = DEFAULT_FLIP if settings.flip is None else settings.flip
+    return {"flip": flip, "zoom_in": settings.zoom_in, "refine": refine}

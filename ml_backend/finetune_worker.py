@@ -280,8 +280,11 @@ class JobSteps:
 def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobConfig, settings: Settings) -> dict:
     from model.finetune import evaluate_noc
 
-    return evaluate_noc(net, samples, max_clicks=cfg.max_clicks, device=_device(settings), flip=settings.flip,
-                        zoom_in=settings.zoom_in).to_dict()
+    from .engine import predictor_options
+
+    options = predictor_options(settings)  # the job measures the candidate the way the server will serve it
+    return evaluate_noc(net, samples, max_clicks=cfg.max_clicks, device=_device(settings), flip=options["flip"],
+                        zoom_in=options["zoom_in"], refine=options["refine"].spec).to_dict()
 
 
 def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings, work: Path) -> tuple[Any, dict]:

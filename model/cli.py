@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .refine import DEFAULT_REFINE, REFINE_HELP
+from .refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP
 
 
 class CommandError(Exception):
@@ -78,7 +78,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--click", action="append", type=parse_click, required=True, metavar="ROW,COL[,neg]",
                         help="a click in pixels; repeat for more; ',neg' marks a background click")
     parser.add_argument("--checkpoint", help="weights file (default: the starter model in weights/)")
-    parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
+                        help="horizontal-flip test-time augmentation: a second forward per click (default: "
+                        "%(default)s, what serve uses)")
     parser.add_argument("--no-zoom-in", "--no-zoom", dest="no_zoom", action="store_true",
                         help="always run on the whole image (no zoom-in crop)")
     parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
@@ -99,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     model = load_model(args.checkpoint, args.device)
-    predictor = Predictor(model, device=args.device, dtype=args.dtype, flip=not args.no_flip,
+    predictor = Predictor(model, device=args.device, dtype=args.dtype, flip=args.flip,
                           zoom_in=not args.no_zoom, threshold=args.threshold, refine=args.refine)
     predictor.set_image(image)
     for row, col, positive in args.click:

@@ -159,7 +159,8 @@ class NocResult:
 
 
 def evaluate_noc(net: AdaptiveClick, samples: Sequence[tuple[np.ndarray, np.ndarray]], max_clicks: int = 20,
-                 device: str | torch.device | None = "cpu", flip: bool = True, zoom_in: bool = True) -> NocResult:
+                 device: str | torch.device | None = "cpu", flip: bool = True, zoom_in: bool = True,
+                 refine: str | None = None) -> NocResult:
     """NoC@85/90 (robot clicker, stop at IoU 0.90) over ``[(image, gt mask), ...]`` (gt: bool or 0/1/-1)."""
     import time
 
@@ -167,7 +168,7 @@ def evaluate_noc(net: AdaptiveClick, samples: Sequence[tuple[np.ndarray, np.ndar
     from .evaluation.runner import evaluate_instance
     from .predictor import Predictor
 
-    predictor = Predictor(net, device=device, flip=flip, zoom_in=zoom_in)
+    predictor = Predictor(net, device=device, flip=flip, zoom_in=zoom_in, refine=refine)
     t0 = time.perf_counter()
     all_ious = []
     with torch.inference_mode():

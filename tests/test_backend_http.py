@@ -361,10 +361,24 @@ def test_adaptiveclick_engine_with_real_predictor_and_prefix_cache(shared_dir):
     from model.checkpoint import load_model
     from model.predictor import Predictor
 
-    predictor = Predictor(load_model(ckpt, "cpu"), device="cpu", flip=False)
+    from model.refine import DEFAULT_REFINE
+
+    predictor = Predictor(load_model(ckpt, "cpu"), device="cpu", flip=False, refine=DEFAULT_REFINE)  # as served
     predictor.set_image(image)
     expected = predictor.predict([(r, col, pos) for r, col, pos in points]) > predictor.threshold
     assert np.array_equal(served, expected)
+
+
+def test_served_inference_options_default_to_the_models_and_bad_ones_name_the_variable():
+    from ml_backend.engine import predictor_options
+    from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, Refinement
+
+    options = predictor_options(Settings.from_env({}))
+    assert options["flip"] is DEFAULT_FLIP and options["refine"] == Refinement.parse(DEFAULT_REFINE)
+    options = predictor_options(Settings.from_env({"MODEL_FLIP": "true", "MODEL_REFINE": "none"}))
+    assert options["flip"] is True and options["refine"] == Refinement()
+    with pytest.raises(ValueError, match="MODEL_REFINE='sharp': unknown refinement 'sharp'"):
+        predictor_options(Settings.from_env({"MODEL_REFINE": "sharp"}))
 
 
 def test_a_model_that_failed_to_load_fails_label_studios_health_check(tmp_path):

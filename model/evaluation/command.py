@@ -19,7 +19,7 @@ from .report import (
     write_results,
 )
 from .runner import InteractivePredictor, evaluate_dataset
-from ..refine import DEFAULT_REFINE, REFINE_HELP, Refinement
+from ..refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP, Refinement
 
 METHODS = ("adaptiveclick", "grabcut")
 
@@ -41,7 +41,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the robot stops clicking an instance once its IoU reaches this; keep it at the highest "
                         "--iou threshold (default %(default)s)")
     parser.add_argument("--pred-threshold", type=float, default=0.49, help="probability -> mask threshold")
-    parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
+                        help="horizontal-flip test-time augmentation: a second forward per click (default: "
+                        "%(default)s, what serve uses)")
     parser.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in crop")
     parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -107,7 +109,7 @@ def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
         net,
         device=device,
         dtype=args.dtype,
-        flip=not args.no_flip,
+        flip=args.flip,
         zoom_in=not args.no_zoom_in,
         target_size=args.target_size,
         refine=args.refine,
@@ -124,7 +126,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == "adaptiveclick":
         settings.update(
             checkpoint=args.checkpoint or "default",
-            flip=not args.no_flip,
+            flip=args.flip,
             zoom_in=not args.no_zoom_in,
             device=args.device or "auto",
             dtype=args.dtype,
