@@ -240,6 +240,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app = FastAPI(title="AdaptiveClick ML backend", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None, default_response_class=AsciiJSONResponse)
     app.state.backend = backend
+    limiters: dict[str, anyio.CapacityLimiter] = {}  # made on the event loop, at the first request
     app.add_middleware(GuardMiddleware, settings=settings, backend=backend)
 
     @app.exception_handler(BackendError)
@@ -288,6 +289,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
         body = await _json_body(request, settings.max_request_bytes)
+        needed = backend.image_to_fetch(body)
+        if needed is not None:
+            # Download first, on the download limiter's threads: a burst of slow image hosts then waits for those
+            # slots without holding request threads, and clicks on tasks whose image is cached go on meanwhile.
+            if "download" not in limiters:
+                limiters["download"] = anyio.CapacityLimiter(max(2, settings.threads // 2))  # downloads at once
+            await anyio.to_thread.run_sync(backend.fetch_image, *needed, limiter=limiters["download"])
         cancelled = threading.Event()
 
         async def watch_disconnect() -> None:  # a client that left gets no more forwards computed for it

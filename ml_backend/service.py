@@ -131,11 +131,6 @@ class Backend:
         self._inflight: dict[Hashable, concurrent.futures.Future] = {}
         self._inflight_lock = threading.Lock()
         self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        # Downloads run on their own threads, at most half the request threads at once: a burst of slow hosts
-        # can never take every request thread, so clicks on tasks whose image is cached are answered meanwhile.
-        self._download_slots = max(1, settings.threads // 2)
-        self._downloads = concurrent.futures.ThreadPoolExecutor(self._download_slots, thread_name_prefix="download")
-        self._downloading = 0
         self._prefetch_pending = 0
         self._schemas: dict[str, str] = {}
         self._reported_configs: set[int] = set()
@@ -148,7 +143,6 @@ class Backend:
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
-        self._downloads.shutdown(wait=False, cancel_futures=True)
         if self.finetune is not None:
             self.finetune.stop()
 
@@ -324,11 +318,6 @@ class Backend:
             future = self._inflight.get(key)
             owner = future is None
             if owner:
-                if self._downloading >= self._download_slots:
-                    raise MediaError(f"{self._downloading} image downloads are in progress (at most "
-                                     f"{self._download_slots} at once, half of THREADS); try again in a moment",
-                                     status=503)
-                self._downloading += 1
                 future = concurrent.futures.Future()
                 self._inflight[key] = future
         if not owner:  # another request (or the task-open prefetch) is fetching it
@@ -339,18 +328,7 @@ class Backend:
             except concurrent.futures.TimeoutError:
                 raise MediaError(f"the task's image is still downloading after {wait_s:g} s", status=504) from None
         try:
-            try:
-                download = self._downloads.submit(self.fetcher.load, url, task_id)
-            except RuntimeError:  # the executor is shut down
-                self._release_download_slot()
-                raise BackendError("the backend is shutting down", status=503) from None
-            # The slot frees when the download really ends, even if this request stopped waiting for it.
-            download.add_done_callback(lambda _: self._release_download_slot())
-            try:
-                image = download.result(timeout=wait_s)
-            except concurrent.futures.TimeoutError:
-                raise MediaError(f"the image download did not finish within FETCH_TIMEOUT_S="
-                                 f"{self.settings.fetch_timeout_s:g} s", status=504) from None
+            image = self.fetcher.load(url, task_id)  # bounded by FETCH_TIMEOUT_S (a deadline, see media.py)
             log.info("fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)", str(url)[:120], *image.size,
                      image.fetch_ms, image.decode_ms)
             self.cache.put_image(key, image, image.array.nbytes)
@@ -366,9 +344,35 @@ class Backend:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
 
-    def _release_download_slot(self) -> None:
-        with self._inflight_lock:
-            self._downloading -= 1
+    def image_to_fetch(self, body: Any) -> tuple[Any, Any] | None:
+        """``(url, task id)`` of the image a click request needs and the cache lacks, else ``None``.
+
+        Lets the server download it before the request takes a request thread (app.py); malformed bodies give
+        ``None`` here and their error from :meth:`predict`.
+        """
+        try:
+            tasks, context = body["tasks"], body["params"]["context"]
+            task = tasks[0]
+            label_config = body.get("label_config") or self._schemas.get(_project_id(body.get("project")))
+            if not isinstance(context, dict) or not isinstance(task, dict) or not isinstance(label_config, str):
+                return None
+            config = parse_label_config(label_config)
+            clickset = extract_clicks(context.get("result"), config)
+            if clickset is None or not clickset.clicks:
+                return None
+            image_name = clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
+            url = self._image_url(task, config, image_name, clickset.item_index)
+        except (BackendError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
+            return None
+        key = ("image", url if isinstance(url, str) else repr(url))
+        return None if self.cache.get_image(key) is not None else (url, task.get("id"))
+
+    def fetch_image(self, url: Any, task_id: Any) -> None:
+        """Download and cache an image (errors surface again, with their status, in the request that needs it)."""
+        try:
+            self._load_image(url, task_id)
+        except BackendError:
+            pass
 
     def _prefetch_image(self, task: dict[str, Any], label_config: str) -> None:
         """Warm the image cache when a task opens, so the first click does not wait for the download."""
