@@ -5,6 +5,7 @@ The app runs with the real media fetcher (no stand-in), so URL parsing is what t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -31,6 +32,37 @@ def client(tmp_path_factory):
     app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """The app on a real uvicorn server on a free loopback port, once /health answers; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import requests
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):  # until the model is loaded (the warm-up imports take a few seconds)
+            try:
+                if requests.get(url + "/health", timeout=1).json().get("model_loaded"):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def _predict_with_image(url) -> dict:
@@ -227,38 +259,22 @@ def _png_base64() -> str:
 
 def test_a_disconnected_client_stops_the_click_loop():
     import socket
-    import threading
     import time
 
-    import uvicorn
+    import requests
 
     settings = Settings.from_env({})
     settings.no_traffic_warning_s = 0
     settings.prefetch_on_open = False
     app = create_app(settings, engine=Engine(settings, factory=lambda: DiskPredictor(cost_ms=100), name="disk"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        import requests
-
-        for _ in range(300):  # until the model is loaded (the warm-up imports take a few seconds)
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json().get("model_loaded"):
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.05)
-        warm = requests.post(f"http://127.0.0.1:{port}/predict", json=_many_clicks(1), timeout=30)  # first-use imports
+    with live_server(app) as url:
+        warm = requests.post(url + "/predict", json=_many_clicks(1), timeout=30)  # first-use imports
         assert warm.status_code == 200
         body = _many_clicks(60)  # 60 forwards x 0.1 s = 6 s of model work
         body["tasks"][0]["id"] = 2
         payload = json.dumps(body).encode()
         before = DiskPredictor.forwards
-        client = socket.create_connection(("127.0.0.1", port))
+        client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
         client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
         time.sleep(1.0)
@@ -268,9 +284,6 @@ def test_a_disconnected_client_stops_the_click_loop():
         time.sleep(1.0)
         assert DiskPredictor.forwards - before == done  # nothing more is computed for the gone client
         assert 1 <= done < 40, done
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_health_answers_while_a_large_reply_is_rendered(monkeypatch):
@@ -279,7 +292,6 @@ def test_health_answers_while_a_large_reply_is_rendered(monkeypatch):
     import time
 
     import requests
-    import uvicorn
 
     import ml_backend.app as app_module
 
@@ -296,22 +308,7 @@ def test_health_answers_while_a_large_reply_is_rendered(monkeypatch):
     settings = Settings.from_env({})
     settings.no_traffic_warning_s = 0
     app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if requests.get(url + "/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.05)
+    with live_server(app) as url:
         batch = {"tasks": [{"id": i, "data": {"image": "/data/upload/1/a.png"}} for i in range(50)]}
         worker = threading.Thread(target=lambda: requests.post(url + "/predict", json=batch, timeout=30))
         worker.start()
@@ -323,6 +320,3 @@ def test_health_answers_while_a_large_reply_is_rendered(monkeypatch):
         worker.join(30)
         assert health.status_code == 200 and still_rendering
         assert answered_in < 0.5  # not after the 1.5 s render
-    finally:
-        server.should_exit = True
-        thread.join(10)
