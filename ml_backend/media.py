@@ -326,10 +326,9 @@ class MediaFetcher:
                 # localhost vs. the compose service name): fetch the path from LABEL_STUDIO_URL instead.
                 query = f"?{destination.query}" if destination.query else ""
                 destination = self.ls_destination.with_path(destination.path + query)
-            if self._is_ls(destination):
-                if destination.path.startswith("/data/local-files") and self.settings.local_files_document_root:
-                    return self._local_file(destination.url)
-                return self._http(destination)
+            if (self._is_ls(destination) and destination.path.startswith("/data/local-files")
+                    and self.settings.local_files_document_root):
+                return self._local_file(destination.url)
             return self._http(destination)
         raise BadRequest(f"unsupported image URL scheme {scheme!r} in {url[:200]!r}")
 

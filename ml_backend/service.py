@@ -113,6 +113,16 @@ def _project_id(project: Any) -> str:
     return ""
 
 
+def _image_key(url: Any) -> tuple[str, str]:
+    """The image cache's key for a task image URL."""
+    return "image", url if isinstance(url, str) else repr(url)
+
+
+def _image_name(clickset: ClickSet, config: LabelConfig) -> str:
+    """The <Image> tag the clicks were made on (the first one when they name none of the config's)."""
+    return clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
+
+
 def _task_id(task: dict[str, Any], where: str) -> int | None:
     tid = task.get("id")
     if tid is None:
@@ -307,7 +317,7 @@ class Backend:
 
     def _load_image(self, url: Any, task_id: int | None, stats: RunStats | None = None) -> DecodedImage:
         """Decoded image from the cache, or fetched once even when several requests want it at the same time."""
-        key = ("image", url if isinstance(url, str) else repr(url))
+        key = _image_key(url)
         cached = self.cache.get_image(key)
         if cached is not None:
             if stats is not None:
@@ -360,11 +370,11 @@ class Backend:
             clickset = extract_clicks(context.get("result"), config)
             if clickset is None or not clickset.clicks:
                 return None
-            image_name = clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
+            image_name = _image_name(clickset, config)
             url = self._image_url(task, config, image_name, clickset.item_index)
         except (BackendError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
             return None
-        key = ("image", url if isinstance(url, str) else repr(url))
+        key = _image_key(url)
         return None if self.cache.get_image(key) is not None else (url, task.get("id"))
 
     def fetch_image(self, url: Any, task_id: Any) -> None:
@@ -383,7 +393,7 @@ class Backend:
             url = self._image_url(task, config, next(iter(config.images)), 0)
         except BackendError:
             return
-        key = ("image", url if isinstance(url, str) else repr(url))
+        key = _image_key(url)
         if self.cache.get_image(key) is not None:
             return
         with self._inflight_lock:
@@ -406,7 +416,7 @@ class Backend:
 
     def _interactive(self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str,
                      stats: RunStats) -> tuple[dict[str, Any] | None, float]:
-        image_name = clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
+        image_name = _image_name(clickset, config)
         try:
             brush_from, brush_label = config.brush_for(image_name, clickset.label)
         except ConfigError as exc:
