@@ -54,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=str(default_ckpt), help="the model to start from (copied first)")
     p.add_argument("--data", default=str(default_data / "CamVid"), help="the CamVid folder")
     p.add_argument("--limit-frames", type=int, default=16, help="fine-tune frames imported and annotated")
-    p.add_argument("--heldout-frames", type=int, default=None, help="held-out frames measured (default: --limit-frames)")
+    p.add_argument(
+        "--heldout-frames", type=int, default=None, help="held-out frames measured (default: --limit-frames)"
+    )
     p.add_argument("--limit-instances", type=int, default=3, help="largest instances per frame (annotated / measured)")
     p.add_argument("--steps", type=int, default=60, help="fine-tuning steps (FINETUNE_STEPS)")
     p.add_argument("--batch-size", type=int, default=4, help="FINETUNE_BATCH_SIZE")
@@ -96,24 +98,51 @@ def instance_classes(data: Path) -> dict[str, list[str]]:
 
 def brush_region(mask: np.ndarray, i: int) -> dict:
     h, w = mask.shape
-    return {"id": f"r{i}", "from_name": "tag", "to_name": "image", "type": "brushlabels", "origin": "manual",
-            "original_width": w, "original_height": h, "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]}}
+    return {
+        "id": f"r{i}",
+        "from_name": "tag",
+        "to_name": "image",
+        "type": "brushlabels",
+        "origin": "manual",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]},
+    }
 
 
-def start_evaluation(args: argparse.Namespace, data_root: Path, out: Path, method: str,
-                     checkpoint: Path | None) -> subprocess.Popen:
+def start_evaluation(
+    args: argparse.Namespace, data_root: Path, out: Path, method: str, checkpoint: Path | None
+) -> subprocess.Popen:
     """``adaptiveclick evaluate`` on the held-out set in a process of its own (``--threads`` torch threads)."""
-    argv = ["--data-root", str(data_root), "--datasets", "CamVid-heldout", "--max-clicks", str(args.max_clicks),
-            "--out", str(out), "--no-progress", "--method", method, "--device", "cpu"]
+    argv = [
+        "--data-root",
+        str(data_root),
+        "--datasets",
+        "CamVid-heldout",
+        "--max-clicks",
+        str(args.max_clicks),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--method",
+        method,
+        "--device",
+        "cpu",
+    ]
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     return subprocess.Popen([sys.executable, "-m", "model.cli", "evaluate", *argv], cwd=REPO, env=env)
 
 
-def evaluate_all(args: argparse.Namespace, data_root: Path, out: Path, runs: dict[str, tuple[str, Path | None]],
-                 classes: dict[str, str]) -> dict:
+def evaluate_all(
+    args: argparse.Namespace,
+    data_root: Path,
+    out: Path,
+    runs: dict[str, tuple[str, Path | None]],
+    classes: dict[str, str],
+) -> dict:
     """Run the evaluations side by side; returns their summaries by name (``classes``: instance name -> class)."""
     t0 = time.perf_counter()
     procs = {name: start_evaluation(args, data_root, out / name, method, ckpt) for name, (method, ckpt) in runs.items()}
@@ -127,13 +156,17 @@ def evaluate_all(args: argparse.Namespace, data_root: Path, out: Path, runs: dic
         for instance in measured["instances"]:
             by_class.setdefault(classes[instance["name"]], []).append(instance["noc"]["85"])
         results[name] = {
-            "noc85": summary["noc"]["85"], "noc90": summary["noc"]["90"], "nof85": summary["nof"]["85"],
-            "nof90": summary["nof"]["90"], "instances": summary["num_instances"],
+            "noc85": summary["noc"]["85"],
+            "noc90": summary["noc"]["90"],
+            "nof85": summary["nof"]["85"],
+            "nof90": summary["nof"]["90"],
+            "instances": summary["num_instances"],
             "iou_at_1": summary["mean_iou_per_click"][0],
             "iou_at_5": summary["mean_iou_per_click"][min(4, args.max_clicks - 1)],
             "seconds": round(summary["total_time_s"], 1),
-            "noc85_by_class": {c: {"instances": len(v), "noc85": round(float(np.mean(v)), 2)}
-                               for c, v in sorted(by_class.items())},
+            "noc85_by_class": {
+                c: {"instances": len(v), "noc85": round(float(np.mean(v)), 2)} for c, v in sorted(by_class.items())
+            },
         }
     print(f"held-out evaluations (side by side): {time.perf_counter() - t0:.0f} s", flush=True)
     return results
@@ -188,31 +221,50 @@ def main(argv=None) -> int:
         base = tmp / "base.safetensors"
         shutil.copy(args.checkpoint, base)  # a snapshot: a training run may rewrite its model_last
         meta = read_metadata(base)
-        print(f"start checkpoint {args.checkpoint} ({meta.get('train_steps', '?')} training steps); "
-              f"{len(finetune_frames)} fine-tune frames ({sum(map(len, annotations.values()))} instances), "
-              f"{len(heldout_frames)} held-out frames ({heldout_instances} instances)", flush=True)
+        print(
+            f"start checkpoint {args.checkpoint} ({meta.get('train_steps', '?')} training steps); "
+            f"{len(finetune_frames)} fine-tune frames ({sum(map(len, annotations.values()))} instances), "
+            f"{len(heldout_frames)} held-out frames ({heldout_instances} instances)",
+            flush=True,
+        )
 
         # --- Label Studio + backend, annotations through the API, Start Training ---
         t0 = time.perf_counter()
         model_dir = tmp / "models"
         ls = LabelStudio(tmp / "ls-data", root).start()
-        backend = Backend({
-            "MODEL_ENGINE": "adaptiveclick", "MODEL_CHECKPOINT": str(base), "MODEL_DIR": str(model_dir),
-            "DEVICE": "cpu", "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": LS_LEGACY_TOKEN,
-            "LOCAL_FILES_DOCUMENT_ROOT": str(root), "FINETUNE_STEPS": str(args.steps),
-            "FINETUNE_BATCH_SIZE": str(args.batch_size), "FINETUNE_LR": str(args.lr),
-            "FINETUNE_VAL_FRACTION": str(args.val_fraction), "FINETUNE_MAX_CLICKS": str(args.max_clicks),
-            "FINETUNE_THREADS": str(args.threads), "FINETUNE_MAX_MINUTES": str(args.job_timeout_min),
-            "FINETUNE_AMP": args.amp, "FINETUNE_MAX_EXTRA_CLICKS": str(args.max_extra_clicks),
-            "FINETUNE_ZOOM_IN_PROB": str(args.zoom_in_prob),
-            "FINETUNE_KEEP_REJECTED": "true", "WORKERS": "1", "THREADS": "2", "NO_TRAFFIC_WARNING_S": "0",
-        }, tmp / "backend.log").start()
+        backend = Backend(
+            {
+                "MODEL_ENGINE": "adaptiveclick",
+                "MODEL_CHECKPOINT": str(base),
+                "MODEL_DIR": str(model_dir),
+                "DEVICE": "cpu",
+                "LABEL_STUDIO_URL": ls.url,
+                "LABEL_STUDIO_API_KEY": LS_LEGACY_TOKEN,
+                "LOCAL_FILES_DOCUMENT_ROOT": str(root),
+                "FINETUNE_STEPS": str(args.steps),
+                "FINETUNE_BATCH_SIZE": str(args.batch_size),
+                "FINETUNE_LR": str(args.lr),
+                "FINETUNE_VAL_FRACTION": str(args.val_fraction),
+                "FINETUNE_MAX_CLICKS": str(args.max_clicks),
+                "FINETUNE_THREADS": str(args.threads),
+                "FINETUNE_MAX_MINUTES": str(args.job_timeout_min),
+                "FINETUNE_AMP": args.amp,
+                "FINETUNE_MAX_EXTRA_CLICKS": str(args.max_extra_clicks),
+                "FINETUNE_ZOOM_IN_PROB": str(args.zoom_in_prob),
+                "FINETUNE_KEEP_REJECTED": "true",
+                "WORKERS": "1",
+                "THREADS": "2",
+                "NO_TRAFFIC_WARNING_S": "0",
+            },
+            tmp / "backend.log",
+        ).start()
         with running(ls, backend):
             client = ls.client()
             project = client.create_project("CamVid fine-tune")
             client.add_local_storage(project, root / "images")
-            client.import_tasks(project, [{"data": {"image": f"/data/local-files/?d=images/{f}.jpg"}}
-                                          for f in finetune_frames])
+            client.import_tasks(
+                project, [{"data": {"image": f"/data/local-files/?d=images/{f}.jpg"}} for f in finetune_frames]
+            )
             ml = client.connect_backend(project, backend.url)
             base_version = ml["model_version"]
             for task in client.tasks(project):
@@ -240,49 +292,106 @@ def main(argv=None) -> int:
                 health = requests.get(backend.url + "/health", timeout=10).json()
                 task = client.tasks(project)[0]
                 reply = client.interactive(ml["id"], task["id"], [keypoint(180, 240, True, 480, 360)])
-                served = {"health": health["model_version"], "prediction": reply["data"]["model_version"],
-                          "versions": client.call("GET", f"/api/ml/{ml['id']}/versions")["versions"]}
+                served = {
+                    "health": health["model_version"],
+                    "prediction": reply["data"]["model_version"],
+                    "versions": client.call("GET", f"/api/ml/{ml['id']}/versions")["versions"],
+                }
                 print(f"served after the job: {served}", flush=True)
             job_log = (model_dir / "jobs" / f"{job['id']}.log").read_text()
         if job["state"] != "done":
             raise RuntimeError(f"job ended {job['state']}: {job.get('message')}\n{job_log[-3000:]}")
-        tuned = (model_dir / "versions" / job["version"] / "model.safetensors") if job.get("promoted") \
+        tuned = (
+            (model_dir / "versions" / job["version"] / "model.safetensors")
+            if job.get("promoted")
             else Path(job["candidate"])
+        )
 
         # --- held-out measurements: before, after, GrabCut ---
         t0 = time.perf_counter()
-        results = evaluate_all(args, tmp / "eval", out, {
-            "before": ("adaptiveclick", base), "after": ("adaptiveclick", tuned), "grabcut": ("grabcut", None)},
-            heldout_classes)
+        results = evaluate_all(
+            args,
+            tmp / "eval",
+            out,
+            {"before": ("adaptiveclick", base), "after": ("adaptiveclick", tuned), "grabcut": ("grabcut", None)},
+            heldout_classes,
+        )
         phases["heldout_eval_s"] = round(time.perf_counter() - t0, 1)
         phases["total_s"] = round(time.perf_counter() - t_start, 1)
         report = {
-            "settings": {k: getattr(args, k) for k in ("checkpoint", "limit_frames", "heldout_frames", "limit_instances",
-                                                     "steps", "batch_size", "lr", "val_fraction", "max_clicks",
-                                                     "max_extra_clicks", "zoom_in_prob", "amp", "threads")},
-            "start_checkpoint_train_steps": meta.get("train_steps"), "base_version": base_version,
-            "finetune_frames": finetune_frames, "heldout_frames": heldout_frames,
-            "heldout_instances": heldout_instances, "job": {k: job.get(k) for k in (
-                "id", "state", "promoted", "version", "message", "data", "split", "metrics", "training", "seconds")},
-            "served_after_job": served, "heldout": results, "wall_times": phases,
+            "settings": {
+                k: getattr(args, k)
+                for k in (
+                    "checkpoint",
+                    "limit_frames",
+                    "heldout_frames",
+                    "limit_instances",
+                    "steps",
+                    "batch_size",
+                    "lr",
+                    "val_fraction",
+                    "max_clicks",
+                    "max_extra_clicks",
+                    "zoom_in_prob",
+                    "amp",
+                    "threads",
+                )
+            },
+            "start_checkpoint_train_steps": meta.get("train_steps"),
+            "base_version": base_version,
+            "finetune_frames": finetune_frames,
+            "heldout_frames": heldout_frames,
+            "heldout_instances": heldout_instances,
+            "job": {
+                k: job.get(k)
+                for k in (
+                    "id",
+                    "state",
+                    "promoted",
+                    "version",
+                    "message",
+                    "data",
+                    "split",
+                    "metrics",
+                    "training",
+                    "seconds",
+                )
+            },
+            "served_after_job": served,
+            "heldout": results,
+            "wall_times": phases,
         }
         (out / "report.json").write_text(json.dumps(report, indent=2))
         lines = [
-            (f"Start: `{args.checkpoint}` ({meta.get('train_steps', '?')} steps), {len(finetune_frames)} fine-tune "
-             f"frames / {sum(map(len, annotations.values()))} instances annotated through Label Studio, "
-             f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, zoom-in crops {args.zoom_in_prob:.0%}, "
-             f"autocast {args.amp}, {args.threads} thread(s)."),
-            f"Job {job['id']}: {job['message']}", "",
+            (
+                f"Start: `{args.checkpoint}` ({meta.get('train_steps', '?')} steps), {len(finetune_frames)} fine-tune "
+                f"frames / {sum(map(len, annotations.values()))} instances annotated through Label Studio, "
+                f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, zoom-in crops {args.zoom_in_prob:.0%}, "
+                f"autocast {args.amp}, {args.threads} thread(s)."
+            ),
+            f"Job {job['id']}: {job['message']}",
+            "",
             f"Held-out CamVid ({len(heldout_frames)} frames, {heldout_instances} instances, max {args.max_clicks} clicks):",
-            "", "| model | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@5 | s |", "|---|---|---|---|---|---|---|---|"]
+            "",
+            "| model | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@5 | s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in results.items():
-            lines.append(f"| {name} | {r['noc85']:.2f} | {r['noc90']:.2f} | {r['nof85']} | {r['nof90']} | "
-                         f"{r['iou_at_1']:.3f} | {r['iou_at_5']:.3f} | {r['seconds']} |")
-        lines += ["", "s: each evaluation's own wall time; the three ran side by side on the CPU.", "",
-                  "NoC@85 by class (instances): " + "; ".join(
-                      f"{c} ({v['instances']}): " + " / ".join(f"{name} {r['noc85_by_class'][c]['noc85']:.2f}"
-                                                             for name, r in results.items())
-                      for c, v in results["before"]["noc85_by_class"].items())]
+            lines.append(
+                f"| {name} | {r['noc85']:.2f} | {r['noc90']:.2f} | {r['nof85']} | {r['nof90']} | "
+                f"{r['iou_at_1']:.3f} | {r['iou_at_5']:.3f} | {r['seconds']} |"
+            )
+        lines += [
+            "",
+            "s: each evaluation's own wall time; the three ran side by side on the CPU.",
+            "",
+            "NoC@85 by class (instances): "
+            + "; ".join(
+                f"{c} ({v['instances']}): "
+                + " / ".join(f"{name} {r['noc85_by_class'][c]['noc85']:.2f}" for name, r in results.items())
+                for c, v in results["before"]["noc85_by_class"].items()
+            ),
+        ]
         lines += ["", "Wall times: " + ", ".join(f"{k} {v} s" for k, v in phases.items())]
         (out / "report.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

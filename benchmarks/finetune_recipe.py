@@ -68,8 +68,11 @@ def main(argv=None) -> int:
     p.add_argument("--amp", default="bf16", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-before", action="store_true", help="also measure the starting checkpoint")
-    p.add_argument("--train-on-heldout", action="store_true",
-                   help="diagnostic: train on the held-out frames themselves (an upper bound of what fitting can do)")
+    p.add_argument(
+        "--train-on-heldout",
+        action="store_true",
+        help="diagnostic: train on the held-out frames themselves (an upper bound of what fitting can do)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -83,14 +86,24 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     splits = json.loads((data / "splits.json").read_text())
     train_split = "heldout" if args.train_on_heldout else "finetune"
-    train_frames = spread(splits["heldout"], args.heldout_frames) if args.train_on_heldout \
+    train_frames = (
+        spread(splits["heldout"], args.heldout_frames)
+        if args.train_on_heldout
         else spread(splits["finetune"], args.limit_frames)
+    )
     train = [(image, masks) for image, masks, _ in load_frames(data, train_frames, args.limit_instances)]
-    heldout = [(image, mask, name) for image, masks, names in
-               load_frames(data, spread(splits["heldout"], args.heldout_frames), args.limit_instances)
-               for mask, name in zip(masks, names)]
-    print(f"{len(train)} {train_split} frames / {sum(len(m) for _, m in train)} instances to train on, "
-          f"{len(heldout)} held-out instances", flush=True)
+    heldout = [
+        (image, mask, name)
+        for image, masks, names in load_frames(
+            data, spread(splits["heldout"], args.heldout_frames), args.limit_instances
+        )
+        for mask, name in zip(masks, names)
+    ]
+    print(
+        f"{len(train)} {train_split} frames / {sum(len(m) for _, m in train)} instances to train on, "
+        f"{len(heldout)} held-out instances",
+        flush=True,
+    )
     report: dict = {"settings": vars(args)}
     if args.eval_before or args.steps == 0:
         report["before"] = measure(load_checkpoint(args.checkpoint), heldout)
@@ -98,9 +111,16 @@ def main(argv=None) -> int:
     if args.steps == 0:
         (out / "report.json").write_text(json.dumps(report, indent=2))
         return 0
-    settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, amp=args.amp,
-                                max_extra_clicks=args.max_extra_clicks, threads=args.threads,
-                                zoom_in_prob=args.zoom_in_prob, extra={"log_every": 50})
+    settings = FinetuneSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        amp=args.amp,
+        max_extra_clicks=args.max_extra_clicks,
+        threads=args.threads,
+        zoom_in_prob=args.zoom_in_prob,
+        extra={"log_every": 50},
+    )
     t0 = time.perf_counter()
     net, _ = finetune(args.checkpoint, memory_source(train), settings, out=out / "run")
     report["train_seconds"] = round(time.perf_counter() - t0, 1)

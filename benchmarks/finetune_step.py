@@ -51,17 +51,25 @@ def main(argv: list[str] | None = None) -> int:
         image = read_image(next((data / "images").glob(path.stem + ".*")))
         samples.append((image, [labels == i for i in np.unique(labels) if i > 0]))
     source = memory_source(samples)
-    print(f"{len(samples)} images, {sum(len(r.objects) for r in source.records)} instances, "
-          f"{args.threads} thread(s), batch {args.batch_size}, torch {torch.__version__}")
+    print(
+        f"{len(samples)} images, {sum(len(r.objects) for r in source.records)} instances, "
+        f"{args.threads} thread(s), batch {args.batch_size}, torch {torch.__version__}"
+    )
     medians = {}
     for amp in args.amp.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, threads=args.threads,
-                                        device="cpu", amp=amp, extra={"log_every": 1})
+            settings = FinetuneSettings(
+                steps=args.steps,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                device="cpu",
+                amp=amp,
+                extra={"log_every": 1},
+            )
             _, info = finetune(args.checkpoint, source, settings, out=tmp)
         rows = [line.split(",") for line in info["log"].splitlines()]
         column = rows[0].index("s_per_step")
-        times = [float(r[column]) for r in rows[1:]][args.warmup:]
+        times = [float(r[column]) for r in rows[1:]][args.warmup :]
         medians[amp] = statistics.median(times)
         print(f"{amp}: median {medians[amp]:.3f} s/step over {len(times)} steps (autocast {info['autocast']})")
     first = next(iter(medians))

@@ -31,7 +31,14 @@ from model.checkpoint import load_checkpoint  # noqa: E402
 from model.device import autocast  # noqa: E402
 from model.predictor import Predictor  # noqa: E402
 
-SESSION_CLICKS = [(104, 204, True), (86, 241, True), (77, 174, True), (134, 182, True), (130, 187, True), (109, 360, True)]
+SESSION_CLICKS = [
+    (104, 204, True),
+    (86, 241, True),
+    (77, 174, True),
+    (134, 182, True),
+    (130, 187, True),
+    (109, 360, True),
+]
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -96,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         "input": list(size),
     }
     report["matmul_peak_gflops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    report["gflops_per_forward"] = {"batch1": forward_flops(model, 1, size) / 1e9, "batch2": forward_flops(model, 2, size) / 1e9}
+    report["gflops_per_forward"] = {
+        "batch1": forward_flops(model, 1, size) / 1e9,
+        "batch2": forward_flops(model, 2, size) / 1e9,
+    }
 
     masks = {}
     for name in args.dtypes.split(","):
@@ -121,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         entry[f"forward_b1_{other}_s"] = median_time(forward_b1, args.repeats)
         model.set_deformable_sampler("auto")
         flops = report["gflops_per_forward"]["batch1"] * 1e9
-        entry["forward_b1_fraction_of_peak"] = flops / entry["forward_b1_s"] / (report["matmul_peak_gflops"][name] * 1e9)
+        entry["forward_b1_fraction_of_peak"] = (
+            flops / entry["forward_b1_s"] / (report["matmul_peak_gflops"][name] * 1e9)
+        )
         for flip in (True, False):
             predictor = Predictor(model, device="cpu", dtype=name, flip=flip)
             predictor.set_image(image)

@@ -31,7 +31,7 @@ BASELINE = "grabcut-baseline"
 
 def _split(setting: str) -> tuple[str, bool]:
     """``noflip:SPEC`` -> (SPEC, False): a refinement spec, with or without flip test-time augmentation."""
-    return (setting[len("noflip:"):], False) if setting.startswith("noflip:") else (setting, True)
+    return (setting[len("noflip:") :], False) if setting.startswith("noflip:") else (setting, True)
 
 
 def _label(spec: str, flip: bool) -> str:
@@ -42,8 +42,17 @@ def _run_setting(setting: str, args: argparse.Namespace) -> Path:
     out = Path(args.out) / setting.replace(",", "+").replace("@", "at").replace(":", "-")
     if (out / "results.json").is_file():
         return out
-    command = [sys.executable, "-m", "model.cli", "evaluate", "--datasets", args.datasets, "--out", str(out),
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "model.cli",
+        "evaluate",
+        "--datasets",
+        args.datasets,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     if args.limit:
         command += ["--limit", str(args.limit)]
     if setting == BASELINE:
@@ -53,8 +62,9 @@ def _run_setting(setting: str, args: argparse.Namespace) -> Path:
         command += ["--refine", spec, "--flip" if flip else "--no-flip"]
         if args.checkpoint:
             command += ["--checkpoint", args.checkpoint]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               OMP_WAIT_POLICY="PASSIVE")
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE"
+    )
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     print(f"{setting}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
@@ -72,8 +82,10 @@ def quality(args: argparse.Namespace) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
-    rows = ["| setting | dataset | instances | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@3 | IoU@5 | s/click |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| setting | dataset | instances | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@3 | IoU@5 | s/click |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(Path(args.out).glob("*/results.json"), key=lambda p: (p.parent.name == BASELINE, p.parent.name)):
         data = json.loads(path.read_text())
         settings = data["settings"]
@@ -81,9 +93,11 @@ def table(args: argparse.Namespace) -> None:
         for name, result in data["datasets"].items():
             s = result["summary"]
             iou = s["mean_iou_per_click"]
-            rows.append(f"| {setting} | {name} | {s['num_instances']} | {s['noc']['85']:.2f} | {s['noc']['90']:.2f} | "
-                        f"{s['nof']['85']} | {s['nof']['90']} | {iou[0]:.3f} | {iou[2]:.3f} | {iou[4]:.3f} | "
-                        f"{s['spc_s']:.3f} |")
+            rows.append(
+                f"| {setting} | {name} | {s['num_instances']} | {s['noc']['85']:.2f} | {s['noc']['90']:.2f} | "
+                f"{s['nof']['85']} | {s['nof']['90']} | {iou[0]:.3f} | {iou[2]:.3f} | {iou[4]:.3f} | "
+                f"{s['spc_s']:.3f} |"
+            )
     print("\n".join(rows))
 
 
@@ -102,8 +116,16 @@ def latency(args: argparse.Namespace) -> None:
     yy, xx = np.mgrid[:height, :width]
     blob = ((yy - 600) / 380.0) ** 2 + ((xx - 840) / 520.0) ** 2 < 1
     image[blob] = (0.3 * image[blob] + 160).astype(np.uint8)
-    clicks = [(600, 840, True), (300, 700, True), (900, 1300, False), (450, 1250, True), (700, 420, False),
-              (520, 640, True), (800, 900, True), (260, 1000, False)]
+    clicks = [
+        (600, 840, True),
+        (300, 700, True),
+        (900, 1300, False),
+        (450, 1250, True),
+        (700, 420, False),
+        (520, 640, True),
+        (800, 900, True),
+        (260, 1000, False),
+    ]
     net = load_model(args.checkpoint, "cpu")
     print(f"| setting | flip | median s/click | p90 s/click | clicks | threads |\n|---|---|---|---|---|---|")
     for setting in [s for s in args.settings.split(";") if s]:
@@ -118,16 +140,22 @@ def latency(args: argparse.Namespace) -> None:
                 if repeat:  # the first pass warms up
                     times.append(time.perf_counter() - started)
         p90 = sorted(times)[int(0.9 * (len(times) - 1))]
-        print(f"| {predictor.refine.spec} | {predictor.flip} | {statistics.median(times):.3f} | {p90:.3f} | "
-              f"{len(times)} | {args.threads} |", flush=True)
+        print(
+            f"| {predictor.refine.spec} | {predictor.flip} | {statistics.median(times):.3f} | {p90:.3f} | "
+            f"{len(times)} | {args.threads} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("quality", "latency", "table"))
-    parser.add_argument("--settings", default="none;noflip:none;noflip:guided;noflip:guided,clean;cfr2;guided",
-                        help="semicolon-separated refinement specs (a spec may hold commas); noflip:SPEC runs "
-                        "without flip test-time augmentation")
+    parser.add_argument(
+        "--settings",
+        default="none;noflip:none;noflip:guided;noflip:guided,clean;cfr2;guided",
+        help="semicolon-separated refinement specs (a spec may hold commas); noflip:SPEC runs "
+        "without flip test-time augmentation",
+    )
     parser.add_argument("--datasets", default="GrabCut,Berkeley")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--out", default="results/refinement")

@@ -60,8 +60,10 @@ def main(argv=None) -> int:
         regions = cv2.imread(str(data / "regions" / f"{frame}.png"), cv2.IMREAD_UNCHANGED)
         for i in largest_ids(regions, args.limit_instances):
             by_class.setdefault(classes[frame][i - 1], []).append(ceiling_iou(regions == i, zoom))
-    print(f"{args.split}: {len(frames)} frames, {sum(map(len, by_class.values()))} instances, "
-          f"input {args.input_size} px, predictions at 1/4")
+    print(
+        f"{args.split}: {len(frames)} frames, {sum(map(len, by_class.values()))} instances, "
+        f"input {args.input_size} px, predictions at 1/4"
+    )
     print("| class | instances | mean ceiling IoU | below 0.85 | below 0.90 |\n|---|---|---|---|---|")
     everything = [v for values in by_class.values() for v in values]
     for name, values in [*sorted(by_class.items()), ("all", everything)]:

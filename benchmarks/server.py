@@ -113,10 +113,22 @@ def previous_annotation(width: int, height: int) -> dict:
     from label_studio_sdk.converter.brush import mask2rle
 
     mask = np.zeros((height, width), np.uint8)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
-    return {"id": 1, "result": [{"id": "a1", "from_name": "tag", "to_name": "image", "type": "brushlabels",
-                                 "original_width": width, "original_height": height, "image_rotation": 0,
-                                 "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": ["Object"]}}]}
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 255
+    return {
+        "id": 1,
+        "result": [
+            {
+                "id": "a1",
+                "from_name": "tag",
+                "to_name": "image",
+                "type": "brushlabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": ["Object"]},
+            }
+        ],
+    }
 
 
 def timing(header: str) -> dict[str, float]:
@@ -127,16 +139,26 @@ def timing(header: str) -> dict[str, float]:
     return out
 
 
-def run_session(url: str, session: int, clicks: list[tuple[int, int, bool]], width: int, height: int,
-                annotation: dict) -> list[dict]:
+def run_session(
+    url: str, session: int, clicks: list[tuple[int, int, bool]], width: int, height: int, annotation: dict
+) -> list[dict]:
     http = requests.Session()
-    task = {"id": 1000 + session, "data": {"image": f"/data/upload/1/session{session}.jpg"},
-            "annotations": [annotation], "predictions": [], "drafts": []}
+    task = {
+        "id": 1000 + session,
+        "data": {"image": f"/data/upload/1/session{session}.jpg"},
+        "annotations": [annotation],
+        "predictions": [],
+        "drafts": [],
+    }
     rows = []
     for n in range(1, len(clicks) + 1):
         regions = [keypoint(r, c, pos, width, height, i) for i, (r, c, pos) in enumerate(clicks[:n])]
-        body = {"tasks": [task], "project": "1.1700000000", "label_config": CONFIG,
-                "params": {"login": None, "password": None, "context": {"result": regions}}}
+        body = {
+            "tasks": [task],
+            "project": "1.1700000000",
+            "label_config": CONFIG,
+            "params": {"login": None, "password": None, "context": {"result": regions}},
+        }
         t0 = time.perf_counter()
         reply = http.post(url + "/predict", json=body, timeout=600)
         rtt = (time.perf_counter() - t0) * 1000
@@ -144,8 +166,13 @@ def run_session(url: str, session: int, clicks: list[tuple[int, int, bool]], wid
         data = reply.json()
         assert data["results"][0]["result"], data
         t = timing(reply.headers["server-timing"])
-        t.update(rtt=rtt, click=n, session=session, forwards=int(reply.headers["x-forwards"]),
-                 overhead=t["total"] - t["model"] - t["fetch"])
+        t.update(
+            rtt=rtt,
+            click=n,
+            session=session,
+            forwards=int(reply.headers["x-forwards"]),
+            overhead=t["total"] - t["model"] - t["fetch"],
+        )
         rows.append(t)
     return rows
 
@@ -160,8 +187,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(rows: list[dict], keys=("fetch", "model", "rle", "overhead", "queue", "total", "rtt")) -> dict:
-    return {k: {"p50": round(pct([r[k] for r in rows], 0.5), 2), "p95": round(pct([r[k] for r in rows], 0.95), 2),
-                "mean": round(statistics.fmean(r[k] for r in rows), 2)} for k in keys}
+    return {
+        k: {
+            "p50": round(pct([r[k] for r in rows], 0.5), 2),
+            "p95": round(pct([r[k] for r in rows], 0.95), 2),
+            "mean": round(statistics.fmean(r[k] for r in rows), 2),
+        }
+        for k in keys
+    }
 
 
 def main(argv=None) -> int:
@@ -181,9 +214,18 @@ def main(argv=None) -> int:
     jpeg = make_image(shared if shared.is_dir() else None, args.width, args.height)
     ls = StubLabelStudio(jpeg)
     engine = {"disk": "ml_backend.testing:DiskPredictor"}.get(args.engine, args.engine)
-    env = {"MODEL_ENGINE": engine, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": TOKEN,
-           "THREADS": str(args.threads), "WORKERS": "1", "LOG_LEVEL": "WARNING", "NO_TRAFFIC_WARNING_S": "0",
-           "DEVICE": args.device, "MODEL_CHECKPOINT": args.checkpoint, "PREFETCH_ON_TASK_OPEN": "false"}
+    env = {
+        "MODEL_ENGINE": engine,
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "THREADS": str(args.threads),
+        "WORKERS": "1",
+        "LOG_LEVEL": "WARNING",
+        "NO_TRAFFIC_WARNING_S": "0",
+        "DEVICE": args.device,
+        "MODEL_CHECKPOINT": args.checkpoint,
+        "PREFETCH_ON_TASK_OPEN": "false",
+    }
     log = Path(tempfile.mkdtemp(prefix="bench-server-")) / "backend.log"
     backend = Backend(env, log, port=free_port())
     backend.start()
@@ -204,20 +246,35 @@ def main(argv=None) -> int:
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.sessions) as pool:
-            futures = [pool.submit(run_session, backend.url, s + 1, click_plan(args.clicks, width, height, s + 1),
-                                   width, height, annotation) for s in range(args.sessions)]
+            futures = [
+                pool.submit(
+                    run_session,
+                    backend.url,
+                    s + 1,
+                    click_plan(args.clicks, width, height, s + 1),
+                    width,
+                    height,
+                    annotation,
+                )
+                for s in range(args.sessions)
+            ]
             conc = [row for f in futures for row in f.result()]
         wall = time.perf_counter() - t0
 
         report = {
-            "engine": args.engine, "image": f"{width}x{height} ({width * height / 1e6:.2f} MP JPEG, "
-                                            f"{len(jpeg) / 1024:.0f} KiB)",
+            "engine": args.engine,
+            "image": f"{width}x{height} ({width * height / 1e6:.2f} MP JPEG, {len(jpeg) / 1024:.0f} KiB)",
             "annotation_bytes_in_body": body_bytes,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
             "sequential": {"cold_click": summary(cold), "warm_clicks": summary(warm), "clicks": len(seq)},
-            "concurrent": {"sessions": args.sessions, "clicks_per_session": args.clicks, "wall_s": round(wall, 2),
-                           "clicks_per_s": round(len(conc) / wall, 2), "all": summary(conc),
-                           "warm": summary([r for r in conc if r["click"] > 1])},
+            "concurrent": {
+                "sessions": args.sessions,
+                "clicks_per_session": args.clicks,
+                "wall_s": round(wall, 2),
+                "clicks_per_s": round(len(conc) / wall, 2),
+                "all": summary(conc),
+                "warm": summary([r for r in conc if r["click"] > 1]),
+            },
             "goal_warm_overhead_ms": 20,
         }
     finally:
@@ -226,18 +283,24 @@ def main(argv=None) -> int:
 
     w, c = report["sequential"]["warm_clicks"], report["sequential"]["cold_click"]
     print(f"engine={args.engine} image={report['image']} machine={report['machine']}")
-    print(f"cold click : fetch+decode {c['fetch']['p50']:.1f} ms, model {c['model']['p50']:.1f} ms, "
-          f"rle {c['rle']['p50']:.1f} ms, overhead {c['overhead']['p50']:.1f} ms, server {c['total']['p50']:.1f} ms, "
-          f"client {c['rtt']['p50']:.1f} ms")
-    print(f"warm clicks: model p50 {w['model']['p50']:.1f} ms, rle p50 {w['rle']['p50']:.1f} ms, overhead outside the "
-          f"model p50 {w['overhead']['p50']:.1f} / p95 {w['overhead']['p95']:.1f} ms (goal <= 20), "
-          f"client-observed minus model p50 {w['rtt']['p50'] - w['model']['p50']:.1f} ms")
+    print(
+        f"cold click : fetch+decode {c['fetch']['p50']:.1f} ms, model {c['model']['p50']:.1f} ms, "
+        f"rle {c['rle']['p50']:.1f} ms, overhead {c['overhead']['p50']:.1f} ms, server {c['total']['p50']:.1f} ms, "
+        f"client {c['rtt']['p50']:.1f} ms"
+    )
+    print(
+        f"warm clicks: model p50 {w['model']['p50']:.1f} ms, rle p50 {w['rle']['p50']:.1f} ms, overhead outside the "
+        f"model p50 {w['overhead']['p50']:.1f} / p95 {w['overhead']['p95']:.1f} ms (goal <= 20), "
+        f"client-observed minus model p50 {w['rtt']['p50'] - w['model']['p50']:.1f} ms"
+    )
     cc = report["concurrent"]
-    print(f"{cc['sessions']} sessions x {cc['clicks_per_session']} clicks: "
-          f"latency p50 {cc['all']['rtt']['p50']:.0f} ms, "
-          f"p95 {cc['all']['rtt']['p95']:.0f} ms; queue p50 {cc['all']['queue']['p50']:.0f} ms; "
-          f"overhead p50 {cc['all']['overhead']['p50']:.1f} ms (queue excluded: "
-          f"{cc['all']['overhead']['p50'] - cc['all']['queue']['p50']:.1f}); {cc['clicks_per_s']} clicks/s")
+    print(
+        f"{cc['sessions']} sessions x {cc['clicks_per_session']} clicks: "
+        f"latency p50 {cc['all']['rtt']['p50']:.0f} ms, "
+        f"p95 {cc['all']['rtt']['p95']:.0f} ms; queue p50 {cc['all']['queue']['p50']:.0f} ms; "
+        f"overhead p50 {cc['all']['overhead']['p50']:.1f} ms (queue excluded: "
+        f"{cc['all']['overhead']['p50'] - cc['all']['queue']['p50']:.1f}); {cc['clicks_per_s']} clicks/s"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0

@@ -65,15 +65,24 @@ def annotator(url: str, session: int, clicks: int, size: tuple[int, int], stop_a
     task_number = 0
     while time.monotonic() < stop_at:
         task_number += 1
-        task = {"id": session * 100_000 + task_number, "data": {"image": f"/data/upload/1/s{session}t{task_number}.jpg"},
-                "annotations": [], "predictions": [], "drafts": []}
+        task = {
+            "id": session * 100_000 + task_number,
+            "data": {"image": f"/data/upload/1/s{session}t{task_number}.jpg"},
+            "annotations": [],
+            "predictions": [],
+            "drafts": [],
+        }
         plan = click_plan(clicks, width, height, session * 1000 + task_number)
         for n in range(1, clicks + 1):
             if time.monotonic() >= stop_at:
                 return
             regions = [keypoint(r, c, pos, width, height, i) for i, (r, c, pos) in enumerate(plan[:n])]
-            body = {"tasks": [task], "project": "1.1700000000", "label_config": CONFIG,
-                    "params": {"login": None, "password": None, "context": {"result": regions}}}
+            body = {
+                "tasks": [task],
+                "project": "1.1700000000",
+                "label_config": CONFIG,
+                "params": {"login": None, "password": None, "context": {"result": regions}},
+            }
             t0 = time.perf_counter()
             try:
                 status = http.post(url + "/predict", json=body, timeout=120).status_code
@@ -99,10 +108,18 @@ def main(argv=None) -> int:
     shared = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared"))
     ls = StubLabelStudio(make_image(shared if shared.is_dir() else None, args.width, args.height))
     engine = {"disk": "ml_backend.testing:DiskPredictor"}.get(args.engine, args.engine)
-    env = {"MODEL_ENGINE": engine, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": TOKEN,
-           "THREADS": str(args.threads), "WORKERS": "1", "LOG_LEVEL": "WARNING", "NO_TRAFFIC_WARNING_S": "0",
-           "MODEL_CHECKPOINT": args.checkpoint, "PREFETCH_ON_TASK_OPEN": "false",
-           "SESSION_CACHE_MB": str(args.cache_mb)}
+    env = {
+        "MODEL_ENGINE": engine,
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "THREADS": str(args.threads),
+        "WORKERS": "1",
+        "LOG_LEVEL": "WARNING",
+        "NO_TRAFFIC_WARNING_S": "0",
+        "MODEL_CHECKPOINT": args.checkpoint,
+        "PREFETCH_ON_TASK_OPEN": "false",
+        "SESSION_CACHE_MB": str(args.cache_mb),
+    }
     backend = Backend(env, Path(tempfile.mkdtemp(prefix="bench-soak-")) / "backend.log", port=free_port())
     backend.start()
     rows: list[dict] = []
@@ -136,20 +153,36 @@ def main(argv=None) -> int:
     for m in range(int(args.minutes + 0.999)):
         window = [r["ms"] for r in rows if m * 60 <= r["t"] - started < (m + 1) * 60]
         if window:
-            minutes.append({"minute": m + 1, "requests": len(window), "p50_ms": round(pct(window, 0.5), 1),
-                            "p95_ms": round(pct(window, 0.95), 1)})
+            minutes.append(
+                {
+                    "minute": m + 1,
+                    "requests": len(window),
+                    "p50_ms": round(pct(window, 0.5), 1),
+                    "p95_ms": round(pct(window, 0.95), 1),
+                }
+            )
     report = {
-        "engine": args.engine, "sessions": args.sessions, "clicks_per_task": args.clicks, "minutes": args.minutes,
-        "session_cache_mb": args.cache_mb, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "requests": len(rows), "errors": errors, "per_minute": minutes,
+        "engine": args.engine,
+        "sessions": args.sessions,
+        "clicks_per_task": args.clicks,
+        "minutes": args.minutes,
+        "session_cache_mb": args.cache_mb,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "requests": len(rows),
+        "errors": errors,
+        "per_minute": minutes,
         "rss_mb": [(round(t), round(mb)) for t, mb in memory],
         "rss_mb_max": round(max((mb for _, mb in memory), default=0)),
     }
-    print(f"{report['requests']} requests, errors {errors or 'none'}; RSS max {report['rss_mb_max']} MB "
-          f"(SESSION_CACHE_MB={args.cache_mb})")
+    print(
+        f"{report['requests']} requests, errors {errors or 'none'}; RSS max {report['rss_mb_max']} MB "
+        f"(SESSION_CACHE_MB={args.cache_mb})"
+    )
     for m in minutes:
         print(f"  minute {m['minute']}: {m['requests']} requests, p50 {m['p50_ms']} ms, p95 {m['p95_ms']} ms")
-    print("  RSS over time (s, MB): " + ", ".join(f"{t}:{mb}" for t, mb in report["rss_mb"][:: max(1, len(memory) // 12)]))
+    print(
+        "  RSS over time (s, MB): " + ", ".join(f"{t}:{mb}" for t, mb in report["rss_mb"][:: max(1, len(memory) // 12)])
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0 if not errors else 1

@@ -77,9 +77,12 @@ class GuardMiddleware:
             given = headers.get(b"authorization", b"")
             if not secrets.compare_digest(given, self._expected):
                 self._log_refusal(path, bool(given))
-                await _send_json(send, 401, {"error": "authentication required: this backend is protected by "
-                                                      "BASIC_AUTH_USER/BASIC_AUTH_PASS"},
-                                 extra=[(b"www-authenticate", b'Basic realm="adaptiveclick"')])
+                await _send_json(
+                    send,
+                    401,
+                    {"error": "authentication required: this backend is protected by BASIC_AUTH_USER/BASIC_AUTH_PASS"},
+                    extra=[(b"www-authenticate", b'Basic realm="adaptiveclick"')],
+                )
                 return
         length = headers.get(b"content-length")
         if length is not None:
@@ -89,11 +92,13 @@ class GuardMiddleware:
                 await _send_json(send, 400, {"error": "invalid Content-Length header"})
                 return
             if too_big:
-                await _send_json(send, 413, {"error": f"request body above MAX_REQUEST_MB="
-                                                      f"{self.settings.max_request_bytes // 2**20}"})
+                await _send_json(
+                    send,
+                    413,
+                    {"error": f"request body above MAX_REQUEST_MB={self.settings.max_request_bytes // 2**20}"},
+                )
                 return
         await self.app(scope, receive, send)
-
 
     def _log_refusal(self, path: str, had_credentials: bool) -> None:
         now = time.monotonic()
@@ -102,11 +107,12 @@ class GuardMiddleware:
         self._last_401_log = now
         hint = ""
         if path.rstrip("/") == "/webhook" and not had_credentials:
-            hint = (" (Label Studio's auto-created webhook sends no credentials: add them with "
-                    'PATCH /api/webhooks/{id} {"headers": {"Authorization": "Basic <base64 user:pass>"}}, '
-                    "or ignore this if you need no webhooks)")
-        log.warning("401 for %s: %s basic-auth credentials%s", path[:100],
-                    "wrong" if had_credentials else "no", hint)
+            hint = (
+                " (Label Studio's auto-created webhook sends no credentials: add them with "
+                'PATCH /api/webhooks/{id} {"headers": {"Authorization": "Basic <base64 user:pass>"}}, '
+                "or ignore this if you need no webhooks)"
+            )
+        log.warning("401 for %s: %s basic-auth credentials%s", path[:100], "wrong" if had_credentials else "no", hint)
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any], extra: list | None = None) -> None:
@@ -137,8 +143,11 @@ async def _json_body(request: Request, limit: int) -> Any:
             try:  # JSON may escape lone UTF-16 surrogates (\ud800) that no text can hold: refuse them here, once
                 json.dumps(body, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
-                raise BadRequest("request body holds a lone UTF-16 surrogate escape (such as \\ud800) in a "
-                                 "string: it is not valid Unicode text", status=400) from None
+                raise BadRequest(
+                    "request body holds a lone UTF-16 surrogate escape (such as \\ud800) in a "
+                    "string: it is not valid Unicode text",
+                    status=400,
+                ) from None
         return body
 
     if len(chunks) > INLINE_JSON_BYTES:
@@ -153,7 +162,8 @@ def _warn_if_no_traffic(backend: Backend, delay: float, stop: threading.Event) -
         "no request from Label Studio in %.0f s. If adding this backend in Label Studio fails with 'URL resolves to "
         "a reserved network address' (Label Studio >= 1.23.1 blocks loopback/private addresses), start Label "
         "Studio with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false, or serve the backend on a public "
-        "address; also check the URL given to Label Studio and, with basic auth, the credentials", delay,
+        "address; also check the URL given to Label Studio and, with basic auth, the credentials",
+        delay,
     )
 
 
@@ -172,8 +182,10 @@ def _check_label_studio(backend: Backend) -> None:
 
         hint = ""
         if is_loopback_host(urlsplit(url).hostname or "") and in_container():
-            hint = ("; this backend runs in a container, where localhost is the container itself: use the compose "
-                    "service name (http://label-studio:8080) or http://host.docker.internal:8080")
+            hint = (
+                "; this backend runs in a container, where localhost is the container itself: use the compose "
+                "service name (http://label-studio:8080) or http://host.docker.internal:8080"
+            )
         log.warning("Label Studio is not reachable at LABEL_STUDIO_URL=%s (%s)%s", url, type(exc).__name__, hint)
     else:
         log.info("Label Studio is reachable at %s", url)
@@ -194,13 +206,21 @@ def _log_startup(settings: Settings, backend: Backend) -> None:
     log.info(
         "AdaptiveClick ML backend %s: engine=%s version=%s LABEL_STUDIO_URL=%s api_key=%s local_files_root=%s "
         "basic_auth=%s cache=%d MB ttl=%.0f s",
-        __version__, settings.model_engine, backend.engine.model_version, ls_url or "(unset)",
-        backend.fetcher.auth.kind, settings.local_files_document_root or "(unset)",
-        "on" if settings.basic_auth_enabled else "off", settings.session_cache_mb, settings.session_ttl_s,
+        __version__,
+        settings.model_engine,
+        backend.engine.model_version,
+        ls_url or "(unset)",
+        backend.fetcher.auth.kind,
+        settings.local_files_document_root or "(unset)",
+        "on" if settings.basic_auth_enabled else "off",
+        settings.session_cache_mb,
+        settings.session_ttl_s,
     )
     if not settings.label_studio_api_key:
-        log.warning("LABEL_STUDIO_API_KEY is not set: images stored in Label Studio (/data/upload, cloud storage) "
-                    "cannot be downloaded until it is (the token /setup sends is tried as a fallback)")
+        log.warning(
+            "LABEL_STUDIO_API_KEY is not set: images stored in Label Studio (/data/upload, cloud storage) "
+            "cannot be downloaded until it is (the token /setup sends is tried as a fallback)"
+        )
 
 
 def _configure_logging(level: str) -> None:
@@ -212,8 +232,9 @@ def _configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None,
-               fetcher: MediaFetcher | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, fetcher: MediaFetcher | None = None
+) -> FastAPI:
     settings = settings or Settings.from_env()
     _configure_logging(settings.log_level)
     backend = Backend(settings, engine, fetcher)
@@ -229,16 +250,27 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             backend.finetune.start()  # recover jobs of a dead worker, resume the queue, watch MODEL_DIR/current
         stop = threading.Event()
         if settings.no_traffic_warning_s > 0:
-            threading.Thread(target=_warn_if_no_traffic, args=(backend, settings.no_traffic_warning_s, stop),
-                             name="no-traffic", daemon=True).start()
+            threading.Thread(
+                target=_warn_if_no_traffic,
+                args=(backend, settings.no_traffic_warning_s, stop),
+                name="no-traffic",
+                daemon=True,
+            ).start()
         try:
             yield
         finally:
             stop.set()
             backend.close()
 
-    app = FastAPI(title="AdaptiveClick ML backend", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None, default_response_class=AsciiJSONResponse)
+    app = FastAPI(
+        title="AdaptiveClick ML backend",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=AsciiJSONResponse,
+    )
     app.state.backend = backend
     limiters: dict[str, anyio.CapacityLimiter] = {}  # made on the event loop, at the first request
     app.add_middleware(GuardMiddleware, settings=settings, backend=backend)
@@ -252,8 +284,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return AsciiJSONResponse({"error": f"internal error ({type(exc).__name__}); see the backend log"},
-                                 status_code=500)
+        return AsciiJSONResponse(
+            {"error": f"internal error ({type(exc).__name__}); see the backend log"}, status_code=500
+        )
 
     @app.get("/health")
     @app.get("/")
@@ -324,11 +357,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         total = (time.perf_counter() - t0) * 1000
         response.headers["Server-Timing"] = (
             f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
-            f"rle;dur={stats.rle_ms:.2f}, total;dur={total:.2f}")
+            f"rle;dur={stats.rle_ms:.2f}, total;dur={total:.2f}"
+        )
         response.headers["X-Forwards"] = str(stats.forwards)
-        response.headers["X-Cache"] = ",".join(
-            k for k, v in (("image", stats.image_hit), ("session", stats.session_hit), ("result", stats.result_hit))
-            if v) or "miss"
+        response.headers["X-Cache"] = (
+            ",".join(
+                k
+                for k, v in (("image", stats.image_hit), ("session", stats.session_hit), ("result", stats.result_hit))
+                if v
+            )
+            or "miss"
+        )
         return response
 
     return app

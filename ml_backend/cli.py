@@ -57,16 +57,31 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
         "LABEL_STUDIO_API_KEY, LOCAL_FILES_DOCUMENT_ROOT, BASIC_AUTH_USER/PASS, MODEL_ENGINE, MODEL_CHECKPOINT, "
         "DEVICE, SESSION_CACHE_MB, SESSION_TTL_S, LOG_LEVEL (see the README).",
     )
-    serve.add_argument("--host", default=default_host(os.environ),
-                       help="bind address (default $HOST; else 0.0.0.0 when basic auth is set, else 127.0.0.1: an "
-                       "open backend is not put on the network by default)")
+    serve.add_argument(
+        "--host",
+        default=default_host(os.environ),
+        help="bind address (default $HOST; else 0.0.0.0 when basic auth is set, else 127.0.0.1: an "
+        "open backend is not put on the network by default)",
+    )
     serve.add_argument("--port", type=int, default=_env_int("PORT", 9090), help="port (default 9090)")
-    serve.add_argument("--workers", type=int, default=_env_int("WORKERS", 1),
-                       help="worker processes, each with its own model (default $WORKERS or 1)")
-    serve.add_argument("--threads", type=int, default=_env_int("THREADS", 8),
-                       help="request threads per worker; model work stays serialised (default $THREADS or 8)")
-    serve.add_argument("--server", choices=("auto", "gunicorn", "uvicorn"), default="auto",
-                       help="auto: gunicorn with uvicorn workers when installed, else uvicorn")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=_env_int("WORKERS", 1),
+        help="worker processes, each with its own model (default $WORKERS or 1)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=_env_int("THREADS", 8),
+        help="request threads per worker; model work stays serialised (default $THREADS or 8)",
+    )
+    serve.add_argument(
+        "--server",
+        choices=("auto", "gunicorn", "uvicorn"),
+        default="auto",
+        help="auto: gunicorn with uvicorn workers when installed, else uvicorn",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="default $LOG_LEVEL or INFO")
     serve.set_defaults(handler=serve_command)
     return serve
@@ -74,18 +89,22 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_finetune_commands(subparsers: Any) -> None:
     worker = subparsers.add_parser(
-        "worker", help="run the queued fine-tuning jobs of MODEL_DIR (one at a time)",
+        "worker",
+        help="run the queued fine-tuning jobs of MODEL_DIR (one at a time)",
         description="Run the fine-tuning jobs queued under $MODEL_DIR/jobs, one at a time, in this process. The "
         "server starts `worker --once` itself after queueing a job (FINETUNE_WORKER=spawn, the default); with "
-        "FINETUNE_WORKER=external run `adaptiveclick worker` yourself. Settings: FINETUNE_* (see the README).")
+        "FINETUNE_WORKER=external run `adaptiveclick worker` yourself. Settings: FINETUNE_* (see the README).",
+    )
     worker.add_argument("--once", action="store_true", help="drain the queue and exit (default: keep polling)")
     worker.add_argument("--poll", type=float, default=5.0, help="seconds between queue checks (default 5)")
     worker.set_defaults(handler=worker_command)
     versions = subparsers.add_parser(
-        "versions", help="list fine-tuned model versions and jobs, or roll back",
+        "versions",
+        help="list fine-tuned model versions and jobs, or roll back",
         description="Model versions under $MODEL_DIR/versions and the version $MODEL_DIR/current points at. "
         "`rollback VERSION` (or `rollback base`) replaces the pointer atomically; running servers switch within "
-        "MODEL_WATCH_S seconds, without a restart.")
+        "MODEL_WATCH_S seconds, without a restart.",
+    )
     versions.add_argument("action", nargs="?", choices=("list", "jobs", "rollback"), default="list")
     versions.add_argument("version", nargs="?", help="the version to serve (rollback), or 'base'")
     versions.add_argument("--model-dir", default=os.environ.get("MODEL_DIR", ""), help="default $MODEL_DIR")
@@ -110,13 +129,31 @@ def versions_command(args: argparse.Namespace) -> int:
         if not args.version:
             raise ValueError("rollback needs the VERSION to serve (see `adaptiveclick versions list`), or 'base'")
         store.set_current(args.version)
-        print(f"{store.current_path} -> {args.version}; servers switch within MODEL_WATCH_S seconds "
-              "(MODEL_VERSION_PIN, when set, still wins)")
+        print(
+            f"{store.current_path} -> {args.version}; servers switch within MODEL_WATCH_S seconds "
+            "(MODEL_VERSION_PIN, when set, still wins)"
+        )
         return 0
     if args.action == "jobs":
         for job in store.jobs():
-            print(json.dumps({k: job.get(k) for k in ("id", "project", "state", "reason", "created", "finished",
-                                                       "promoted", "version", "message")}))
+            print(
+                json.dumps(
+                    {
+                        k: job.get(k)
+                        for k in (
+                            "id",
+                            "project",
+                            "state",
+                            "reason",
+                            "created",
+                            "finished",
+                            "promoted",
+                            "version",
+                            "message",
+                        )
+                    }
+                )
+            )
         return 0
     current = store.current()
     print(f"{'*' if current == BASE else ' '} base (MODEL_CHECKPOINT)")
@@ -124,9 +161,11 @@ def versions_command(args: argparse.Namespace) -> int:
         name = manifest.get("version")
         metrics = manifest.get("metrics") or {}
         before, after = metrics.get("before") or {}, metrics.get("after") or {}
-        print(f"{'*' if name == current else ' '} {name}  parent={manifest.get('parent')}  "
-              f"created={manifest.get('created')}  job={manifest.get('job')}  "
-              f"NoC@85 {before.get('noc85')} -> {after.get('noc85')}")
+        print(
+            f"{'*' if name == current else ' '} {name}  parent={manifest.get('parent')}  "
+            f"created={manifest.get('created')}  job={manifest.get('job')}  "
+            f"NoC@85 {before.get('noc85')} -> {after.get('noc85')}"
+        )
     return 0
 
 
@@ -149,14 +188,23 @@ def gunicorn_argv(args: argparse.Namespace) -> list[str]:
     # gunicorn >= 24 opens a control socket at a fixed path; two backends on one host would fight over it.
     extra = ["--no-control-socket"] if _gunicorn_has_setting("control_socket_disable") else []
     return [
-        sys.executable, "-m", "gunicorn",
-        "--bind", f"{args.host}:{args.port}",
-        "--workers", str(max(1, args.workers)),
-        "--worker-class", _uvicorn_worker_class(),
-        "--timeout", "300",
-        "--graceful-timeout", "30",
-        "--log-level", args.log_level.lower(),
-        "--access-logfile", "-",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--workers",
+        str(max(1, args.workers)),
+        "--worker-class",
+        _uvicorn_worker_class(),
+        "--timeout",
+        "300",
+        "--graceful-timeout",
+        "30",
+        "--log-level",
+        args.log_level.lower(),
+        "--access-logfile",
+        "-",
         *extra,
         f"{APP_FACTORY}()",
     ]
@@ -176,8 +224,15 @@ def serve_command(args: argparse.Namespace) -> int:
         os.execv(argv[0], argv)  # a fresh master process that never imports torch
     import uvicorn
 
-    uvicorn.run(APP_FACTORY, factory=True, host=args.host, port=args.port, workers=max(1, args.workers),
-                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=max(1, args.workers),
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 

@@ -47,8 +47,13 @@ def _served_version(settings: Settings) -> Any:
 class Engine:
     """Builds predictors for sessions; ``lock`` serialises all model work of this process."""
 
-    def __init__(self, settings: Settings, factory: Callable[[], Any] | None = None, name: str | None = None,
-                 version: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        factory: Callable[[], Any] | None = None,
+        name: str | None = None,
+        version: str | None = None,
+    ):
         self.settings = settings
         self.name = name or settings.model_engine
         self.lock = threading.Lock()
@@ -138,8 +143,13 @@ class Engine:
             factory = self._build_factory()
         except Exception as exc:
             self._active = previous
-            log.error("could not load model version %s (%s: %s): still serving %s",
-                      target[0] if target else self.base_version, type(exc).__name__, exc, self._version)
+            log.error(
+                "could not load model version %s (%s: %s): still serving %s",
+                target[0] if target else self.base_version,
+                type(exc).__name__,
+                exc,
+                self._version,
+            )
             return False
         with self.lock:
             self._factory = factory

@@ -119,8 +119,9 @@ def finetune_enabled(settings: Any) -> bool:
         return False
     if not getattr(settings, "model_dir", ""):
         if mode in ("on", "true", "1", "yes"):
-            log.error("FINETUNE=on needs MODEL_DIR (where jobs, versions and the event log are kept): fine-tuning "
-                      "is off")
+            log.error(
+                "FINETUNE=on needs MODEL_DIR (where jobs, versions and the event log are kept): fine-tuning is off"
+            )
         return False
     return getattr(settings, "model_engine", "adaptiveclick") == "adaptiveclick"
 
@@ -229,11 +230,18 @@ class ModelStore:
                 if job.get("state") == QUEUED and job.get("project") == project:
                     return job, False
             self.jobs_dir.mkdir(parents=True, exist_ok=True)
-            numbers = [int(p.stem.split("-")[1]) for p in self.jobs_dir.glob("job-*.json")
-                       if p.stem.split("-")[1].isdigit()]
+            numbers = [
+                int(p.stem.split("-")[1]) for p in self.jobs_dir.glob("job-*.json") if p.stem.split("-")[1].isdigit()
+            ]
             job_id = f"job-{max(numbers, default=0) + 1:06d}"
-            job = {"id": job_id, "project": project, "state": QUEUED, "reason": reason, "created": now_iso(),
-                   "history": [{"state": QUEUED, "time": now_iso()}]}
+            job = {
+                "id": job_id,
+                "project": project,
+                "state": QUEUED,
+                "reason": reason,
+                "created": now_iso(),
+                "history": [{"state": QUEUED, "time": now_iso()}],
+            }
             job.update(extra)
             atomic_write_json(self.job_path(job_id), job)
         return job, True
@@ -256,9 +264,15 @@ class ModelStore:
         interrupted = []
         for job in self.jobs():
             if job.get("state") == RUNNING:
-                self.update_job(job["id"], state=INTERRUPTED, finished=now_iso(), message=(
-                    "the worker stopped while this job ran (killed, out of memory or crashed); the served model "
-                    "and its files were not changed"))
+                self.update_job(
+                    job["id"],
+                    state=INTERRUPTED,
+                    finished=now_iso(),
+                    message=(
+                        "the worker stopped while this job ran (killed, out of memory or crashed); the served model "
+                        "and its files were not changed"
+                    ),
+                )
                 interrupted.append(job["id"])
         if self.versions_dir.is_dir():
             for staging in self.versions_dir.glob(".staging-*"):
@@ -311,7 +325,7 @@ class ModelStore:
     def next_version_name(self, tag: str) -> str:
         numbers = []
         for folder in self.versions_dir.glob("adaptiveclick-ft*") if self.versions_dir.is_dir() else ():
-            digits = folder.name[len("adaptiveclick-ft"):].split("-", 1)[0]
+            digits = folder.name[len("adaptiveclick-ft") :].split("-", 1)[0]
             if digits.isdigit():
                 numbers.append(int(digits))
         return f"adaptiveclick-ft{max(numbers, default=0) + 1:04d}-{tag}"
@@ -358,15 +372,23 @@ def resolve_served(settings: Any, store: ModelStore | None = None) -> tuple[str,
         path = store.version_path(pin)
         if path is not None:
             return pin, path
-        _log_once(f"pin:{pin}", "MODEL_VERSION_PIN=%s is not a version under %s (adaptiveclick versions list): "
-                                "ignored", pin, store.versions_dir)
+        _log_once(
+            f"pin:{pin}",
+            "MODEL_VERSION_PIN=%s is not a version under %s (adaptiveclick versions list): ignored",
+            pin,
+            store.versions_dir,
+        )
     name = store.current()
     if name == BASE:
         return None
     path = store.version_path(name)
     if path is None:
-        _log_once(f"current:{name}", "%s names version %r, which is missing or incomplete: serving the base model",
-                  store.current_path, name)
+        _log_once(
+            f"current:{name}",
+            "%s names version %r, which is missing or incomplete: serving the base model",
+            store.current_path,
+            name,
+        )
         return None
     return name, path
 
@@ -444,15 +466,18 @@ class FinetuneServer:
             return {"finetune": "ignored", "reason": f"project {project} is not in FINETUNE_PROJECTS"}
         label_config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
         if isinstance(label_config, str) and label_config and "brushlabels" not in label_config.lower():
-            return {"finetune": "ignored", "reason": f"project {project}'s labeling config has no BrushLabels: "
-                                                     "nothing to learn from"}
+            return {
+                "finetune": "ignored",
+                "reason": f"project {project}'s labeling config has no BrushLabels: nothing to learn from",
+            }
         ids: dict[str, Any] = {}
         if annotation:
             ids["annotation"] = annotation.get("id") if isinstance(annotation.get("id"), int) else None
             ids["task"] = annotation.get("task") if isinstance(annotation.get("task"), int) else None
         if action == "ANNOTATIONS_DELETED" and isinstance(body.get("annotations"), list):
-            ids["annotations"] = [a.get("id") for a in body["annotations"][:1000]
-                                  if isinstance(a, dict) and isinstance(a.get("id"), int)]
+            ids["annotations"] = [
+                a.get("id") for a in body["annotations"][:1000] if isinstance(a, dict) and isinstance(a.get("id"), int)
+            ]
         try:
             counts = self.store.record_event(action, project, self.every_n, **ids)
         except OSError as exc:
@@ -467,8 +492,13 @@ class FinetuneServer:
                 log.error("could not queue a fine-tuning job in %s: %s", self.store.root, exc)
                 return dict(reply, finetune="error", reason=f"MODEL_DIR is not writable ({type(exc).__name__})")
             reply.update(job=job["id"], job_state=job["state"], queued=created)
-            log.info("fine-tuning job %s %s for project %s (%s)", job["id"], "queued" if created else "already queued",
-                     project, reason)
+            log.info(
+                "fine-tuning job %s %s for project %s (%s)",
+                job["id"],
+                "queued" if created else "already queued",
+                project,
+                reason,
+            )
             if self.spawn_worker:
                 self.kick()
         return reply
@@ -489,20 +519,29 @@ class FinetuneServer:
                 env["LABEL_STUDIO_API_KEY"] = token
             env["MODEL_DIR"] = str(self.store.root)
             # The engine settings the serving process runs with (tests build them without the environment).
-            for name, value in (("MODEL_CHECKPOINT", self.settings.model_checkpoint),
-                                ("MODEL_ENGINE", self.settings.model_engine), ("DEVICE", self.settings.device),
-                                ("MODEL_VERSION_PIN", self.settings.model_version_pin),
-                                ("LOCAL_FILES_DOCUMENT_ROOT", self.settings.local_files_document_root),
-                                ("MEDIA_ALLOWED_HOSTS", ",".join(self.settings.media_allowed_hosts))):
+            for name, value in (
+                ("MODEL_CHECKPOINT", self.settings.model_checkpoint),
+                ("MODEL_ENGINE", self.settings.model_engine),
+                ("DEVICE", self.settings.device),
+                ("MODEL_VERSION_PIN", self.settings.model_version_pin),
+                ("LOCAL_FILES_DOCUMENT_ROOT", self.settings.local_files_document_root),
+                ("MEDIA_ALLOWED_HOSTS", ",".join(self.settings.media_allowed_hosts)),
+            ):
                 env[name] = str(value or "")
             root = str(Path(__file__).resolve().parents[1])
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
             self.store.jobs_dir.mkdir(parents=True, exist_ok=True)
             try:
                 with open(self.store.jobs_dir / "worker.log", "ab") as out:
-                    proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker", "--once"], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, close_fds=True)
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "ml_backend.cli", "worker", "--once"],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
             except OSError as exc:
                 log.error("could not start the fine-tuning worker: %s", exc)
                 return

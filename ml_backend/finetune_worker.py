@@ -130,16 +130,21 @@ class LabelStudioAPI:
                 # No redirects: the token must reach Label Studio's origin and nothing else.
                 resp = self.fetcher.session.get(url, headers=headers, timeout=self.timeout, allow_redirects=False)
             except (requests.RequestException, ValueError) as exc:  # ValueError: a malformed redirect Location
-                raise RuntimeError(f"cannot reach Label Studio at {base} ({type(exc).__name__}): check "
-                                   "LABEL_STUDIO_URL") from None
+                raise RuntimeError(
+                    f"cannot reach Label Studio at {base} ({type(exc).__name__}): check LABEL_STUDIO_URL"
+                ) from None
             if resp.is_redirect:
-                raise RuntimeError(f"Label Studio answered GET {path} with a redirect ({resp.status_code}); "
-                                   "set LABEL_STUDIO_URL to the address it serves the API on")
+                raise RuntimeError(
+                    f"Label Studio answered GET {path} with a redirect ({resp.status_code}); "
+                    "set LABEL_STUDIO_URL to the address it serves the API on"
+                )
             if resp.status_code in (401, 403) and self.fetcher.auth.kind == "pat" and attempt == 0:
                 continue
             if resp.status_code in (401, 403):
-                raise RuntimeError(f"Label Studio refused GET {path} ({resp.status_code}): set LABEL_STUDIO_API_KEY "
-                                   "to a token of a user with access to the project")
+                raise RuntimeError(
+                    f"Label Studio refused GET {path} ({resp.status_code}): set LABEL_STUDIO_API_KEY "
+                    "to a token of a user with access to the project"
+                )
             if resp.status_code >= 400:
                 raise RuntimeError(f"Label Studio answered {resp.status_code} for GET {path}: {resp.text[:300]}")
             return resp.json()
@@ -164,13 +169,26 @@ def _pick_annotation(task: dict[str, Any], stats: dict[str, int]) -> dict[str, A
         if annotation.get("was_cancelled"):
             stats["cancelled"] += 1
             continue
-        regions = [r for r in annotation.get("result") or [] if isinstance(r, dict) and r.get("type") == "brushlabels"
-                   and isinstance(r.get("value"), dict) and r["value"].get("rle")]
+        regions = [
+            r
+            for r in annotation.get("result") or []
+            if isinstance(r, dict)
+            and r.get("type") == "brushlabels"
+            and isinstance(r.get("value"), dict)
+            and r["value"].get("rle")
+        ]
         if not regions:
             stats["empty"] += 1
             continue
-        usable.append((bool(annotation.get("ground_truth")), str(annotation.get("updated_at") or ""),
-                       int(annotation.get("id") or 0), annotation, regions))
+        usable.append(
+            (
+                bool(annotation.get("ground_truth")),
+                str(annotation.get("updated_at") or ""),
+                int(annotation.get("id") or 0),
+                annotation,
+                regions,
+            )
+        )
     if not usable:
         return None
     usable.sort(key=lambda u: u[:3])
@@ -186,13 +204,22 @@ def decode_brush(region: dict[str, Any]) -> np.ndarray:
     return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[..., 3] > 0
 
 
-def collect_annotations(api: LabelStudioAPI, fetcher: Any, project: str, cfg: JobConfig
-                        ) -> tuple[list[TaskData], dict[str, int]]:
+def collect_annotations(
+    api: LabelStudioAPI, fetcher: Any, project: str, cfg: JobConfig
+) -> tuple[list[TaskData], dict[str, int]]:
     """The project's usable annotations as (image, instance masks) per task, newest tasks last; and counts."""
     from .labeling import parse_label_config
 
-    stats = {"tasks": 0, "annotated_tasks": 0, "annotations_used": 0, "cancelled": 0, "empty": 0,
-             "empty_regions": 0, "instances": 0, "image_errors": 0}
+    stats = {
+        "tasks": 0,
+        "annotated_tasks": 0,
+        "annotations_used": 0,
+        "cancelled": 0,
+        "empty": 0,
+        "empty_regions": 0,
+        "instances": 0,
+        "image_errors": 0,
+    }
     project_info = api.project(project)
     config = parse_label_config(project_info.get("label_config") or "<View/>")
     tasks = api.annotated_tasks(project)
@@ -205,7 +232,7 @@ def collect_annotations(api: LabelStudioAPI, fetcher: Any, project: str, cfg: Jo
         if annotation is not None:
             picked.append((task, annotation))
     picked.sort(key=lambda p: p[0]["id"])
-    picked = picked[-cfg.max_tasks:]
+    picked = picked[-cfg.max_tasks :]
     out = []
     for task, annotation in picked:
         to_name = annotation["result"][0].get("to_name")
@@ -233,8 +260,10 @@ def collect_annotations(api: LabelStudioAPI, fetcher: Any, project: str, cfg: Jo
             if mask.shape != image.shape[:2]:  # the UI reported another size (EXIF, rescaled file)
                 import cv2
 
-                mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]),
-                                  interpolation=cv2.INTER_NEAREST) > 0
+                mask = (
+                    cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+                    > 0
+                )
             if not mask.any():
                 stats["empty_regions"] += 1
                 continue
@@ -283,8 +312,15 @@ def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobCo
     from .engine import predictor_options
 
     options = predictor_options(settings)  # the job measures the candidate the way the server will serve it
-    return evaluate_noc(net, samples, max_clicks=cfg.max_clicks, device=_device(settings), flip=options["flip"],
-                        zoom_in=options["zoom_in"], refine=options["refine"].spec).to_dict()
+    return evaluate_noc(
+        net,
+        samples,
+        max_clicks=cfg.max_clicks,
+        device=_device(settings),
+        flip=options["flip"],
+        zoom_in=options["zoom_in"],
+        refine=options["refine"].spec,
+    ).to_dict()
 
 
 def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings, work: Path) -> tuple[Any, dict]:
@@ -294,11 +330,18 @@ def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings
     source = memory_source(samples, names=[str(t.task_id) for t in train])
     if not source.records:
         raise JobSkipped(f"no training instance of at least FINETUNE_MIN_INSTANCE_PX={cfg.min_instance_px} pixels")
-    settings_ft = FinetuneSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   max_extra_clicks=cfg.max_extra_clicks, seed=cfg.seed,
-                                   threads=cfg.threads or None, device=_device(settings),
-                                   max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None, amp=cfg.amp,
-                                   zoom_in_prob=cfg.zoom_in_prob)
+    settings_ft = FinetuneSettings(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        max_extra_clicks=cfg.max_extra_clicks,
+        seed=cfg.seed,
+        threads=cfg.threads or None,
+        device=_device(settings),
+        max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None,
+        amp=cfg.amp,
+        zoom_in_prob=cfg.zoom_in_prob,
+    )
     net, info = finetune(init, source, settings_ft, out=work / "train")
     info["train_instances"] = sum(len(r.objects) for r in source.records)
     return net, info
@@ -311,8 +354,7 @@ def _save(net: Any, path: Path, metadata: dict[str, str]) -> None:
 
 
 def _device(settings: Settings) -> str:
-    return settings.device if settings.device not in ("", "auto") else (
-        "cuda" if _cuda_available() else "cpu")
+    return settings.device if settings.device not in ("", "auto") else ("cuda" if _cuda_available() else "cpu")
 
 
 def _cuda_available() -> bool:
@@ -337,8 +379,9 @@ def _served(settings: Settings, store: ModelStore) -> tuple[str, Path]:
     return engine.base_version, Path(path)
 
 
-def run_job(store: ModelStore, job: dict[str, Any], settings: Settings, cfg: JobConfig,
-            steps: JobSteps | None = None) -> dict[str, Any]:
+def run_job(
+    store: ModelStore, job: dict[str, Any], settings: Settings, cfg: JobConfig, steps: JobSteps | None = None
+) -> dict[str, Any]:
     """Run one job to a terminal state and record it; never raises for a job's own failure."""
     steps = steps or JobSteps()
     job_id, project = job["id"], str(job["project"])
@@ -353,12 +396,19 @@ def run_job(store: ModelStore, job: dict[str, Any], settings: Settings, cfg: Job
     except JobSkipped as exc:
         fields = {"state": SKIPPED, "promoted": False, "message": str(exc)}
     except MemoryError:
-        fields = {"state": FAILED, "promoted": False, "message": "out of memory: lower FINETUNE_BATCH_SIZE or "
-                  "FINETUNE_MAX_TASKS; the served model was not changed"}
+        fields = {
+            "state": FAILED,
+            "promoted": False,
+            "message": "out of memory: lower FINETUNE_BATCH_SIZE or "
+            "FINETUNE_MAX_TASKS; the served model was not changed",
+        }
     except Exception as exc:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        fields = {"state": FAILED, "promoted": False,
-                  "message": f"{type(exc).__name__}: {exc} (the served model was not changed; see {job_id}.log)"}
+        fields = {
+            "state": FAILED,
+            "promoted": False,
+            "message": f"{type(exc).__name__}: {exc} (the served model was not changed; see {job_id}.log)",
+        }
     finally:
         import shutil
 
@@ -370,8 +420,9 @@ def run_job(store: ModelStore, job: dict[str, Any], settings: Settings, cfg: Job
     return store.update_job(job_id, **fields)
 
 
-def _run(store: ModelStore, job_id: str, project: str, settings: Settings, cfg: JobConfig, steps: JobSteps,
-         work: Path) -> dict[str, Any]:
+def _run(
+    store: ModelStore, job_id: str, project: str, settings: Settings, cfg: JobConfig, steps: JobSteps, work: Path
+) -> dict[str, Any]:
     parent, parent_path = _served(settings, store)
     store.update_job(job_id, parent=parent)
     log.info("job %s: project %s, fine-tuning from %s (%s)", job_id, project, parent, parent_path)
@@ -385,20 +436,34 @@ def _run(store: ModelStore, job_id: str, project: str, settings: Settings, cfg: 
         tasks, stats = collect_annotations(LabelStudioAPI(fetcher), fetcher, project, cfg)
     store.update_job(job_id, data=stats)
     if not tasks:
-        raise JobSkipped(f"project {project} has no usable annotations (submitted, not cancelled, with at least "
-                         f"one non-empty brush region; {stats.get('tasks', 0)} annotated tasks seen, "
-                         f"{stats.get('cancelled', 0)} cancelled and {stats.get('empty', 0)} empty annotations "
-                         "skipped): nothing to fine-tune on")
+        raise JobSkipped(
+            f"project {project} has no usable annotations (submitted, not cancelled, with at least "
+            f"one non-empty brush region; {stats.get('tasks', 0)} annotated tasks seen, "
+            f"{stats.get('cancelled', 0)} cancelled and {stats.get('empty', 0)} empty annotations "
+            "skipped): nothing to fine-tune on"
+        )
     if len(tasks) < cfg.min_tasks:
-        raise JobSkipped(f"project {project} has {len(tasks)} annotated task(s); fine-tuning needs at least "
-                         f"FINETUNE_MIN_TASKS={cfg.min_tasks} (one is held out for validation)")
+        raise JobSkipped(
+            f"project {project} has {len(tasks)} annotated task(s); fine-tuning needs at least "
+            f"FINETUNE_MIN_TASKS={cfg.min_tasks} (one is held out for validation)"
+        )
     train, val = split_tasks(project, tasks, cfg.val_fraction)
     val_samples = [(t.image, m) for t in val for m in t.masks][: cfg.val_max_instances]
-    split = {"train_tasks": [t.task_id for t in train], "val_tasks": [t.task_id for t in val],
-             "val_instances": len(val_samples), "train_instances": sum(len(t.masks) for t in train)}
+    split = {
+        "train_tasks": [t.task_id for t in train],
+        "val_tasks": [t.task_id for t in val],
+        "val_instances": len(val_samples),
+        "train_instances": sum(len(t.masks) for t in train),
+    }
     store.update_job(job_id, split=split)
-    log.info("job %s: %d train tasks (%d instances), %d validation tasks (%d instances)", job_id, len(train),
-             split["train_instances"], len(val), len(val_samples))
+    log.info(
+        "job %s: %d train tasks (%d instances), %d validation tasks (%d instances)",
+        job_id,
+        len(train),
+        split["train_instances"],
+        len(val),
+        len(val_samples),
+    )
 
     evaluate = steps.evaluate or (lambda net, samples: _evaluate(net, samples, cfg, settings))
     if steps.evaluate is None:
@@ -414,15 +479,24 @@ def _run(store: ModelStore, job_id: str, project: str, settings: Settings, cfg: 
     train_fn = steps.train or (lambda init, data: _train(init, data, cfg, settings, work))
     net, info = train_fn(parent_path, train)
     if info.get("stopped"):
-        return {"state": INTERRUPTED, "promoted": False, "training": _training_summary(info, cfg),
-                "message": "stopped by a signal during training: not promoted; the served model was not changed"}
+        return {
+            "state": INTERRUPTED,
+            "promoted": False,
+            "training": _training_summary(info, cfg),
+            "message": "stopped by a signal during training: not promoted; the served model was not changed",
+        }
     after = evaluate(net, val_samples)
-    metrics = {"before": before, "after": after,
-               "rule": "promote when NoC@85 on the validation split is not worse (ties allowed)"}
+    metrics = {
+        "before": before,
+        "after": after,
+        "rule": "promote when NoC@85 on the validation split is not worse (ties allowed)",
+    }
     log.info("job %s: after: %s", job_id, after)
     result: dict[str, Any] = {"metrics": metrics, "training": _training_summary(info, cfg)}
-    change = f"NoC@85 {before['noc85']:.2f} -> {after['noc85']:.2f}, NoC@90 {before['noc90']:.2f} -> " \
-             f"{after['noc90']:.2f} on {after['instances']} validation instances"
+    change = (
+        f"NoC@85 {before['noc85']:.2f} -> {after['noc85']:.2f}, NoC@90 {before['noc90']:.2f} -> "
+        f"{after['noc90']:.2f} on {after['instances']} validation instances"
+    )
     save = steps.save or _save
     metadata = {"parent": parent, "job": job_id, "project": project, "finetune_steps": str(info.get("step", ""))}
     if not after["noc85"] <= before["noc85"] + 1e-9:
@@ -430,28 +504,50 @@ def _run(store: ModelStore, job_id: str, project: str, settings: Settings, cfg: 
             candidate = store.jobs_dir / f"{job_id}.rejected.safetensors"
             save(net, candidate, metadata)
             result["candidate"] = str(candidate)
-        return dict(result, state=DONE, promoted=False, version=None,
-                    message=f"not promoted ({change}: worse); still serving {parent}")
-    manifest = {"parent": parent, "project": project, "job": job_id,
-                "data": {"tasks": len(tasks), "train_tasks": len(train), "val_tasks": len(val),
-                         "train_instances": info.get("train_instances", split["train_instances"]),
-                         "val_instances": len(val_samples), **{f"ls_{k}": v for k, v in stats.items()}},
-                "metrics": metrics, "training": result["training"]}
+        return dict(
+            result,
+            state=DONE,
+            promoted=False,
+            version=None,
+            message=f"not promoted ({change}: worse); still serving {parent}",
+        )
+    manifest = {
+        "parent": parent,
+        "project": project,
+        "job": job_id,
+        "data": {
+            "tasks": len(tasks),
+            "train_tasks": len(train),
+            "val_tasks": len(val),
+            "train_instances": info.get("train_instances", split["train_instances"]),
+            "val_instances": len(val_samples),
+            **{f"ls_{k}": v for k, v in stats.items()},
+        },
+        "metrics": metrics,
+        "training": result["training"],
+    }
     version = store.write_version(job_id, lambda path: save(net, path, metadata), manifest)
     return dict(result, state=DONE, promoted=True, version=version, message=f"promoted {version} ({change})")
 
 
 def _training_summary(info: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
-    return {"steps": info.get("step"), "planned_steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "loss": info.get("loss"), "seconds": round(float(info.get("wall_time", 0.0)), 1),
-            "train_instances": info.get("train_instances")}
+    return {
+        "steps": info.get("step"),
+        "planned_steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "loss": info.get("loss"),
+        "seconds": round(float(info.get("wall_time", 0.0)), 1),
+        "train_instances": info.get("train_instances"),
+    }
 
 
 # --- the worker loop -------------------------------------------------------------------------------
 
 
-def worker_loop(settings: Settings, cfg: JobConfig, once: bool = True, poll_s: float = 5.0,
-                steps: JobSteps | None = None) -> int:
+def worker_loop(
+    settings: Settings, cfg: JobConfig, once: bool = True, poll_s: float = 5.0, steps: JobSteps | None = None
+) -> int:
     """Run queued jobs one at a time. ``once``: drain the queue and return (at once when another worker holds
     the lock: it picks up what was queued). Returns the number of jobs run."""
     if not settings.model_dir:
@@ -475,8 +571,11 @@ def worker_loop(settings: Settings, cfg: JobConfig, once: bool = True, poll_s: f
 
 
 def main_worker(once: bool, poll_s: float) -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     settings = Settings.from_env()
     cfg = JobConfig.from_env()
     if cfg.nice:
@@ -493,5 +592,15 @@ def main_worker(once: bool, poll_s: float) -> int:
     return 0
 
 
-__all__ = ["JobConfig", "JobSkipped", "JobSteps", "LabelStudioAPI", "TaskData", "collect_annotations",
-           "main_worker", "run_job", "split_tasks", "worker_loop"]
+__all__ = [
+    "JobConfig",
+    "JobSkipped",
+    "JobSteps",
+    "LabelStudioAPI",
+    "TaskData",
+    "collect_annotations",
+    "main_worker",
+    "run_job",
+    "split_tasks",
+    "worker_loop",
+]

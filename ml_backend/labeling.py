@@ -60,7 +60,7 @@ class LabelConfig:
         names = ", ".join(f"{b.name}: {list(b.labels)}" for b in candidates)
         raise ConfigError(
             f'the keypoint label "{label}" has no BrushLabels label of the same name on image "{image_name}" '
-            f"({names}); add <Label value=\"{label}\"/> to the BrushLabels tag"
+            f'({names}); add <Label value="{label}"/> to the BrushLabels tag'
         )
 
     def problems(self) -> list[str]:

@@ -117,8 +117,11 @@ class LabelStudioAuth:
     def __init__(self, api_key: str, session: requests.Session, timeout: float):
         self.api_key = api_key.strip()
         payload = _jwt_payload(self.api_key) if self.api_key else None
-        self.kind = "none" if not self.api_key else ("pat" if payload and payload.get("token_type") == "refresh" else
-                                                       "jwt" if payload else "legacy")
+        self.kind = (
+            "none"
+            if not self.api_key
+            else ("pat" if payload and payload.get("token_type") == "refresh" else "jwt" if payload else "legacy")
+        )
         self._session = session
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -320,14 +323,20 @@ class MediaFetcher:
             )
         if scheme in ("http", "https"):
             destination = parse_destination(url)
-            if (not self._is_ls(destination) and not self._allowed_listed(destination)
-                    and destination.path.startswith(LS_MEDIA_PATHS)):
+            if (
+                not self._is_ls(destination)
+                and not self._allowed_listed(destination)
+                and destination.path.startswith(LS_MEDIA_PATHS)
+            ):
                 # Label Studio wrote its own media URL with a host this backend does not use for it (typically
                 # localhost vs. the compose service name): fetch the path from LABEL_STUDIO_URL instead.
                 query = f"?{destination.query}" if destination.query else ""
                 destination = self.ls_destination.with_path(destination.path + query)
-            if (self._is_ls(destination) and destination.path.startswith("/data/local-files")
-                    and self.settings.local_files_document_root):
+            if (
+                self._is_ls(destination)
+                and destination.path.startswith("/data/local-files")
+                and self.settings.local_files_document_root
+            ):
                 return self._local_file(destination.url)
             return self._http(destination)
         raise BadRequest(f"unsupported image URL scheme {scheme!r} in {url[:200]!r}")
@@ -361,9 +370,7 @@ class MediaFetcher:
         try:
             size = os.path.getsize(path)
             if size > self.settings.max_image_bytes:
-                raise MediaError(
-                    f"local file {rel!r} is {size / 2**20:.1f} MiB, above MAX_IMAGE_MB", status=413
-                )
+                raise MediaError(f"local file {rel!r} is {size / 2**20:.1f} MiB, above MAX_IMAGE_MB", status=413)
             with open(path, "rb") as fh:
                 return fh.read(self.settings.max_image_bytes + 1)
         except FileNotFoundError:
@@ -424,7 +431,9 @@ class MediaFetcher:
             except requests.RequestException as exc:
                 raise MediaError(f"could not fetch {url[:200]}: {exc}", status=502) from None
             except ValueError as exc:  # requests pre-parses a redirect's Location even when it does not follow it
-                raise MediaError(f"refusing the answer of {url[:200]}: malformed redirect ({exc})", status=502) from None
+                raise MediaError(
+                    f"refusing the answer of {url[:200]}: malformed redirect ({exc})", status=502
+                ) from None
             try:
                 if resp.status_code in (301, 302, 303, 307, 308):
                     location = resp.headers.get("Location")
@@ -448,8 +457,10 @@ class MediaFetcher:
         raise MediaError(f"too many redirects fetching the image ({url[:200]})")
 
     def _deadline_message(self, url: str) -> str:
-        return (f"the image download from {url[:200]} did not finish within FETCH_TIMEOUT_S="
-                f"{self.settings.fetch_timeout_s:g} s")
+        return (
+            f"the image download from {url[:200]} did not finish within FETCH_TIMEOUT_S="
+            f"{self.settings.fetch_timeout_s:g} s"
+        )
 
     def _read_capped(self, resp: requests.Response, url: str, deadline: float) -> bytes:
         """The body, at most MAX_IMAGE_MB, by ``deadline`` (a host trickling bytes cannot hold the read open)."""
@@ -476,8 +487,7 @@ class MediaFetcher:
                     break
                 buf += chunk
                 if len(buf) > cap:
-                    raise MediaError(f"the image at {url[:200]} is larger than MAX_IMAGE_MB={cap // 2**20}",
-                                     status=413)
+                    raise MediaError(f"the image at {url[:200]} is larger than MAX_IMAGE_MB={cap // 2**20}", status=413)
         except (TimeoutError, OSError, urllib3_errors.HTTPError) as exc:
             if time.monotonic() >= deadline or isinstance(exc, (TimeoutError, urllib3_errors.ReadTimeoutError)):
                 raise MediaError(self._deadline_message(url), status=504) from None
@@ -514,7 +524,8 @@ class MediaFetcher:
         if status == 404:
             extra = (
                 " Local files: check the Local Files storage path and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT."
-                if "/data/local-files" in where.path else ""
+                if "/data/local-files" in where.path
+                else ""
             )
             return f"the image was not found ({status} for {short}).{extra}"
         return f"fetching the image failed: {status} for {short}"

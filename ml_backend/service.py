@@ -45,8 +45,9 @@ class Frame:
         return self.build()
 
 
-def make_frame(decoded: DecodedImage, width: int | None, height: int | None, rotation: int,
-               max_pixels: int = 64_000_000) -> Frame:
+def make_frame(
+    decoded: DecodedImage, width: int | None, height: int | None, rotation: int, max_pixels: int = 64_000_000
+) -> Frame:
     """Match the size the UI reported (``original_width/height``, ``image_rotation``) to the decoded image.
 
     Label Studio reports the browser's natural size, after EXIF orientation; current versions rotate only the
@@ -62,19 +63,37 @@ def make_frame(decoded: DecodedImage, width: int | None, height: int | None, rot
     if width is None or height is None or (width, height) == (w, h):
         return Frame("id", (w, h), (w, h), False, lambda: arr, note)
     if rotation in (90, 270) and (width, height) == (h, w):
-        return Frame(f"rot{rotation}", (width, height), (width, height), True,
-                     lambda: np.ascontiguousarray(np.rot90(arr, k=-(rotation // 90))))
+        return Frame(
+            f"rot{rotation}",
+            (width, height),
+            (width, height),
+            True,
+            lambda: np.ascontiguousarray(np.rot90(arr, k=-(rotation // 90))),
+        )
     if decoded.orientation in _UNDO_ORIENTATION and (width, height) == decoded.raw_size:
+
         def raw() -> np.ndarray:
             from PIL import Image
 
             return np.ascontiguousarray(Image.fromarray(arr).transpose(_UNDO_ORIENTATION[decoded.orientation]))
 
-        return Frame("raw", (width, height), (width, height), True, raw,
-                     "the labeling UI reports the image's stored size, ignoring its EXIF orientation")
-    return Frame("id", (w, h), (width, height), False, lambda: arr,
-                 f"the labeling UI reported the image as {width}x{height} but it decodes to {w}x{h}: clicks are "
-                 f"mapped by percent and the mask is rescaled to {width}x{height}")
+        return Frame(
+            "raw",
+            (width, height),
+            (width, height),
+            True,
+            raw,
+            "the labeling UI reports the image's stored size, ignoring its EXIF orientation",
+        )
+    return Frame(
+        "id",
+        (w, h),
+        (width, height),
+        False,
+        lambda: arr,
+        f"the labeling UI reported the image as {width}x{height} but it decodes to {w}x{h}: clicks are "
+        f"mapped by percent and the mask is rescaled to {width}x{height}",
+    )
 
 
 def clicks_to_pixels(clickset: ClickSet, frame: Frame) -> tuple[Click, ...]:
@@ -148,8 +167,9 @@ class Backend:
         self.ls_requests = 0
         self.predictions = 0
         # Active-learning fine-tuning (MODEL_DIR): webhooks recorded, jobs run by a worker process, hot swap.
-        self.finetune = (FinetuneServer(settings, self.engine, on_swap=self._drop_sessions)
-                         if finetune_enabled(settings) else None)
+        self.finetune = (
+            FinetuneServer(settings, self.engine, on_swap=self._drop_sessions) if finetune_enabled(settings) else None
+        )
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
@@ -191,7 +211,11 @@ class Backend:
             raise BadRequest("setup.schema must be a string (the labeling config)")
         project = _project_id(body.get("project"))
         self.fetcher.set_setup_fallback(body.get("hostname"), body.get("access_token"))
-        if self.finetune is not None and isinstance(body.get("hostname"), str) and isinstance(body.get("access_token"), str):
+        if (
+            self.finetune is not None
+            and isinstance(body.get("hostname"), str)
+            and isinstance(body.get("access_token"), str)
+        ):
             self.finetune.ls_fallback = (body["hostname"], body["access_token"])
         reply: dict[str, Any] = {"model_version": self.engine.model_version}
         if schema:
@@ -225,13 +249,18 @@ class Backend:
             raise BadRequest('the webhook body needs an "action" string')
         reply: dict[str, Any] = {"status": "ok", "action": action}
         project = body.get("project")
-        log.info("webhook %s (project %s)", action[:64],
-                 _project_id(project.get("id") if isinstance(project, dict) else project) or "?")
+        log.info(
+            "webhook %s (project %s)",
+            action[:64],
+            _project_id(project.get("id") if isinstance(project, dict) else project) or "?",
+        )
         if self.finetune is not None and self.finetune.handles(action):
             reply.update(self.finetune.on_webhook(action, body))
         elif action == "START_TRAINING":
-            log.info("START_TRAINING received: fine-tuning is off (it needs MODEL_DIR and the adaptiveclick "
-                     "engine); train offline and restart with MODEL_CHECKPOINT pointing at the new weights")
+            log.info(
+                "START_TRAINING received: fine-tuning is off (it needs MODEL_DIR and the adaptiveclick "
+                "engine); train offline and restart with MODEL_CHECKPOINT pointing at the new weights"
+            )
             reply["training"] = "not supported online"
         elif action == "TASKS_DELETED":
             tasks = body.get("tasks")
@@ -304,8 +333,10 @@ class Backend:
         data = task["data"]
         if tag.data_key not in data:
             keys = ", ".join(sorted(map(str, data))[:10])
-            raise BadRequest(f'task {task.get("id")} has no data field "{tag.data_key}" (the Image tag reads '
-                             f'${tag.data_key}; the task has: {keys})')
+            raise BadRequest(
+                f'task {task.get("id")} has no data field "{tag.data_key}" (the Image tag reads '
+                f"${tag.data_key}; the task has: {keys})"
+            )
         value = data[tag.data_key]
         if tag.multi or isinstance(value, list):
             if not isinstance(value, list) or not value:
@@ -339,8 +370,13 @@ class Backend:
                 raise MediaError(f"the task's image is still downloading after {wait_s:g} s", status=504) from None
         try:
             image = self.fetcher.load(url, task_id)  # bounded by FETCH_TIMEOUT_S (a deadline, see media.py)
-            log.info("fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)", str(url)[:120], *image.size,
-                     image.fetch_ms, image.decode_ms)
+            log.info(
+                "fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)",
+                str(url)[:120],
+                *image.size,
+                image.fetch_ms,
+                image.decode_ms,
+            )
             self.cache.put_image(key, image, image.array.nbytes)
             future.set_result(image)
             if stats is not None:
@@ -414,8 +450,9 @@ class Backend:
 
         self._prefetch.submit(run)
 
-    def _interactive(self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str,
-                     stats: RunStats) -> tuple[dict[str, Any] | None, float]:
+    def _interactive(
+        self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str, stats: RunStats
+    ) -> tuple[dict[str, Any] | None, float]:
         image_name = _image_name(clickset, config)
         try:
             brush_from, brush_label = config.brush_for(image_name, clickset.label)
@@ -425,8 +462,13 @@ class Backend:
         task_id = task.get("id")
         url = self._image_url(task, config, image_name, clickset.item_index)
         decoded = self._load_image(url, task_id, stats)
-        frame = make_frame(decoded, clickset.original_width, clickset.original_height, clickset.image_rotation,
-                           self.settings.max_image_pixels)
+        frame = make_frame(
+            decoded,
+            clickset.original_width,
+            clickset.original_height,
+            clickset.image_rotation,
+            self.settings.max_image_pixels,
+        )
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
         session = self.cache.get_session(key)
@@ -472,8 +514,14 @@ class Backend:
             score=score,
             item_index=clickset.item_index if getattr(config.images.get(image_name), "multi", False) else None,
         )
-        log.debug("task %s: %d clicks, %d forwards (from prefix %d), score %.3f", task_id, len(clicks),
-                  stats.forwards, stats.restored_prefix, score)
+        log.debug(
+            "task %s: %d clicks, %d forwards (from prefix %d), score %.3f",
+            task_id,
+            len(clicks),
+            stats.forwards,
+            stats.restored_prefix,
+            score,
+        )
         return region, score
 
     def _new_predictor(self) -> Any:

@@ -119,7 +119,7 @@ def parse_destination(url: str) -> Destination:
         close = authority.find("]")
         if close < 0:
             raise _refuse(url, "an IPv6 literal must be closed with ']'")
-        host, after = authority[: close + 1], authority[close + 1:]
+        host, after = authority[: close + 1], authority[close + 1 :]
         if after and not after.startswith(":"):
             raise _refuse(url, "unexpected text after the IPv6 literal")
         port_text = after[1:]

@@ -34,7 +34,10 @@ from .modeling.vit import resize_pos_embed
 FORMAT_TAG = "adaptiveclick/1"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "starter.safetensors"
 # The reference registers two pixel-decoder modules under two names each.
-ALIAS_PREFIXES = {"pixel_decoder.adapter_1.": "pixel_decoder.lateral_convs.0.", "pixel_decoder.layer_1.": "pixel_decoder.output_convs.0."}
+ALIAS_PREFIXES = {
+    "pixel_decoder.adapter_1.": "pixel_decoder.lateral_convs.0.",
+    "pixel_decoder.layer_1.": "pixel_decoder.output_convs.0.",
+}
 
 
 class CheckpointError(ValueError):
@@ -186,8 +189,11 @@ def infer_config(state_dict: dict[str, torch.Tensor], pickled_config: Any = None
     group = 6 if depth == 12 else max(1, depth // 4)
     global_blocks = tuple(i for i in range(depth) if (i + 1) % group == 0)
     return AdaptiveClickConfig(
-        name=f"custom_{embed_dim}x{depth}", num_heads=int(vit_heads), decoder_heads=int(decoder_heads),
-        global_attn_indexes=global_blocks, **dims,
+        name=f"custom_{embed_dim}x{depth}",
+        num_heads=int(vit_heads),
+        decoder_heads=int(decoder_heads),
+        global_attn_indexes=global_blocks,
+        **dims,
     )
 
 
@@ -201,13 +207,15 @@ def _with_aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     for alias, canonical in ALIAS_PREFIXES.items():
         for key, value in state_dict.items():
             if key.startswith(canonical):
-                full.setdefault(alias + key[len(canonical):], value)
+                full.setdefault(alias + key[len(canonical) :], value)
             elif key.startswith(alias):
-                full.setdefault(canonical + key[len(alias):], value)
+                full.setdefault(canonical + key[len(alias) :], value)
     return full
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """``load_state_dict(strict=True)`` with a readable report of missing, unexpected and misshapen keys."""
     expected = model.state_dict()
     state_dict = _with_aliases(state_dict)
@@ -232,7 +240,9 @@ def load_official_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
     """Load a released AdaptiveClick ``.pth`` safely; the pickled device and paths are ignored."""
     data = safe_torch_load(path)
     if not isinstance(data, dict) or "state_dict" not in data:
-        raise CheckpointError(f"{path}: expected a dict with 'state_dict' (an AdaptiveClick .pth), got {type(data).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a dict with 'state_dict' (an AdaptiveClick .pth), got {type(data).__name__}"
+        )
     state_dict = {k: v.float() for k, v in data["state_dict"].items()}
     pickled_cfg = _pickled_value(data.get("config"), "params", "cfg", "value")
     config = infer_config(state_dict, pickled_cfg)
@@ -286,7 +296,9 @@ def load_project_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
     """Load a checkpoint written by :func:`save_checkpoint`."""
     meta = read_metadata(path)
     if meta.get("format") != FORMAT_TAG or "config" not in meta:
-        raise CheckpointError(f"{path} is a .safetensors file but not an AdaptiveClick checkpoint (no '{FORMAT_TAG}' metadata)")
+        raise CheckpointError(
+            f"{path} is a .safetensors file but not an AdaptiveClick checkpoint (no '{FORMAT_TAG}' metadata)"
+        )
     try:
         config = AdaptiveClickConfig.from_dict(json.loads(meta["config"]))
     except (ValueError, TypeError, KeyError) as error:
@@ -321,22 +333,30 @@ def _check_config_fits_tensors(config: AdaptiveClickConfig, shapes: dict[str, tu
         with torch.device("meta"):
             skeleton = build_adaptiveclick(config)
     except Exception as error:  # any failure to build from untrusted metadata is the file's fault
-        raise CheckpointError(f"{path}: the config in its metadata does not describe a buildable network "
-                              f"({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"{path}: the config in its metadata does not describe a buildable network "
+            f"({type(error).__name__}: {error})"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     found = dict(shapes)
     for alias, canonical in ALIAS_PREFIXES.items():  # files may name shared modules either way
         for key in [k for k in found if k.startswith(alias)]:
-            found.setdefault(canonical + key[len(alias):], found[key])
+            found.setdefault(canonical + key[len(alias) :], found[key])
         for key in [k for k in expected if k.startswith(alias)]:
-            found.setdefault(key, found.get(canonical + key[len(alias):]))
+            found.setdefault(key, found.get(canonical + key[len(alias) :]))
     missing = sorted(k for k in expected if found.get(k) is None)
-    wrong = sorted(f"{k}: file {found[k]} vs config {expected[k]}" for k in expected
-                   if found.get(k) is not None and found[k] != expected[k])
+    wrong = sorted(
+        f"{k}: file {found[k]} vs config {expected[k]}"
+        for k in expected
+        if found.get(k) is not None and found[k] != expected[k]
+    )
     unexpected = sorted(k for k in found if k not in expected)
     if missing or wrong or unexpected:
-        details = "; ".join(f"{title} ({len(items)}): {', '.join(items[:4])}" for title, items in
-                            (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected)) if items)
+        details = "; ".join(
+            f"{title} ({len(items)}): {', '.join(items[:4])}"
+            for title, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected))
+            if items
+        )
         raise CheckpointError(f"{path}: the config in its metadata does not match the tensors in the file ({details})")
 
 
@@ -360,9 +380,11 @@ def _what_it_is(head: bytes) -> str:
     """A guess at what a file that is no checkpoint is, from its first bytes, for the error message."""
     text = head.lstrip().lower()
     if text.startswith((b"<!doctype html", b"<html")) or b"<html" in text[:200]:
-        return ("it is an HTML page. A checkpoint downloaded from Google Drive is often the 'cannot scan this file for "
-                "viruses' page instead of the file: download it again from the page's 'Download anyway' button, or use "
-                "`adaptiveclick weights fetch NAME --url ...`")
+        return (
+            "it is an HTML page. A checkpoint downloaded from Google Drive is often the 'cannot scan this file for "
+            "viruses' page instead of the file: download it again from the page's 'Download anyway' button, or use "
+            "`adaptiveclick weights fetch NAME --url ...`"
+        )
     if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         return f"it is a text file (it starts with {head[:40].decode('ascii', 'replace')!r})"
     return "neither a .safetensors file nor a PyTorch checkpoint (zip archive or pickle)"

@@ -75,14 +75,29 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Apply clicks one after another, as an annotator would (each click sees the previous mask).",
     )
     parser.add_argument("image", help="input image (any format OpenCV reads)")
-    parser.add_argument("--click", action="append", type=parse_click, required=True, metavar="ROW,COL[,neg]",
-                        help="a click in pixels; repeat for more; ',neg' marks a background click")
+    parser.add_argument(
+        "--click",
+        action="append",
+        type=parse_click,
+        required=True,
+        metavar="ROW,COL[,neg]",
+        help="a click in pixels; repeat for more; ',neg' marks a background click",
+    )
     parser.add_argument("--checkpoint", help="weights file (default: the starter model in weights/)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
-                        help="horizontal-flip test-time augmentation: a second forward per click (default: "
-                        "%(default)s, what serve uses)")
-    parser.add_argument("--no-zoom-in", "--no-zoom", dest="no_zoom", action="store_true",
-                        help="always run on the whole image (no zoom-in crop)")
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_FLIP,
+        help="horizontal-flip test-time augmentation: a second forward per click (default: "
+        "%(default)s, what serve uses)",
+    )
+    parser.add_argument(
+        "--no-zoom-in",
+        "--no-zoom",
+        dest="no_zoom",
+        action="store_true",
+        help="always run on the whole image (no zoom-in crop)",
+    )
     parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision")
@@ -101,8 +116,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     model = load_model(args.checkpoint, args.device)
-    predictor = Predictor(model, device=args.device, dtype=args.dtype, flip=args.flip,
-                          zoom_in=not args.no_zoom, threshold=args.threshold, refine=args.refine)
+    predictor = Predictor(
+        model,
+        device=args.device,
+        dtype=args.dtype,
+        flip=args.flip,
+        zoom_in=not args.no_zoom,
+        threshold=args.threshold,
+        refine=args.refine,
+    )
     predictor.set_image(image)
     for row, col, positive in args.click:
         predictor.add_click(row, col, positive)
@@ -165,7 +187,13 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     """``--click -5,100`` -> ``--click=-5,100``: argparse takes a value that starts with '-' for an option."""
     out: list[str] = []
     for i, arg in enumerate(argv):
-        if out and out[-1] == "--click" and arg.startswith("-") and len(arg) > 1 and (arg[1].isdigit() or arg[1] == "."):
+        if (
+            out
+            and out[-1] == "--click"
+            and arg.startswith("-")
+            and len(arg) > 1
+            and (arg[1].isdigit() or arg[1] == ".")
+        ):
             out[-1] = f"--click={arg}"
         else:
             out.append(arg)

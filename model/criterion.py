@@ -114,9 +114,9 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """AFL and dice between matched predicted masks and their targets."""
         pred_masks = outputs["pred_masks"][_query_index(indices)]
-        target_masks = torch.cat(
-            [target["masks"][target_idx] for target, (_, target_idx) in zip(targets, indices)]
-        ).to(pred_masks)
+        target_masks = torch.cat([target["masks"][target_idx] for target, (_, target_idx) in zip(targets, indices)]).to(
+            pred_masks
+        )
         pred_masks = pred_masks.flatten(1)
         target_masks = target_masks.flatten(1)
         return {

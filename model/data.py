@@ -80,9 +80,13 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles builtin containers and numpy arrays only; any other global is refused."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str):
@@ -134,7 +138,9 @@ class MaskRecord:
         else:
             labels = (mask == 1).astype(np.int32)
             ignore = mask == 255
-        return AnnotatedImage(image, labels[..., None], [(0, 1)], ignore if ignore is not None and ignore.any() else None)
+        return AnnotatedImage(
+            image, labels[..., None], [(0, 1)], ignore if ignore is not None and ignore.any() else None
+        )
 
 
 @dataclass(frozen=True)
@@ -270,16 +276,23 @@ def _open_cocolvis(split_dir: Path, name: str, stuff_prob: float) -> TrainSource
             hierarchy = info["hierarchy"]
             num_instances = int(info["num_instance_masks"])
         except (KeyError, TypeError):
-            raise TrainDataError(f"{split_dir}: annotation of {image_id!r} lacks hierarchy / num_instance_masks") from None
+            raise TrainDataError(
+                f"{split_dir}: annotation of {image_id!r} lacks hierarchy / num_instance_masks"
+            ) from None
         roots = tuple(sorted(int(k) for k, v in hierarchy.items() if v is None or v.get("parent") is None))
         source.records.append(
-            CocoLvisRecord(images_dir / f"{image_id}.jpg", masks_dir / f"{image_id}.pickle", num_instances, roots, stuff_prob)
+            CocoLvisRecord(
+                images_dir / f"{image_id}.jpg", masks_dir / f"{image_id}.pickle", num_instances, roots, stuff_prob
+            )
         )
     return source
 
 
 def open_train_source(
-    root: str | Path, name: str | None = None, split: str = "train", stuff_prob: float = 0.3,
+    root: str | Path,
+    name: str | None = None,
+    split: str = "train",
+    stuff_prob: float = 0.3,
     allow_evaluation_sets: bool = False,
 ) -> TrainSource:
     """Open a training folder, detecting its layout (see the module docstring)."""
@@ -317,7 +330,9 @@ def open_train_source(
         source.records += [SBDRecord(i, m) for i, m in _pair_with_images(root / "img", mats)]
     if not source.records:
         found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir()) or ["no sub-folders"]
-        raise TrainDataError(f"training data {name!r} at {root}: unknown layout, found {', '.join(found)}; expected {LAYOUTS_HELP}")
+        raise TrainDataError(
+            f"training data {name!r} at {root}: unknown layout, found {', '.join(found)}; expected {LAYOUTS_HELP}"
+        )
     return source
 
 
@@ -333,7 +348,9 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return array[rows[:, None], cols[None, :]]
 
 
-def brightness_contrast(image: np.ndarray, rng: np.random.Generator, brightness=(-0.25, 0.25), contrast=(-0.15, 0.4)) -> np.ndarray:
+def brightness_contrast(
+    image: np.ndarray, rng: np.random.Generator, brightness=(-0.25, 0.25), contrast=(-0.15, 0.4)
+) -> np.ndarray:
     """``image * (1 + c) + 255 * b`` with c, b uniform in the given ranges, clipped to uint8."""
     alpha = 1.0 + rng.uniform(*contrast)
     beta = 255.0 * rng.uniform(*brightness)
@@ -539,8 +556,12 @@ class ClickTrainDataset(Dataset):
         centre_r = 0.5 * (rows[0] + rows[-1]) + cfg.zoom_in_shift * box_h * rng.uniform(-1, 1)
         centre_c = 0.5 * (cols[0] + cols[-1]) + cfg.zoom_in_shift * box_w * rng.uniform(-1, 1)
         height, width = target.shape
-        return (max(0, int(round(centre_r - half_h))), min(height - 1, int(round(centre_r + half_h))),
-                max(0, int(round(centre_c - half_w))), min(width - 1, int(round(centre_c + half_w))))
+        return (
+            max(0, int(round(centre_r - half_h))),
+            min(height - 1, int(round(centre_r + half_h))),
+            max(0, int(round(centre_c - half_w))),
+            min(width - 1, int(round(centre_c + half_w))),
+        )
 
     def _object_crop(self, target: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
         """Top-left of a crop that contains a random object pixel and most of the object when possible."""
@@ -555,7 +576,12 @@ class ClickTrainDataset(Dataset):
             row, col = pixels[rng.integers(area)]
             top = int(rng.integers(max(0, row - size + 1), min(row, height - size) + 1))
             left = int(rng.integers(max(0, col - size + 1), min(col, width - size) + 1))
-            visible = integral[top + size, left + size] - integral[top, left + size] - integral[top + size, left] + integral[top, left]
+            visible = (
+                integral[top + size, left + size]
+                - integral[top, left + size]
+                - integral[top + size, left]
+                + integral[top, left]
+            )
             if visible >= wanted:
                 return top, left
             if visible > best_visible:
@@ -593,7 +619,9 @@ class StreamSampler(Sampler[int]):
             position += 1
 
 
-def open_train_sources(paths: Sequence[str | Path], allow_evaluation_sets: bool = False, stuff_prob: float = 0.3) -> list[TrainSource]:
+def open_train_sources(
+    paths: Sequence[str | Path], allow_evaluation_sets: bool = False, stuff_prob: float = 0.3
+) -> list[TrainSource]:
     """Open several training folders (see :func:`open_train_source`)."""
     return [open_train_source(p, allow_evaluation_sets=allow_evaluation_sets, stuff_prob=stuff_prob) for p in paths]
 
@@ -619,8 +647,11 @@ def hold_out_validation(source: TrainSource, fraction: float) -> TrainSource:
     """``source`` without its validation share (only ``images/`` + ``masks/`` records are split)."""
     if fraction <= 0:
         return source
-    kept = [r for r in source.records
-            if not (isinstance(r, MaskRecord) and in_validation_split(source.name, r.mask_path.stem, fraction))]
+    kept = [
+        r
+        for r in source.records
+        if not (isinstance(r, MaskRecord) and in_validation_split(source.name, r.mask_path.stem, fraction))
+    ]
     if not any(isinstance(r, MaskRecord) for r in source.records):
         raise TrainDataError(f"{source.root}: a validation split needs an images/ + masks/ folder")
     return TrainSource(source.name, source.root, kept)

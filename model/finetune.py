@@ -68,8 +68,11 @@ class MemoryRecord:
         return AnnotatedImage(self.image, self.layers, list(self.objects))
 
 
-def memory_source(samples: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]], name: str = "annotations",
-                  names: Sequence[str] | None = None) -> TrainSource:
+def memory_source(
+    samples: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]],
+    name: str = "annotations",
+    names: Sequence[str] | None = None,
+) -> TrainSource:
     """A :class:`TrainSource` over ``[(HxWx3 uint8 image, [HxW bool instance mask, ...]), ...]``."""
     source = TrainSource(name, Path(MEMORY_DATA))
     for i, (image, masks) in enumerate(samples):
@@ -112,13 +115,16 @@ class FinetuneSettings:
     threads: int | None = None
     device: str = "auto"
     max_minutes: float | None = None
-    amp: str = "auto"  # autocast: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (fast on CPUs with AVX-512 BF16/AMX), fp16
+    amp: str = (
+        "auto"  # autocast: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (fast on CPUs with AVX-512 BF16/AMX), fp16
+    )
     zoom_in_prob: float = 0.5  # share of samples cropped around the object as the predictor's zoom-in sees it
     extra: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
 
 
-def finetune(init: str | Path, source: TrainSource, settings: FinetuneSettings,
-             out: str | Path | None = None) -> tuple[AdaptiveClick, dict[str, Any]]:
+def finetune(
+    init: str | Path, source: TrainSource, settings: FinetuneSettings, out: str | Path | None = None
+) -> tuple[AdaptiveClick, dict[str, Any]]:
     """Fine-tune the checkpoint ``init`` on ``source``; returns (network in eval mode on the CPU, run info).
 
     Constant learning rate (no milestone inside the run), the network's native input size, data loading in the
@@ -127,11 +133,24 @@ def finetune(init: str | Path, source: TrainSource, settings: FinetuneSettings,
     options = {"save_every_min": 1e9, "log_every": max(1, min(10, settings.steps)), **settings.extra}
     with tempfile.TemporaryDirectory(prefix="adaptiveclick-ft-") as tmp:
         cfg = TrainConfig(
-            data=[MEMORY_DATA], out=str(out or tmp), steps=settings.steps, init=str(init),
-            batch_size=settings.batch_size, lr=settings.lr, lr_milestones=(1.0,), warmup_steps=0,
-            clip_grad=settings.clip_grad, max_points=settings.max_points, max_extra_clicks=settings.max_extra_clicks,
-            workers=0, seed=settings.seed, threads=settings.threads, device=settings.device,
-            amp=settings.amp, zoom_in_prob=settings.zoom_in_prob, **options,
+            data=[MEMORY_DATA],
+            out=str(out or tmp),
+            steps=settings.steps,
+            init=str(init),
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            lr_milestones=(1.0,),
+            warmup_steps=0,
+            clip_grad=settings.clip_grad,
+            max_points=settings.max_points,
+            max_extra_clicks=settings.max_extra_clicks,
+            workers=0,
+            seed=settings.seed,
+            threads=settings.threads,
+            device=settings.device,
+            amp=settings.amp,
+            zoom_in_prob=settings.zoom_in_prob,
+            **options,
         )
         trainer = MemoryTrainer(cfg, [source])
         result = trainer.run(max_minutes=settings.max_minutes)
@@ -158,9 +177,15 @@ class NocResult:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def evaluate_noc(net: AdaptiveClick, samples: Sequence[tuple[np.ndarray, np.ndarray]], max_clicks: int = 20,
-                 device: str | torch.device | None = "cpu", flip: bool = True, zoom_in: bool = True,
-                 refine: str | None = None) -> NocResult:
+def evaluate_noc(
+    net: AdaptiveClick,
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    max_clicks: int = 20,
+    device: str | torch.device | None = "cpu",
+    flip: bool = True,
+    zoom_in: bool = True,
+    refine: str | None = None,
+) -> NocResult:
     """NoC@85/90 (robot clicker, stop at IoU 0.90) over ``[(image, gt mask), ...]`` (gt: bool or 0/1/-1)."""
     import time
 
@@ -179,5 +204,13 @@ def evaluate_noc(net: AdaptiveClick, samples: Sequence[tuple[np.ndarray, np.ndar
     if not all_ious:
         return NocResult(float("nan"), float("nan"), 0, 0, 0, float("nan"), 0.0)
     (noc85, noc90), _, (nof85, nof90) = compute_noc(all_ious, (0.85, 0.90), max_clicks)
-    return NocResult(noc85, noc90, len(all_ious), nof85, nof90, float(np.mean([i[0] for i in all_ious])),
-                     time.perf_counter() - t0, [int(noc_of_instance(i, 0.85, max_clicks)) for i in all_ious])
+    return NocResult(
+        noc85,
+        noc90,
+        len(all_ious),
+        nof85,
+        nof90,
+        float(np.mean([i[0] for i in all_ious])),
+        time.perf_counter() - t0,
+        [int(noc_of_instance(i, 0.85, max_clicks)) for i in all_ious],
+    )

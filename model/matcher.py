@@ -31,9 +31,7 @@ def batch_sigmoid_ce_loss(inputs: Tensor, targets: Tensor) -> Tensor:
     return loss / inputs.shape[1]
 
 
-def batch_sigmoid_focal_loss(
-    inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
+def batch_sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Mean focal loss for every (prediction, target) pair; ``alpha < 0`` disables weighting."""
     prob = inputs.sigmoid()
     ce_pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")

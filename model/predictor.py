@@ -256,8 +256,9 @@ class Predictor:
         rmin, rmax, cmin, cmax = roi
         guide_low = net_input[:1, :3].mean(1, keepdim=True)
         guide_full = self._grey[:, :, rmin : rmax + 1, cmin : cmax + 1]
-        refined = guided_upsample(torch.sigmoid(logits), guide_low, guide_full, self.refine.guided_radius,
-                                  self.refine.guided_eps)
+        refined = guided_upsample(
+            torch.sigmoid(logits), guide_low, guide_full, self.refine.guided_radius, self.refine.guided_eps
+        )
         canvas = refined.new_zeros((1, 1, height, width))
         canvas[:, :, rmin : rmax + 1, cmin : cmax + 1] = refined
         return canvas
@@ -266,7 +267,9 @@ class Predictor:
 def clicks_to_points(batch_clicks: list[list[Click]], device: torch.device) -> torch.Tensor:
     """Clicks per batch element -> (B, 2N, 3) float64 ``(row, col, index)``: N positives then N negatives,
     padded with -1; ``index`` is the click's position in its sequence."""
-    num = max(1, max(max(sum(c.positive for c in clicks), sum(not c.positive for c in clicks)) for clicks in batch_clicks))
+    num = max(
+        1, max(max(sum(c.positive for c in clicks), sum(not c.positive for c in clicks)) for clicks in batch_clicks)
+    )
     rows = []
     for clicks in batch_clicks:
         positives = [(c.row, c.col, i) for i, c in enumerate(clicks) if c.positive]

@@ -30,8 +30,15 @@ import torch.nn.functional as F
 
 from .zoom_in import Box, Click
 
-__all__ = ["DEFAULT_FLIP", "DEFAULT_REFINE", "REFINE_HELP", "Refinement", "RefineSpecError", "drop_unclicked_components",
-           "guided_upsample"]
+__all__ = [
+    "DEFAULT_FLIP",
+    "DEFAULT_REFINE",
+    "REFINE_HELP",
+    "Refinement",
+    "RefineSpecError",
+    "drop_unclicked_components",
+    "guided_upsample",
+]
 
 # What `serve`, `evaluate` and `predict` use unless told otherwise: the best setting on the validation split of the
 # training data whose per-click time stays under 0.3 s at 2 MP on 2 CPU threads (README, Inference-time refinement).
@@ -97,7 +104,9 @@ class Refinement:
         if not 0 <= self.cascade_tol < 1:
             raise RefineSpecError(f"cfr<K>@tol: tol is a share of the mask in [0, 1), got {self.cascade_tol}")
         if not 1 <= self.guided_radius <= 32 or not 0 < self.guided_eps < 1:
-            raise RefineSpecError(f"guided<r>@eps: r in 1..32 and eps in (0, 1), got {self.guided_radius}, {self.guided_eps}")
+            raise RefineSpecError(
+                f"guided<r>@eps: r in 1..32 and eps in (0, 1), got {self.guided_radius}, {self.guided_eps}"
+            )
 
     @property
     def spec(self) -> str:
@@ -112,8 +121,10 @@ class Refinement:
         return ",".join(parts) or "none"
 
 
-REFINE_HELP = ("inference-time refinement: none (the reference), or comma-separated cfr<K>[@tol], guided[<r>][@eps] "
-               "and clean (default %(default)s, what serve uses)")
+REFINE_HELP = (
+    "inference-time refinement: none (the reference), or comma-separated cfr<K>[@tol], guided[<r>][@eps] "
+    "and clean (default %(default)s, what serve uses)"
+)
 
 
 def _number(text: str, token: str) -> float:
@@ -146,7 +157,9 @@ def guided_upsample(
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
     size = tuple(guide_full.shape[-2:])
-    coeffs = F.interpolate(torch.cat([_box(a, radius), _box(b, radius)], 1), size=size, mode="bilinear", align_corners=True)
+    coeffs = F.interpolate(
+        torch.cat([_box(a, radius), _box(b, radius)], 1), size=size, mode="bilinear", align_corners=True
+    )
     refined = (coeffs[:, :1] * guide_full + coeffs[:, 1:]).clamp_(0, 1)
     # The band: where the low-resolution map is undecided, widened by the filter's reach.
     undecided = ((probs_low > 0.01) & (probs_low < 0.99)).float()

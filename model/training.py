@@ -72,7 +72,19 @@ STATE_FILE = "last.pt"
 CONFIG_FILE = "train_config.json"
 UNUSED_PREFIXES = ("backbone.cls_token", "backbone.fc_norm.", "backbone.head.")
 EVAL_COLUMNS = ("step", "dataset", "weights", "instances", "noc85", "noc90", "iou1")
-LOG_COLUMNS = ("step", "samples", "loss", "loss_ce", "loss_mask", "loss_dice", "train_iou", "extra_clicks", "lr", "s_per_step", "wall_s")
+LOG_COLUMNS = (
+    "step",
+    "samples",
+    "loss",
+    "loss_ce",
+    "loss_mask",
+    "loss_dice",
+    "train_iou",
+    "extra_clicks",
+    "lr",
+    "s_per_step",
+    "wall_s",
+)
 
 
 @dataclass
@@ -111,7 +123,9 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)
     eval_limit: int = 20
     holdout: list[str] = field(default_factory=list)  # training folders (names) whose validation share is held out
-    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION  # share of each holdout folder's objects kept out of training for validation
+    holdout_fraction: float = (
+        DEFAULT_HOLDOUT_FRACTION  # share of each holdout folder's objects kept out of training for validation
+    )
     ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the weights (model_ema.safetensors)
     allow_eval_data: bool = False
 
@@ -130,7 +144,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         names = {Path(d).name for d in self.data}
         if set(self.holdout) - names:
-            raise ValueError(f"--holdout names folders that are not in --data: {', '.join(sorted(set(self.holdout) - names))}")
+            raise ValueError(
+                f"--holdout names folders that are not in --data: {', '.join(sorted(set(self.holdout) - names))}"
+            )
         if any(not 0 < m <= 1 for m in self.lr_milestones):
             raise ValueError(f"lr milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
 
@@ -273,8 +289,12 @@ def rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "gauss": float(numpy_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "gauss": float(numpy_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -362,8 +382,14 @@ def _float_outputs(outputs: dict) -> dict:
 
 
 def iterative_clicks(
-    net: AdaptiveClick, images: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, points: torch.Tensor,
-    num_rounds: int, rng: np.random.Generator, amp_dtype: torch.dtype,
+    net: AdaptiveClick,
+    images: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    points: torch.Tensor,
+    num_rounds: int,
+    rng: np.random.Generator,
+    amp_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's iterative training: ``num_rounds`` no-grad predictions in eval mode, each adding
     one click in the larger error region; returns the final clicks and the last prediction (prev mask)."""
@@ -427,7 +453,10 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
 
         self.optimizer = torch.optim.Adam(
-            parameter_groups(self.net, cfg.lr, cfg.layer_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            parameter_groups(self.net, cfg.lr, cfg.layer_decay),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_multiplier(step, cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -439,8 +468,11 @@ class Trainer:
         if cfg.ema_decay > 0:
             saved = state.get("ema") if state is not None else None
             source = saved if saved else self.net.state_dict()
-            self.ema = {k: v.detach().to(self.device, torch.float32, copy=True)
-                        for k, v in source.items() if v.is_floating_point()}
+            self.ema = {
+                k: v.detach().to(self.device, torch.float32, copy=True)
+                for k, v in source.items()
+                if v.is_floating_point()
+            }
 
         self.step = 0
         self.wall_time = 0.0
@@ -461,7 +493,8 @@ class Trainer:
             sources = open_train_sources(cfg.data, allow_evaluation_sets=cfg.allow_eval_data)
             sources = [hold_out_validation(s, cfg.holdout_fraction) if s.name in cfg.holdout else s for s in sources]
         augment = AugmentConfig(
-            crop_size=self.crop, scale_range=cfg.scale_range,
+            crop_size=self.crop,
+            scale_range=cfg.scale_range,
             base_scale=cfg.base_scale if cfg.base_scale is not None else self.crop / 448,
             zoom_in_prob=cfg.zoom_in_prob,
         )
@@ -474,9 +507,14 @@ class Trainer:
         sampler = StreamSampler(self.dist.rank, self.dist.world_size, start=self.step * self.cfg.batch_size)
         workers = self.cfg.workers
         return DataLoader(
-            self.dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-            prefetch_factor=2 if workers else None, worker_init_fn=_worker_init if workers else None,
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+            worker_init_fn=_worker_init if workers else None,
         )
 
     # -- state ----------------------------------------------------------------------------------
@@ -574,8 +612,16 @@ class Trainer:
             inter = (pred & target).flatten(1).sum(1).float()
             union = (pred | target).flatten(1).sum(1).float().clamp_min(1)
             train_iou = (inter / union).mean()
-        metrics = torch.stack([loss.detach(), losses["loss_ce"].detach(), losses["loss_mask"].detach(),
-                               losses["loss_dice"].detach(), train_iou, torch.tensor(float(num_rounds), device=device)])
+        metrics = torch.stack(
+            [
+                loss.detach(),
+                losses["loss_ce"].detach(),
+                losses["loss_mask"].detach(),
+                losses["loss_dice"].detach(),
+                train_iou,
+                torch.tensor(float(num_rounds), device=device),
+            ]
+        )
         if self.dist.world_size > 1:
             dist.all_reduce(metrics)
             metrics /= self.dist.world_size
@@ -602,8 +648,14 @@ class Trainer:
         started = time.perf_counter()
         last_save = started
         last_loss = float("nan")
-        bar = tqdm(total=end, initial=self.step, disable=not self.dist.is_main, unit="step",
-                   mininterval=1.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            disable=not self.dist.is_main,
+            unit="step",
+            mininterval=1.0 if sys.stderr.isatty() else 60.0,
+            dynamic_ncols=True,
+        )
         loader = iter(self._loader()) if self.step < end else None
         if cfg.eval_every and self.step == 0 and self.dist.is_main:
             self.evaluate()  # the starting point (e.g. the --init weights) is the first row to compare against
@@ -617,8 +669,15 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['train_iou']:.3f}", refresh=False)
                 if log is not None and (self.step % cfg.log_every == 0 or self.step == end):
-                    log.write({"step": self.step, "samples": self.step * cfg.batch_size * self.dist.world_size,
-                               "s_per_step": now - step_start, "wall_s": self.wall_time, **metrics})
+                    log.write(
+                        {
+                            "step": self.step,
+                            "samples": self.step * cfg.batch_size * self.dist.world_size,
+                            "s_per_step": now - step_start,
+                            "wall_s": self.wall_time,
+                            **metrics,
+                        }
+                    )
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.dist.is_main:
                     self.evaluate()
                 if now - last_save >= cfg.save_every_min * 60 and self.step < end:
@@ -669,8 +728,17 @@ class Trainer:
                 ious = [r.ious for r in results]
                 (noc85, noc90), _, _ = compute_noc(ious, (0.85, 0.90))
                 iou1 = float(np.mean([r[0] for r in ious]))
-                rows.append({"step": self.step, "dataset": dataset.name, "weights": label, "instances": len(results),
-                             "noc85": noc85, "noc90": noc90, "iou1": iou1})
+                rows.append(
+                    {
+                        "step": self.step,
+                        "dataset": dataset.name,
+                        "weights": label,
+                        "instances": len(results),
+                        "noc85": noc85,
+                        "noc90": noc90,
+                        "iou1": iou1,
+                    }
+                )
         self.net.train()
         path = self.out / "eval.csv"
         new = not path.is_file()
@@ -705,7 +773,9 @@ def _restore_handlers(previous: dict) -> None:
         signal.signal(sig, handler)
 
 
-def train(cfg: TrainConfig, resume: bool = False, until: int | None = None, max_minutes: float | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, until: int | None = None, max_minutes: float | None = None
+) -> dict[str, Any]:
     """Build a :class:`Trainer` (joining ``torchrun``'s process group if any) and run it."""
     trainer = Trainer(cfg, resume=resume)
     return trainer.run(until=until, max_minutes=max_minutes)
@@ -750,11 +820,19 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--eval-every", type=int, help="steps between NoC evaluations (default 0 = never)")
     add("--eval-data", help="comma-separated datasets for --eval-every (names under the data root or folders)")
     add("--eval-limit", type=int, help="instances per evaluation dataset (default 20)")
-    add("--holdout", help="comma-separated names of --data folders whose validation share (images/ + masks/) is "
-        "kept out of training and measured by --eval-every")
+    add(
+        "--holdout",
+        help="comma-separated names of --data folders whose validation share (images/ + masks/) is "
+        "kept out of training and measured by --eval-every",
+    )
     add("--holdout-fraction", type=float, help="share of each --holdout folder's objects held out (default 0.1)")
     add("--ema-decay", type=float, help="also keep an EMA of the weights with this decay, e.g. 0.999 (default 0 = off)")
-    add("--allow-eval-data", action="store_true", default=None, help="allow training on GrabCut/Berkeley (never do this for benchmarks)")
+    add(
+        "--allow-eval-data",
+        action="store_true",
+        default=None,
+        help="allow training on GrabCut/Berkeley (never do this for benchmarks)",
+    )
 
 
 _LIST_FLAGS = {"data": str, "eval_data": str, "holdout": str, "lr_milestones": float}
@@ -811,7 +889,8 @@ def run_train(args: argparse.Namespace) -> int:
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``train`` on an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "train", help="train or fine-tune an AdaptiveClick model",
+        "train",
+        help="train or fine-tune an AdaptiveClick model",
         description="Train AdaptiveClick with the reference recipe (resumable; torchrun for several GPUs).",
     )
     _add_arguments(parser)

@@ -67,23 +67,34 @@ REGISTRY: dict[str, WeightsEntry] = {
     entry.name: entry
     for entry in (
         WeightsEntry(
-            "starter", "starter.safetensors", "project",
+            "starter",
+            "starter.safetensors",
+            "project",
             "the project's CPU-trained starter model, served by default (shipped in weights/)",
-            local=True, use="the default of `adaptiveclick serve` / `predict`",
+            local=True,
+            use="the default of `adaptiveclick serve` / `predict`",
         ),
         WeightsEntry(
-            "adaptiveclick_base448_sbd", "adaptiveclick_base448_sbd.pth", "adaptiveclick",
+            "adaptiveclick_base448_sbd",
+            "adaptiveclick_base448_sbd.pth",
+            "adaptiveclick",
             "released AdaptiveClick ViT-B 448, trained on SBD (authors' Google Drive)",
-            manual=_DRIVE_MANUAL, use="MODEL_CHECKPOINT={path}",
+            manual=_DRIVE_MANUAL,
+            use="MODEL_CHECKPOINT={path}",
         ),
         WeightsEntry(
-            "adaptiveclick_base448_cocolvis", "adaptiveclick_base448_cocolvis.pth", "adaptiveclick",
+            "adaptiveclick_base448_cocolvis",
+            "adaptiveclick_base448_cocolvis.pth",
+            "adaptiveclick",
             "released AdaptiveClick ViT-B 448, trained on COCO+LVIS (authors' Google Drive)",
-            manual=_DRIVE_MANUAL, use="MODEL_CHECKPOINT={path}",
+            manual=_DRIVE_MANUAL,
+            use="MODEL_CHECKPOINT={path}",
         ),
         *(
             WeightsEntry(
-                f"mae_vit_{size}", f"mae_pretrain_vit_{size}.pth", "mae",
+                f"mae_vit_{size}",
+                f"mae_pretrain_vit_{size}.pth",
+                "mae",
                 f"MAE-pretrained ViT-{size[0].upper()} backbone (Meta), to initialise training",
                 url=f"https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_{size}.pth",
                 use=f"adaptiveclick train --model {config} --mae weights/mae_pretrain_vit_{size}.pth",
@@ -176,8 +187,18 @@ def sha256_file(path: Path, progress: bool = False) -> str:
 def _bar(total: int | None, initial: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +214,10 @@ def _http_error(response: Any, url: str) -> DownloadError:
     code = response.status_code
     host = urlparse(url).netloc
     if code in (401, 403):
-        hint = ("access denied: the file is private, the link expired, or (Google Drive) the daily download quota "
-                "is exceeded; download it in a browser instead")
+        hint = (
+            "access denied: the file is private, the link expired, or (Google Drive) the daily download quota "
+            "is exceeded; download it in a browser instead"
+        )
     elif code == 404:
         hint = "not found: the link is outdated or mistyped"
     elif code == 429:
@@ -207,12 +230,15 @@ def _http_error(response: Any, url: str) -> DownloadError:
 def _html_error(url: str, dest: Path) -> DownloadError:
     where = urlparse(url).netloc
     if any(h in where for h in GDRIVE_HOSTS):
-        why = ("Google Drive answered with a web page instead of the file (its confirmation page, a sign-in page, or "
-               "'quota exceeded')")
+        why = (
+            "Google Drive answered with a web page instead of the file (its confirmation page, a sign-in page, or "
+            "'quota exceeded')"
+        )
     else:
         why = f"{where} answered with an HTML page instead of the binary file (a login or error page?)"
-    return DownloadError(f"{why}; open the link in a browser, save the file as {dest} and run "
-                         f"`adaptiveclick weights verify {dest}`")
+    return DownloadError(
+        f"{why}; open the link in a browser, save the file as {dest} and run `adaptiveclick weights verify {dest}`"
+    )
 
 
 def google_drive_id(url: str) -> str | None:
@@ -233,8 +259,9 @@ class _FormParser:
     def __init__(self, page: str) -> None:
         self.action: str | None = None
         self.fields: dict[str, str] = {}
-        form = re.search(r"<form[^>]*id=\"download-form\"[^>]*>(.*?)</form>", page, re.S | re.I) or \
-            re.search(r"<form[^>]*>(.*?)</form>", page, re.S | re.I)
+        form = re.search(r"<form[^>]*id=\"download-form\"[^>]*>(.*?)</form>", page, re.S | re.I) or re.search(
+            r"<form[^>]*>(.*?)</form>", page, re.S | re.I
+        )
         if not form:
             return
         action = re.search(r"action=\"([^\"]+)\"", form.group(0), re.I)
@@ -271,12 +298,22 @@ def resolve_google_drive(session: Any, file_id: str, timeout: float) -> str:
     for key, value in response.cookies.items():
         if key.startswith("download_warning"):
             return f"{GDRIVE_DOWNLOAD_URL}?{urlencode({'id': file_id, 'export': 'download', 'confirm': value})}"
-    raise DownloadError("Google Drive did not offer the file (no confirmation form in its page: a private file, an "
-                        "expired link or an exceeded download quota); download it in a browser instead")
+    raise DownloadError(
+        "Google Drive did not offer the file (no confirmation form in its page: a private file, an "
+        "expired link or an exceeded download quota); download it in a browser instead"
+    )
 
 
-def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float = 60.0, retries: int = 5,
-             progress: bool = True, session: Any = None) -> str:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    *,
+    timeout: float = 60.0,
+    retries: int = 5,
+    progress: bool = True,
+    session: Any = None,
+) -> str:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed with Range); returns the file's sha256.
 
     ``sha256`` given: checked before the rename; on a mismatch the ``.part`` is deleted and DownloadError raised.
@@ -299,7 +336,9 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
         have = part.stat().st_size if part.exists() else 0
         if total is not None and have >= total:
             break
-        headers = {"Range": f"bytes={have}-", "Accept-Encoding": "identity"} if have else {"Accept-Encoding": "identity"}
+        headers = (
+            {"Range": f"bytes={have}-", "Accept-Encoding": "identity"} if have else {"Accept-Encoding": "identity"}
+        )
         try:
             with session.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, timeout)) as response:
                 if response.status_code == 416 and have:
@@ -320,8 +359,10 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
                 if response.status_code == 206:
                     match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
                     if not match or int(match.group(1)) != have:
-                        raise DownloadError(f"{url}: the server answered a resume request with the wrong range "
-                                            f"({response.headers.get('Content-Range')!r})")
+                        raise DownloadError(
+                            f"{url}: the server answered a resume request with the wrong range "
+                            f"({response.headers.get('Content-Range')!r})"
+                        )
                     total = int(match.group(2)) if match.group(2) != "*" else None
                     mode = "ab"
                 else:  # 200: the whole file (the server ignored Range, or this is the first request)
@@ -352,10 +393,13 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
                 got = part.stat().st_size if part.exists() else 0
                 kept = f"; {got} bytes kept in {part}, run the same command again to resume" if got else ""
                 if isinstance(error, requests.exceptions.ConnectionError) and not got:
-                    raise DownloadError(f"cannot reach {urlparse(url).netloc} ({type(error).__name__}); no network? "
-                                        f"Download {url} elsewhere and copy it to {dest}") from None
-                raise DownloadError(f"download of {url} failed after {attempt} attempt(s): "
-                                    f"{type(error).__name__}: {error}{kept}") from None
+                    raise DownloadError(
+                        f"cannot reach {urlparse(url).netloc} ({type(error).__name__}); no network? "
+                        f"Download {url} elsewhere and copy it to {dest}"
+                    ) from None
+                raise DownloadError(
+                    f"download of {url} failed after {attempt} attempt(s): {type(error).__name__}: {error}{kept}"
+                ) from None
             time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
 
     if total is not None and part.stat().st_size != total:
@@ -363,8 +407,10 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
     digest = sha256_file(part, progress)
     if sha256 and digest != sha256.lower():
         part.unlink()
-        raise DownloadError(f"sha256 mismatch for {dest.name}: got {digest}, expected {sha256.lower()}; the partial "
-                            "download was deleted (a corrupted transfer or a changed file upstream)")
+        raise DownloadError(
+            f"sha256 mismatch for {dest.name}: got {digest}, expected {sha256.lower()}; the partial "
+            "download was deleted (a corrupted transfer or a changed file upstream)"
+        )
     os.replace(part, dest)
     return digest
 
@@ -391,7 +437,9 @@ def run_list(args: argparse.Namespace) -> int:
     for entry in REGISTRY.values():
         path = find_local(entry, dirs)
         pinned = expected_sha256(entry, path)
-        state = f"present: {path}" if path else ("missing; it ships with the project" if entry.local else "not downloaded")
+        state = (
+            f"present: {path}" if path else ("missing; it ships with the project" if entry.local else "not downloaded")
+        )
         source = "local" if entry.local else (entry.url or "manual download (Google Drive, see `fetch`)")
         print(f"\n{entry.name}  [{entry.kind}]  {entry.description}")
         print(f"  file:   {entry.filename}  ({state})")
@@ -412,21 +460,29 @@ def run_fetch(args: argparse.Namespace) -> int:
     if entry.local and not args.url:
         found = find_local(entry, search_dirs([dest_dir]))
         if not found:
-            raise CommandError(f"{entry.name} is shipped with the project in {weights_dir()} and cannot be downloaded; "
-                               f"{entry.filename} is missing there (a checkout without it, or a moved file)")
+            raise CommandError(
+                f"{entry.name} is shipped with the project in {weights_dir()} and cannot be downloaded; "
+                f"{entry.filename} is missing there (a checkout without it, or a moved file)"
+            )
         print(f"{entry.name}: shipped with the project at {found} (nothing to download)")
         return 0
     if dest.is_file() and not args.force:
         digest = sha256_file(dest, not args.no_progress)
         if expected and digest != expected:
-            raise CommandError(f"{dest} exists but its sha256 {digest} is not the expected {expected}; "
-                               "rerun with --force to download it again")
+            raise CommandError(
+                f"{dest} exists but its sha256 {digest} is not the expected {expected}; "
+                "rerun with --force to download it again"
+            )
         print(f"{dest}: already present (sha256 {digest}{', verified' if expected else ''})")
         return 0
     url = args.url or entry.url
     if not url:
-        print((entry.manual or "No download link is known for {filename}.").format(
-            filename=entry.filename, dest=dest, name=entry.name), file=sys.stderr)
+        print(
+            (entry.manual or "No download link is known for {filename}.").format(
+                filename=entry.filename, dest=dest, name=entry.name
+            ),
+            file=sys.stderr,
+        )
         raise CommandError(f"no download link known for {entry.name}: get the file manually (see above) or pass --url")
     if args.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
         raise CommandError(f"--sha256 {args.sha256!r} is not 64 hexadecimal digits")
@@ -437,8 +493,10 @@ def run_fetch(args: argparse.Namespace) -> int:
     if expected:
         print("  sha256 verified")
     else:
-        print(f"  (no sha256 is pinned for {entry.name}: keep this one to check later copies, e.g. "
-              f"`adaptiveclick weights verify {dest} --sha256 {digest}`)")
+        print(
+            f"  (no sha256 is pinned for {entry.name}: keep this one to check later copies, e.g. "
+            f"`adaptiveclick weights verify {dest} --sha256 {digest}`)"
+        )
     if entry.use:
         print(f"  use: {entry.use.replace('{path}', str(dest.resolve()))}")
     return 0
@@ -455,8 +513,10 @@ def run_verify(args: argparse.Namespace) -> int:
             dirs = search_dirs([Path(args.dest)] if args.dest else [])
             found = find_local(entry, dirs)
             if not found:
-                raise CommandError(f"{entry.filename} not found in {', '.join(str(d) for d in dirs)}; "
-                                   f"`adaptiveclick weights fetch {entry.name}` first")
+                raise CommandError(
+                    f"{entry.filename} not found in {', '.join(str(d) for d in dirs)}; "
+                    f"`adaptiveclick weights fetch {entry.name}` first"
+                )
             targets.append((entry, found))
         else:
             raise CommandError(f"{args.target}: neither a file nor a known weights name ({', '.join(REGISTRY)})")
@@ -500,7 +560,8 @@ def _load_check(entry: WeightsEntry | None, path: Path) -> str:
 def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``weights`` (list / fetch / verify) on an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "weights", help="list, download and verify checkpoints",
+        "weights",
+        help="list, download and verify checkpoints",
         description="Known checkpoints: the released AdaptiveClick models, MAE backbones, the starter model. "
         "Downloads go to --dest, else $MODEL_DIR, else the project's weights/ folder.",
     )

@@ -75,9 +75,7 @@ def object_roi(mask: np.ndarray, clicks: Sequence[Click], ratio: float, min_size
 
 def clicks_inside(roi: Box, clicks: Sequence[Click]) -> bool:
     """Whether every positive click lies in the ROI (a click on its last row/column counts as outside)."""
-    return all(
-        roi[0] <= c.row < roi[1] and roi[2] <= c.col < roi[3] for c in clicks if c.positive
-    )
+    return all(roi[0] <= c.row < roi[1] and roi[2] <= c.col < roi[3] for c in clicks if c.positive)
 
 
 @dataclass

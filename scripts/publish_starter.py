@@ -56,7 +56,8 @@ def evaluate_both(checkpoint: Path, results: Path) -> None:
     procs = {
         name: subprocess.Popen(
             [sys.executable, "-m", "model.cli", "evaluate", *argv, "--out", str(results / name), *common],
-            cwd=REPO, env=env,
+            cwd=REPO,
+            env=env,
         )
         for name, argv in runs.items()
     }
@@ -77,14 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     model = load_checkpoint(source)
     steps = meta.get("train_steps", "?")
     target = WEIGHTS / "starter.safetensors"
-    save_checkpoint(model, target, {
-        "version": f"starter-s{steps}",
-        "train_steps": steps,
-        "train_samples": meta.get("train_samples", "?"),
-        "train_wall_time_s": meta.get("train_wall_time_s", "?"),
-        "train_data": meta.get("train_data", "?"),
-        "train_config": meta.get("train_config", "{}"),
-    })
+    save_checkpoint(
+        model,
+        target,
+        {
+            "version": f"starter-s{steps}",
+            "train_steps": steps,
+            "train_samples": meta.get("train_samples", "?"),
+            "train_wall_time_s": meta.get("train_wall_time_s", "?"),
+            "train_data": meta.get("train_data", "?"),
+            "train_config": meta.get("train_config", "{}"),
+        },
+    )
     digest = sha256_file(target)
     (WEIGHTS / "starter.sha256").write_text(f"{digest}  starter.safetensors\n")
 

@@ -44,8 +44,16 @@ DEFAULT_IMAGE = GRABCUT / "llama.png"  # the e2e tests' local-files image: one l
 DEFAULT_CLICKS = "160,260;250,200;340,190"  # head, neck, chest of the llama (row,col in image pixels)
 STARTER_WEIGHTS = REPO / "weights" / "starter.safetensors"  # model.checkpoint.DEFAULT_WEIGHTS (without torch)
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # See mask_contrast: the page shows the image (outside the mask close to the plain image) with the mask over it
 # (inside differs clearly more). Measured with the default image: inside 39, outside 14; blank canvas: ~127/127.
 MAX_OUTSIDE_DIFF = 40.0
@@ -85,17 +93,31 @@ def parse_clicks(text: str) -> list[tuple[int, int, bool]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine", choices=("grabcut", "adaptiveclick"), default="adaptiveclick",
-                   help="MODEL_ENGINE of the backend (default adaptiveclick)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="AdaptiveClick weights (MODEL_CHECKPOINT); default: the backend's default checkpoint")
+    p.add_argument(
+        "--engine",
+        choices=("grabcut", "adaptiveclick"),
+        default="adaptiveclick",
+        help="MODEL_ENGINE of the backend (default adaptiveclick)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="AdaptiveClick weights (MODEL_CHECKPOINT); default: the backend's default checkpoint",
+    )
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help=f"image to label (default {DEFAULT_IMAGE})")
-    p.add_argument("--clicks", type=parse_clicks, default=parse_clicks(DEFAULT_CLICKS),
-                   help=f'"R,C[,neg];R,C" in image pixels (default "{DEFAULT_CLICKS}": three positive clicks)')
+    p.add_argument(
+        "--clicks",
+        type=parse_clicks,
+        default=parse_clicks(DEFAULT_CLICKS),
+        help=f'"R,C[,neg];R,C" in image pixels (default "{DEFAULT_CLICKS}": three positive clicks)',
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "labeling_ui.png", help="PNG to write")
-    p.add_argument("--size", default="1366x800",
-                   help="browser viewport WIDTHxHEIGHT (default 1366x800: at 1280 the editor's footer clips the "
-                        "Update button)")
+    p.add_argument(
+        "--size",
+        default="1366x800",
+        help="browser viewport WIDTHxHEIGHT (default 1366x800: at 1280 the editor's footer clips the Update button)",
+    )
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the page to draw the mask")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with LS/backend logs")
     args = p.parse_args(argv)
@@ -110,25 +132,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_prerequisites(args: argparse.Namespace) -> None:
     problems = []
     if not LabelStudio.executable().exists():
-        problems.append(f"Label Studio is not installed at {LabelStudio.executable()}: "
-                        "run `bash scripts/install_label_studio.sh`")
+        problems.append(
+            f"Label Studio is not installed at {LabelStudio.executable()}: run `bash scripts/install_label_studio.sh`"
+        )
     if not CHROMIUM.exists():
-        problems.append(f"Chromium not found at {CHROMIUM}: run `apt-get install -y chromium` "
-                        "(or set CHROMIUM=/path/to/chromium)")
+        problems.append(
+            f"Chromium not found at {CHROMIUM}: run `apt-get install -y chromium` (or set CHROMIUM=/path/to/chromium)"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ModuleNotFoundError:
-        problems.append(f"Playwright for Python is missing: `{sys.executable} -m pip install playwright` "
-                        "(or `pip install -e .[docs]`; do not run `playwright install`, the system Chromium is used)")
+        problems.append(
+            f"Playwright for Python is missing: `{sys.executable} -m pip install playwright` "
+            "(or `pip install -e .[docs]`; do not run `playwright install`, the system Chromium is used)"
+        )
     if not args.image.is_file():
         problems.append(f"image not found: {args.image}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         problems.append(f"checkpoint not found: {args.checkpoint}")
-    default_weights = os.environ.get("MODEL_CHECKPOINT") or os.environ.get("ADAPTIVECLICK_CHECKPOINT") \
-        or str(STARTER_WEIGHTS)
+    default_weights = (
+        os.environ.get("MODEL_CHECKPOINT") or os.environ.get("ADAPTIVECLICK_CHECKPOINT") or str(STARTER_WEIGHTS)
+    )
     if args.engine == "adaptiveclick" and args.checkpoint is None and not Path(default_weights).is_file():
-        problems.append(f"no AdaptiveClick weights at {default_weights}: pass --checkpoint PATH "
-                        "(or use --engine grabcut for the classical baseline)")
+        problems.append(
+            f"no AdaptiveClick weights at {default_weights}: pass --checkpoint PATH "
+            "(or use --engine grabcut for the classical baseline)"
+        )
     if args.checkpoint is not None and args.engine != "adaptiveclick":
         problems.append("--checkpoint only applies to --engine adaptiveclick")
     if problems:
@@ -150,8 +179,9 @@ def wait_model_loaded(backend: Backend, timeout: float = 300) -> dict[str, Any]:
     raise ScreenshotError(f"the backend did not load its model within {timeout:.0f} s ({health}):\n{tail}")
 
 
-def predict_mask(client: LSClient, ml_id: int, task: dict, clicks: list[tuple[int, int, bool]],
-                 width: int, height: int) -> tuple[dict[str, Any], list[dict]]:
+def predict_mask(
+    client: LSClient, ml_id: int, task: dict, clicks: list[tuple[int, int, bool]], width: int, height: int
+) -> tuple[dict[str, Any], list[dict]]:
     """Send the clicks as smart keypoints, as the labeling UI does; returns the reply's ``data`` and the keypoints."""
     for r, c, _ in clicks:
         if not (0 <= r < height and 0 <= c < width):
@@ -171,12 +201,20 @@ def store_result(client: LSClient, task_id: int, data: dict[str, Any], clicks_re
     (``parent_prediction``) and holding the smart keypoints that produced it, is what an annotator sees after
     clicking and accepting the suggestion, and is what the page opens."""
     version = data.get("model_version") or "adaptiveclick"
-    prediction = client.call("POST", "/api/predictions", json={
-        "task": task_id, "result": data["result"], "score": data.get("score", 0), "model_version": version})
-    keypoints = [{**{k: v for k, v in r.items() if k != "origin"}, "value": {**r["value"], "width": KEYPOINT_SIZE}}
-                 for r in clicks_regions]
-    client.call("POST", f"/api/tasks/{task_id}/annotations", json={
-        "task": task_id, "result": data["result"] + keypoints, "parent_prediction": prediction["id"]})
+    prediction = client.call(
+        "POST",
+        "/api/predictions",
+        json={"task": task_id, "result": data["result"], "score": data.get("score", 0), "model_version": version},
+    )
+    keypoints = [
+        {**{k: v for k, v in r.items() if k != "origin"}, "value": {**r["value"], "width": KEYPOINT_SIZE}}
+        for r in clicks_regions
+    ]
+    client.call(
+        "POST",
+        f"/api/tasks/{task_id}/annotations",
+        json={"task": task_id, "result": data["result"] + keypoints, "parent_prediction": prediction["id"]},
+    )
 
 
 def decode_mask(region: dict[str, Any]) -> np.ndarray:
@@ -211,8 +249,16 @@ def mask_is_drawn(inside: float, outside: float) -> bool:
     return outside < MAX_OUTSIDE_DIFF and inside - outside > MIN_CONTRAST
 
 
-def screenshot(ls: LabelStudio, project: int, task_id: int, image: np.ndarray, mask: np.ndarray, out: Path,
-               timeout: float, viewport: dict[str, int]) -> float:
+def screenshot(
+    ls: LabelStudio,
+    project: int,
+    task_id: int,
+    image: np.ndarray,
+    mask: np.ndarray,
+    out: Path,
+    timeout: float,
+    viewport: dict[str, int],
+) -> float:
     """Log in, open the task's labeling page, wait until the mask is drawn, write ``out``; returns the contrast."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
@@ -221,14 +267,21 @@ def screenshot(ls: LabelStudio, project: int, task_id: int, image: np.ndarray, m
         try:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         except PlaywrightError as exc:
-            raise ScreenshotError(f"Chromium at {CHROMIUM} did not start ({exc}); "
-                                  "install it with `apt-get install -y chromium`") from exc
+            raise ScreenshotError(
+                f"Chromium at {CHROMIUM} did not start ({exc}); install it with `apt-get install -y chromium`"
+            ) from exc
         try:
             page = browser.new_page(viewport=viewport, device_scale_factor=1)
             page.set_default_timeout(timeout * 1000)
             # Only Label Studio itself: nothing leaves 127.0.0.1.
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(ls.url)
-                       or route.request.url.startswith(("data:", "blob:")) else route.abort())
+            page.route(
+                "**/*",
+                lambda route: (
+                    route.continue_()
+                    if route.request.url.startswith(ls.url) or route.request.url.startswith(("data:", "blob:"))
+                    else route.abort()
+                ),
+            )
             page.goto(ls.url + "/user/login/")
             page.fill("input[name=email]", LS_USER)
             page.fill("input[name=password]", LS_PASSWORD)
@@ -252,9 +305,11 @@ def screenshot(ls: LabelStudio, project: int, task_id: int, image: np.ndarray, m
             else:
                 failed = out.with_suffix(".failed.png")
                 page.screenshot(path=str(failed))
-                raise ScreenshotError(f"the mask did not appear on the labeling page within {timeout:.0f} s "
-                                      f"(|drawn - image| inside/outside the mask {inside:.0f}/{outside:.0f}; "
-                                      f"the page as it was: {failed})")
+                raise ScreenshotError(
+                    f"the mask did not appear on the labeling page within {timeout:.0f} s "
+                    f"(|drawn - image| inside/outside the mask {inside:.0f}/{outside:.0f}; "
+                    f"the page as it was: {failed})"
+                )
             page.add_style_tag(content=_HIDE_OVERLAYS_CSS)  # again: some popups mount late
             page.wait_for_timeout(1500)  # let fonts and the last layout pass settle
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -275,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ls-screenshot-"))
     (tmp / "root").mkdir()
     ls = LabelStudio(tmp / "data", tmp / "root")
-    env = {"MODEL_ENGINE": args.engine, "LOG_LEVEL": "INFO", "WORKERS": "1", "THREADS": "2",
-           "NO_TRAFFIC_WARNING_S": "0"}
+    env = {
+        "MODEL_ENGINE": args.engine,
+        "LOG_LEVEL": "INFO",
+        "WORKERS": "1",
+        "THREADS": "2",
+        "NO_TRAFFIC_WARNING_S": "0",
+    }
     if args.checkpoint is not None:
         env["MODEL_CHECKPOINT"] = str(args.checkpoint.resolve())
     backend: Backend | None = None
@@ -302,11 +362,15 @@ def main(argv: list[str] | None = None) -> int:
             height, width = image.shape[:2]
             data, keypoints = predict_mask(client, ml["id"], task, args.clicks, width, height)
             store_result(client, task["id"], data, keypoints)
-            print(f"mask from {len(args.clicks)} clicks (model {health.get('model_version')}, "
-                  f"score {data.get('score', 0):.2f}); opening the labeling page in Chromium", flush=True)
+            print(
+                f"mask from {len(args.clicks)} clicks (model {health.get('model_version')}, "
+                f"score {data.get('score', 0):.2f}); opening the labeling page in Chromium",
+                flush=True,
+            )
             brush = next(r for r in data["result"] if r.get("type") == "brushlabels")
-            contrast = screenshot(ls, project, task["id"], image, decode_mask(brush), args.out,
-                                  args.timeout, args.viewport)
+            contrast = screenshot(
+                ls, project, task["id"], image, decode_mask(brush), args.out, args.timeout, args.viewport
+            )
         ok = True
         print(f"wrote {args.out} (mask contrast on the page {contrast:.0f}/255) in {time.monotonic() - t0:.0f} s")
         return 0

@@ -150,13 +150,15 @@ def test_interactive_call_without_clicks_is_never_an_empty_results_list(client):
     body = recorded("predict_interactive_1click")
     body["params"]["context"] = {"result": []}
     assert client.post("/predict", json=body).json()["results"] == [
-        {"result": [], "score": 0.0, "model_version": "disk"}]
+        {"result": [], "score": 0.0, "model_version": "disk"}
+    ]
 
 
 def test_keypoint_label_without_brush_label_logs_a_clear_error(client, caplog):
     body = recorded("predict_interactive_1click")
-    body["label_config"] = body["label_config"].replace('toName="image"><Label value="Object"/></BrushLabels>',
-                                                        'toName="image"><Label value="Car"/></BrushLabels>')
+    body["label_config"] = body["label_config"].replace(
+        'toName="image"><Label value="Object"/></BrushLabels>', 'toName="image"><Label value="Car"/></BrushLabels>'
+    )
     with caplog.at_level(logging.ERROR, logger="adaptiveclick.backend"):
         reply = client.post("/predict", json=body)
     assert reply.status_code == 200 and reply.json()["results"][0]["result"] == []
@@ -202,8 +204,13 @@ def test_rotated_resized_and_multi_image_tasks(caplog):
 def test_basic_auth_on_every_route_but_health():
     with TestClient(make_app(basic_auth_user="u", basic_auth_pass="p")) as c:
         assert c.get("/health").status_code == 200
-        for method, path in (("get", "/"), ("get", "/versions"), ("post", "/setup"), ("post", "/predict"),
-                             ("post", "/webhook")):
+        for method, path in (
+            ("get", "/"),
+            ("get", "/versions"),
+            ("post", "/setup"),
+            ("post", "/predict"),
+            ("post", "/webhook"),
+        ):
             r = getattr(c, method)(path)
             assert r.status_code == 401 and "BASIC_AUTH" in r.json()["error"], path
             assert r.headers["www-authenticate"].startswith("Basic")
@@ -225,15 +232,29 @@ def test_request_size_limit():
         assert c.post("/webhook", content=chunks()).status_code == 413  # no Content-Length
 
 
-@pytest.mark.parametrize("body,status", [
-    (b"{", 400), (b"\xff\xfe", 400), (b"", 400), (b"[1]", 422), (b'"x"', 422), (b'{"tasks": {}}', 422),
-    (b'{"tasks": [1]}', 422), (b'{"tasks": [{"data": []}]}', 422), (b'{"tasks": [{"id": "x", "data": {}}]}', 422),
-    (b'{"tasks": [{"data": {}}], "params": 5}', 422), (b'{"tasks": [{"data": {}}], "params": {"context": []}}', 422),
-    (b'{"tasks": [{"data": {}}], "params": {"context": {"result": []}}, "label_config": "<View"}', 422),
-    (b'{"tasks": [{"data": {}}], "params": {"context": {"result": [{"type": "keypointlabels", "value": {"x": 1}}]}},'
-     b' "label_config": "<View><Image name=\\"image\\" value=\\"$image\\"/></View>"}', 422),
-    (b"[" * 100000 + b"]" * 100000, 400),
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        (b"{", 400),
+        (b"\xff\xfe", 400),
+        (b"", 400),
+        (b"[1]", 422),
+        (b'"x"', 422),
+        (b'{"tasks": {}}', 422),
+        (b'{"tasks": [1]}', 422),
+        (b'{"tasks": [{"data": []}]}', 422),
+        (b'{"tasks": [{"id": "x", "data": {}}]}', 422),
+        (b'{"tasks": [{"data": {}}], "params": 5}', 422),
+        (b'{"tasks": [{"data": {}}], "params": {"context": []}}', 422),
+        (b'{"tasks": [{"data": {}}], "params": {"context": {"result": []}}, "label_config": "<View"}', 422),
+        (
+            b'{"tasks": [{"data": {}}], "params": {"context": {"result": [{"type": "keypointlabels", "value": {"x": 1}}]}},'
+            b' "label_config": "<View><Image name=\\"image\\" value=\\"$image\\"/></View>"}',
+            422,
+        ),
+        (b"[" * 100000 + b"]" * 100000, 400),
+    ],
+)
 def test_malformed_predict_bodies_get_4xx_with_a_message(client, body, status):
     r = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
@@ -296,8 +317,12 @@ def test_health_and_setup_answer_fast_while_a_prediction_runs(slow_server):
     worker = threading.Thread(target=click)
     worker.start()
     time.sleep(0.3)
-    for path, method, body in (("/health", "get", None), ("/setup", "post", recorded("setup")),
-                               ("/versions", "get", None), ("/webhook", "post", recorded("webhook_start_training"))):
+    for path, method, body in (
+        ("/health", "get", None),
+        ("/setup", "post", recorded("setup")),
+        ("/versions", "get", None),
+        ("/webhook", "post", recorded("webhook_start_training")),
+    ):
         t0 = time.perf_counter()
         r = getattr(requests, method)(slow_server + path, json=body, timeout=5)
         assert r.status_code == 200 and time.perf_counter() - t0 < 0.5, path
@@ -314,8 +339,14 @@ def _click_payload(points, w, h):
     body = recorded("predict_interactive_1click")
     template = body["params"]["context"]["result"][0]
     body["params"]["context"]["result"] = [
-        dict(template, id=f"kp{i}", original_width=w, original_height=h, is_positive=pos,
-             value=dict(template["value"], x=(c + 0.5) / w * 100, y=(r + 0.5) / h * 100))
+        dict(
+            template,
+            id=f"kp{i}",
+            original_width=w,
+            original_height=h,
+            is_positive=pos,
+            value=dict(template["value"], x=(c + 0.5) / w * 100, y=(r + 0.5) / h * 100),
+        )
         for i, (r, c, pos) in enumerate(points)
     ]
     return body
@@ -347,8 +378,14 @@ def test_adaptiveclick_engine_with_real_predictor_and_prefix_cache(shared_dir):
     if not ckpt.exists():
         missing(f"{ckpt} not found")
     image = synthetic_image(160, 120)
-    app = make_app(engine_factory=None, image=image, model_engine="adaptiveclick", model_checkpoint=str(ckpt),
-                   device="cpu", flip=False)  # no flip TTA: half the CPU time
+    app = make_app(
+        engine_factory=None,
+        image=image,
+        model_engine="adaptiveclick",
+        model_checkpoint=str(ckpt),
+        device="cpu",
+        flip=False,
+    )  # no flip TTA: half the CPU time
     points = [(60, 80, True), (20, 20, False)]
     with TestClient(app) as c:
         version = c.post("/setup", json=recorded("setup")).json()["model_version"]

@@ -28,9 +28,15 @@ CONFIG = """<View>
 
 def kp(x, y, positive=True, label="Object", w=640, h=480, rotation=0, **extra):
     region = {
-        "original_width": w, "original_height": h, "image_rotation": rotation,
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": rotation,
         "value": {"x": x, "y": y, "width": 0.3, "keypointlabels": [label]},
-        "id": f"kp{x}-{y}", "from_name": "tag2", "to_name": "image", "type": "keypointlabels", "origin": "manual",
+        "id": f"kp{x}-{y}",
+        "from_name": "tag2",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
     }
     if positive is not None:
         region["is_positive"] = positive
@@ -65,8 +71,10 @@ def test_invalid_label_config_is_a_bad_request():
 
 
 def test_extract_clicks_keeps_order_defaults_positive_and_skips_other_regions():
-    rect = {"type": "rectanglelabels",
-            "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["Object"]}}
+    rect = {
+        "type": "rectanglelabels",
+        "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["Object"]},
+    }
     clicks = extract_clicks([kp(10, 20, None), rect, kp(30, 40, False), kp(50, 60, True)], parse_label_config(CONFIG))
     assert [(c.x, c.y, c.positive) for c in clicks.clicks] == [(10, 20, True), (30, 40, False), (50, 60, True)]
     assert (clicks.label, clicks.from_name, clicks.to_name) == ("Object", "tag2", "image")
@@ -75,10 +83,18 @@ def test_extract_clicks_keeps_order_defaults_positive_and_skips_other_regions():
     assert extract_clicks([rect], parse_label_config(CONFIG)) is None
 
 
-@pytest.mark.parametrize("bad", [
-    "nope", [1], [{"value": 3, "type": "keypointlabels"}], [kp("a", 1)], [kp(float("nan"), 1)],
-    [{**kp(1, 1), "original_width": "wide"}], [{**kp(1, 1), "value": {"x": 1, "y": 2, "keypointlabels": "Object"}}],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "nope",
+        [1],
+        [{"value": 3, "type": "keypointlabels"}],
+        [kp("a", 1)],
+        [kp(float("nan"), 1)],
+        [{**kp(1, 1), "original_width": "wide"}],
+        [{**kp(1, 1), "value": {"x": 1, "y": 2, "keypointlabels": "Object"}}],
+    ],
+)
 def test_extract_clicks_rejects_wrong_types(bad):
     with pytest.raises(BadRequest):
         extract_clicks(bad, parse_label_config(CONFIG))
@@ -175,7 +191,7 @@ def test_fast_rle_is_byte_identical_to_the_sdk(h, w, seed, kind):
         mask = (rng.random((h, w)) > rng.random()).astype(np.uint8) * 255
     elif kind == "blobs":
         mask = np.zeros((h, w), np.uint8)
-        mask[rng.integers(0, h):, rng.integers(0, w):] = 255
+        mask[rng.integers(0, h) :, rng.integers(0, w) :] = 255
     else:
         mask = rng.integers(0, 256, (h, w), dtype=np.uint8)
     assert fast_mask2rle(mask) == mask2rle(mask)
@@ -185,7 +201,7 @@ def test_fast_rle_is_byte_identical_to_the_sdk(h, w, seed, kind):
 def test_fast_rle_long_runs(shape):
     mask = np.zeros(shape, np.uint8)
     assert fast_mask2rle(mask) == mask2rle(mask)
-    mask[:, shape[1] // 3:] = 255
+    mask[:, shape[1] // 3 :] = 255
     assert fast_mask2rle(mask) == mask2rle(mask)
 
 
@@ -218,7 +234,9 @@ def test_extending_a_prefix_costs_one_forward_and_matches_a_replay():
     s = _session()
     a, b, c = (30, 40, True), (10, 10, False), (50, 70, True)
     for clicks, expected_forwards, expected_prefix in [
-        ((a,), 1, 0), ((a, b), 1, 1), ((a, b, c), 1, 2),
+        ((a,), 1, 0),
+        ((a, b), 1, 1),
+        ((a, b, c), 1, 2),
         ((a, c), 1, 1),  # the user removed b
         ((a, b), 1, 1),  # result not cached by the session itself: one forward from prefix (a,)
         ((a, (12, 12, False), c), 2, 1),  # moved b

@@ -19,9 +19,22 @@ from model.checkpoint import (
 )
 
 SMALL = AdaptiveClickConfig(
-    name="test_small", image_size=224, embed_dim=32, depth=4, num_heads=2, global_attn_indexes=(1, 3),
-    window_pixels=112, fpn_dims=(32, 32, 64, 64), conv_dim=32, mask_dim=32, encoder_ffn_dim=32,
-    encoder_layers=1, hidden_dim=32, decoder_heads=4, decoder_ffn_dim=64, decoder_layers=3,
+    name="test_small",
+    image_size=224,
+    embed_dim=32,
+    depth=4,
+    num_heads=2,
+    global_attn_indexes=(1, 3),
+    window_pixels=112,
+    fpn_dims=(32, 32, 64, 64),
+    conv_dim=32,
+    mask_dim=32,
+    encoder_ffn_dim=32,
+    encoder_layers=1,
+    hidden_dim=32,
+    decoder_heads=4,
+    decoder_ffn_dim=64,
+    decoder_layers=3,
 )
 
 
@@ -54,7 +67,9 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "config": _RunsCode(marker)}, path)
-    with pytest.raises(CheckpointError, match="refusing to load global 'posix.system'|refusing to load global 'os.system'"):
+    with pytest.raises(
+        CheckpointError, match="refusing to load global 'posix.system'|refusing to load global 'os.system'"
+    ):
         load_checkpoint(path)
     assert not marker.exists()
 

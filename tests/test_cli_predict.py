@@ -18,11 +18,28 @@ def grabcut_image(shared_dir):
 
 def test_predict_writes_mask_probabilities_and_overlay(tmp_path, golden_dir, grabcut_image):
     out, prob, over = tmp_path / "mask.png", tmp_path / "prob.npy", tmp_path / "overlay.png"
-    status = main([
-        "predict", str(grabcut_image), "--checkpoint", str(golden_dir / "tiny_official.pth"),
-        "--click", "104,204", "--click", "86,241", "--click", "20,20,neg", "--device", "cpu",
-        "--out", str(out), "--prob", str(prob), "--overlay", str(over),
-    ])
+    status = main(
+        [
+            "predict",
+            str(grabcut_image),
+            "--checkpoint",
+            str(golden_dir / "tiny_official.pth"),
+            "--click",
+            "104,204",
+            "--click",
+            "86,241",
+            "--click",
+            "20,20,neg",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--prob",
+            str(prob),
+            "--overlay",
+            str(over),
+        ]
+    )
     assert status == 0
     mask = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     probs = np.load(prob)
@@ -67,8 +84,17 @@ def test_version_and_the_zoom_flag_spelled_as_in_evaluate(capsys, tmp_path, gold
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("adaptiveclick ")
-    args = ["predict", str(grabcut_image), "--checkpoint", str(golden_dir / "tiny_official.pth"), "--device", "cpu",
-            "--click", "104,204", "--out"]
+    args = [
+        "predict",
+        str(grabcut_image),
+        "--checkpoint",
+        str(golden_dir / "tiny_official.pth"),
+        "--device",
+        "cpu",
+        "--click",
+        "104,204",
+        "--out",
+    ]
     assert main(args + [str(tmp_path / "a.png"), "--no-zoom-in"]) == 0
     assert main(args + [str(tmp_path / "b.png"), "--no-zoom"]) == 0  # the old spelling still works
     assert np.array_equal(cv2.imread(str(tmp_path / "a.png")), cv2.imread(str(tmp_path / "b.png")))
@@ -78,6 +104,9 @@ def test_weights_list_prints_a_checkpoint_path_that_works(capsys):
     from pathlib import Path
 
     assert main(["weights", "list"]) == 0
-    uses = [line.split("MODEL_CHECKPOINT=", 1)[1] for line in capsys.readouterr().out.splitlines()
-            if "MODEL_CHECKPOINT=" in line]
+    uses = [
+        line.split("MODEL_CHECKPOINT=", 1)[1]
+        for line in capsys.readouterr().out.splitlines()
+        if "MODEL_CHECKPOINT=" in line
+    ]
     assert uses and all(Path(u).is_absolute() and u.endswith(".pth") for u in uses)

@@ -47,9 +47,7 @@ def _layered_outputs(pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> dic
     return {
         "pred_logits": pred_logits[-1],
         "pred_masks": pred_masks[-1],
-        "aux_outputs": [
-            {"pred_logits": pred_logits[i], "pred_masks": pred_masks[i]} for i in range(NUM_AUX_LAYERS)
-        ],
+        "aux_outputs": [{"pred_logits": pred_logits[i], "pred_masks": pred_masks[i]} for i in range(NUM_AUX_LAYERS)],
     }
 
 

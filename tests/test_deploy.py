@@ -250,8 +250,9 @@ def test_docker_compose_config_agrees(tmp_path):
 
     def config(*files: Path) -> dict:
         args = [a for f in files for a in ("-f", str(f))]
-        out = subprocess.run([*cmd, *args, "config", "--format", "json"], capture_output=True, text=True,
-                             timeout=60, cwd=ROOT, env=env)
+        out = subprocess.run(
+            [*cmd, *args, "config", "--format", "json"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
@@ -373,13 +374,29 @@ def _ignored(pattern_lines: list[str], path: str) -> bool:
 
 
 def test_dockerignore():
-    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
-    for path in (".venv", ".cache", "runs", "results", ".git", ".pytest_cache", ".hypothesis", ".env", "data",
-                 "weights/adaptiveclick_base448_sbd.pth.part"):
+    patterns = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+    for path in (
+        ".venv",
+        ".cache",
+        "runs",
+        "results",
+        ".git",
+        ".pytest_cache",
+        ".hypothesis",
+        ".env",
+        "data",
+        "weights/adaptiveclick_base448_sbd.pth.part",
+    ):
         assert _ignored(patterns, path), f"{path} is sent to the Docker daemon"
-    for path in ("pyproject.toml", "README.md", "model/checkpoint.py", "ml_backend/app.py",
-                 "weights/starter.safetensors"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "model/checkpoint.py",
+        "ml_backend/app.py",
+        "weights/starter.safetensors",
+    ):
         assert not _ignored(patterns, path), f"{path} is needed by the Dockerfile but ignored"
     # and everything the Dockerfile copies is there, weights/ included (a tracked README keeps the folder in a
     # fresh clone before any weights ship: without it `COPY weights/` fails the build)
@@ -428,15 +445,19 @@ def _health_code(test: list[str]) -> str:
 
 
 def _run(code: str, env: dict | None = None) -> int:
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **(env or {})},
-                          capture_output=True, timeout=30).returncode
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **(env or {})}, capture_output=True, timeout=30
+    ).returncode
 
 
-@pytest.mark.parametrize("body, healthy", [
-    (b'{"status": "UP", "model_loaded": true}', True),
-    (b'{"status": "UP", "model_loaded": false}', True),  # still loading
-    (b'{"status": "UP", "model_error": "CheckpointError: missing"}', False),
-])
+@pytest.mark.parametrize(
+    "body, healthy",
+    [
+        (b'{"status": "UP", "model_loaded": true}', True),
+        (b'{"status": "UP", "model_loaded": false}', True),  # still loading
+        (b'{"status": "UP", "model_error": "CheckpointError: missing"}', False),
+    ],
+)
 def test_healthchecks_run(health_server, compose, monkeypatch, body, healthy):
     monkeypatch.setattr(_Health, "body", body)
     port = str(health_server.server_address[1])

@@ -279,8 +279,21 @@ def test_evaluate_adaptiveclick_at_another_size_and_precision(data_root, tmp_pat
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(build_model("starter"), tmp_path / "starter.safetensors")
-    common = ["--checkpoint", str(checkpoint), "--datasets", "GrabCut", "--data-root", str(data_root),
-              "--limit", "1", "--max-clicks", "1", "--no-progress", "--device", "cpu"]
+    common = [
+        "--checkpoint",
+        str(checkpoint),
+        "--datasets",
+        "GrabCut",
+        "--data-root",
+        str(data_root),
+        "--limit",
+        "1",
+        "--max-clicks",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     # The starter's 160-px attention windows do not tile 448 px: refused up front, with the reason.
     assert main([*common, "--target-size", "448", "--out", str(tmp_path / "bad")]) == 2
     assert "multiple of 160 px" in capsys.readouterr().err

@@ -25,10 +25,26 @@ from PIL import Image
 from ml_backend.app import create_app
 from ml_backend.config import Settings
 from ml_backend.engine import Engine
-from ml_backend.finetune import (DONE, FAILED, HOLD_PARTIAL_WRITE_ENV, INTERRUPTED, QUEUED, SKIPPED, ModelStore,
-                                 resolve_served)
-from ml_backend.finetune_worker import (JobConfig, JobSteps, LabelStudioAPI, TaskData, collect_annotations, run_job,
-                                        split_tasks, worker_loop)
+from ml_backend.finetune import (
+    DONE,
+    FAILED,
+    HOLD_PARTIAL_WRITE_ENV,
+    INTERRUPTED,
+    QUEUED,
+    SKIPPED,
+    ModelStore,
+    resolve_served,
+)
+from ml_backend.finetune_worker import (
+    JobConfig,
+    JobSteps,
+    LabelStudioAPI,
+    TaskData,
+    collect_annotations,
+    run_job,
+    split_tasks,
+    worker_loop,
+)
 from ml_backend.rle import mask2rle
 from ml_backend.testing import DiskPredictor
 
@@ -121,8 +137,9 @@ def test_every_n_updates_rule_per_project_and_project_checks(tmp_path):
         foreign["project"]["id"] = 7
         assert client.post("/webhook", json=foreign).json()["finetune"] == "ignored"  # not in FINETUNE_PROJECTS
         no_brush = copy.deepcopy(created)
-        no_brush["project"]["label_config"] = '<View><Image name="i" value="$i"/><Choices name="c" toName="i">' \
-                                              '<Choice value="a"/></Choices></View>'
+        no_brush["project"]["label_config"] = (
+            '<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>'
+        )
         assert "BrushLabels" in client.post("/webhook", json=no_brush).json()["reason"]
         nameless = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}}
         assert client.post("/webhook", json=nameless).json()["finetune"] == "ignored"
@@ -133,17 +150,25 @@ def test_finetune_webhooks_with_malformed_parts_never_5xx(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                       max_size=3), max_leaves=8)
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        max_leaves=8,
+    )
     bodies = st.fixed_dictionaries(
-        {"action": st.sampled_from(["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
-                                    "START_TRAINING"])},
-        optional={"project": st.one_of(values, st.fixed_dictionaries({"id": values, "label_config": values})),
-                  "annotation": st.one_of(values, st.fixed_dictionaries({"id": values, "task": values,
-                                                                         "project": values})),
-                  "annotations": values})
+        {
+            "action": st.sampled_from(
+                ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"]
+            )
+        },
+        optional={
+            "project": st.one_of(values, st.fixed_dictionaries({"id": values, "label_config": values})),
+            "annotation": st.one_of(values, st.fixed_dictionaries({"id": values, "task": values, "project": values})),
+            "annotations": values,
+        },
+    )
     with TestClient(disk_app(tmp_path, start_training_each_n_updates=2), raise_server_exceptions=False) as client:
+
         @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
         @given(body=bodies)
         def check(body):
@@ -166,8 +191,10 @@ def test_without_model_dir_training_stays_off(tmp_path):
     settings.no_traffic_warning_s = 0
     app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
     with TestClient(app) as client:
-        assert client.post("/webhook", json=recorded("webhook_start_training")).json()["training"] == \
-            "not supported online"
+        assert (
+            client.post("/webhook", json=recorded("webhook_start_training")).json()["training"]
+            == "not supported online"
+        )
         assert client.get("/versions").json()["versions"] == ["disk"]
 
 
@@ -179,7 +206,7 @@ def _tasks(n: int = 4) -> list[TaskData]:
     out = []
     for i in range(n):
         mask = np.zeros((40, 50), bool)
-        mask[5 + i: 25 + i, 10:30] = True
+        mask[5 + i : 25 + i, 10:30] = True
         out.append(TaskData(100 + i, 10 + i, rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), [mask, ~mask]))
     return out
 
@@ -230,7 +257,9 @@ def test_job_state_machine_is_persisted(base_settings):
     store.update_job(stale["id"], state="running", pid=999999)
     nxt, _ = store.enqueue("1", "START_TRAINING")
     worker_loop(base_settings, JobConfig(), once=True, steps=fake_steps(5, 5))
-    assert store.read_job(stale["id"])["state"] == INTERRUPTED and "not changed" in store.read_job(stale["id"])["message"]
+    assert (
+        store.read_job(stale["id"])["state"] == INTERRUPTED and "not changed" in store.read_job(stale["id"])["message"]
+    )
     assert store.read_job(nxt["id"])["state"] == DONE
 
 
@@ -310,6 +339,7 @@ def test_validation_split_is_deterministic_by_task_id():
     bigger = many + [TaskData(i, None, tasks[0].image, tasks[0].masks) for i in range(25, 200)]
     held_big = {t.task_id for t in split_tasks("1", bigger, 0.2)[1]}
     from ml_backend.finetune_worker import _task_hash
+
     assert {i for i in range(1, 200) if _task_hash("1", i) < int(0.2 * (1 << 48))} <= held_big
 
 
@@ -324,9 +354,16 @@ def _png(image: np.ndarray) -> bytes:
 
 def _brush(mask: np.ndarray, rid: str) -> dict:
     h, w = mask.shape
-    return {"id": rid, "from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": w,
-            "original_height": h, "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]}}
+    return {
+        "id": rid,
+        "from_name": "tag",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]},
+    }
 
 
 class StubLabelStudio:
@@ -383,12 +420,23 @@ def _stub_project(n_tasks: int = 2) -> StubLabelStudio:
         image[b] = (30, 200, 60)
         url = f"/data/upload/1/img{i}.png"
         images[url] = _png(image)
-        tasks.append({"id": i + 1, "data": {"image": url}, "annotations": [
-            {"id": 10 * i + 1, "was_cancelled": True, "result": [_brush(a, "c")], "updated_at": "2026-01-03"},
-            {"id": 10 * i + 2, "was_cancelled": False, "result": [], "updated_at": "2026-01-04"},
-            {"id": 10 * i + 3, "was_cancelled": False, "ground_truth": False, "updated_at": "2026-01-02",
-             "result": [_brush(a, "a"), _brush(b, "b"), _brush(np.zeros((h, w), bool), "z")]},
-        ]})
+        tasks.append(
+            {
+                "id": i + 1,
+                "data": {"image": url},
+                "annotations": [
+                    {"id": 10 * i + 1, "was_cancelled": True, "result": [_brush(a, "c")], "updated_at": "2026-01-03"},
+                    {"id": 10 * i + 2, "was_cancelled": False, "result": [], "updated_at": "2026-01-04"},
+                    {
+                        "id": 10 * i + 3,
+                        "was_cancelled": False,
+                        "ground_truth": False,
+                        "updated_at": "2026-01-02",
+                        "result": [_brush(a, "a"), _brush(b, "b"), _brush(np.zeros((h, w), bool), "z")],
+                    },
+                ],
+            }
+        )
     return StubLabelStudio({1: tasks, 2: []}, images)
 
 
@@ -452,8 +500,12 @@ def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
     mask[60:170, 70:190] = True
     image[mask] += 150
     source = memory_source([(image, [mask])])
-    net, info = finetune(init, source, FinetuneSettings(steps=2, batch_size=1, lr=1e-3, threads=1, device="cpu",
-                                                        amp="bf16", zoom_in_prob=1.0), out=tmp_path / "run")
+    net, info = finetune(
+        init,
+        source,
+        FinetuneSettings(steps=2, batch_size=1, lr=1e-3, threads=1, device="cpu", amp="bf16", zoom_in_prob=1.0),
+        out=tmp_path / "run",
+    )
     assert info["step"] == 2 and info["finished"] and np.isfinite(info["loss"]) and info["autocast"] == "bfloat16"
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["zoom_in_prob"] == 1.0  # reaches the data
     before = dict(tiny_model.named_parameters())
@@ -480,8 +532,11 @@ def tiny_store(tmp_path, tiny_model):
             for param in net.parameters():
                 param.add_(0.01 * k)
         job, _ = store.enqueue("1", "test")
-        versions.append(store.write_version(job["id"], lambda p, n=net: save_checkpoint(n, p),
-                                            {"parent": "x", "metrics": {}}, make_current=False))
+        versions.append(
+            store.write_version(
+                job["id"], lambda p, n=net: save_checkpoint(n, p), {"parent": "x", "metrics": {}}, make_current=False
+            )
+        )
     return base, store, versions
 
 
@@ -578,15 +633,33 @@ def test_worker_killed_mid_write_leaves_the_served_model_intact(tiny_store, tmp_
     served_files = tree_digest(store.versions_dir)
     stub = _stub_project(3)
     job, _ = store.enqueue("1", "START_TRAINING")
-    env = dict(os.environ, MODEL_DIR=str(store.root), MODEL_CHECKPOINT=str(base), LABEL_STUDIO_URL=stub.url,
-               LABEL_STUDIO_API_KEY="legacy-token-123", DEVICE="cpu", FINETUNE_STEPS="1", FINETUNE_BATCH_SIZE="1",
-               FINETUNE_MAX_CLICKS="1", FINETUNE_THREADS="1", FINETUNE_NICE="0", FINETUNE_MIN_INSTANCE_PX="10",
-               PYTHONPATH=str(REPO), **{HOLD_PARTIAL_WRITE_ENV: "300"})
+    env = dict(
+        os.environ,
+        MODEL_DIR=str(store.root),
+        MODEL_CHECKPOINT=str(base),
+        LABEL_STUDIO_URL=stub.url,
+        LABEL_STUDIO_API_KEY="legacy-token-123",
+        DEVICE="cpu",
+        FINETUNE_STEPS="1",
+        FINETUNE_BATCH_SIZE="1",
+        FINETUNE_MAX_CLICKS="1",
+        FINETUNE_THREADS="1",
+        FINETUNE_NICE="0",
+        FINETUNE_MIN_INSTANCE_PX="10",
+        PYTHONPATH=str(REPO),
+        **{HOLD_PARTIAL_WRITE_ENV: "300"},
+    )
     log_path = tmp_path / "worker.log"
     partial = store.versions_dir / f".staging-{job['id']}" / ".model.safetensors.partial"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker", "--once"], env=env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ml_backend.cli", "worker", "--once"],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         assert _wait(lambda: partial.exists() or proc.poll() is not None, 240), log_path.read_text()[-3000:]
         assert proc.poll() is None, log_path.read_text()[-3000:]

@@ -83,17 +83,20 @@ def _assert_4xx(reply, *words: str) -> None:
         assert word in message, message
 
 
-@pytest.mark.parametrize("url, words", [
-    ("http://[::1/x.png", ["closed"]),
-    ("http://[zz]/x", ["IPv6"]),
-    ("s3://[bad", ["malformed"]),
-    ("s3:///key.png", ["bucket"]),
-    ("http://127.0.0.1:9\\@127.0.0.1:9/data/upload/1/x.png", ["backslash"]),
-    ("http://user@127.0.0.1:9/data/upload/1/x.png", ["credentials"]),
-    ("http://127.0.0.1:99999/x.png", ["port"]),
-    ("/data/local-files/?d=a%00b.png", ["NUL"]),
-    ("//127.0.0.1:9/data/upload/1/x.png", ["no scheme"]),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("http://[::1/x.png", ["closed"]),
+        ("http://[zz]/x", ["IPv6"]),
+        ("s3://[bad", ["malformed"]),
+        ("s3:///key.png", ["bucket"]),
+        ("http://127.0.0.1:9\\@127.0.0.1:9/data/upload/1/x.png", ["backslash"]),
+        ("http://user@127.0.0.1:9/data/upload/1/x.png", ["credentials"]),
+        ("http://127.0.0.1:99999/x.png", ["port"]),
+        ("/data/local-files/?d=a%00b.png", ["NUL"]),
+        ("//127.0.0.1:9/data/upload/1/x.png", ["no scheme"]),
+    ],
+)
 def test_malformed_image_urls_are_4xx(client, url, words):
     _assert_4xx(client.post("/predict", json=_predict_with_image(url)), *words)
 
@@ -102,8 +105,12 @@ def test_lone_surrogates_anywhere_in_a_body_are_400(client):
     body = json.dumps(ONE_CLICK)
     in_key = body.replace('"image":', '"im\\ud800age":', 1)
     in_url = json.dumps(_predict_with_image("/data/upload/1/PLACEHOLDER.png")).replace("PLACEHOLDER", "\\ud800")
-    for path, text in (("/predict", in_key), ("/predict", in_url), ("/webhook", '{"action": "\\ud800", "project": 1}'),
-                       ("/setup", '{"project": "1.2", "label_config": "\\udfff"}')):
+    for path, text in (
+        ("/predict", in_key),
+        ("/predict", in_url),
+        ("/webhook", '{"action": "\\ud800", "project": 1}'),
+        ("/setup", '{"project": "1.2", "label_config": "\\udfff"}'),
+    ):
         _assert_4xx(_raw(client, path, text), "surrogate")
     # A surrogate pair is valid text (an emoji) and is accepted.
     assert _raw(client, "/webhook", '{"action": "\\ud83d\\ude00", "project": 1}').status_code == 200
@@ -275,8 +282,11 @@ def test_a_disconnected_client_stops_the_click_loop():
         payload = json.dumps(body).encode()
         before = DiskPredictor.forwards
         client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-        client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        client.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         time.sleep(1.0)
         client.close()  # the annotator clicked again / closed the tab
         time.sleep(2.0)

@@ -158,9 +158,15 @@ def test_no_redirect_in_the_corpus_gets_through(servers):
     ls, allowed, internal = servers
     fetcher = _fetcher(ls, allowed)
     urls = corpus(ls, allowed, internal)
-    locations = urls + [u.replace("http://", "//", 1) for u in urls] + [
-        f"/\\127.0.0.1:{internal.port}/x", f"\\\\127.0.0.1:{internal.port}/x", f"http:127.0.0.1:{internal.port}/x",
-    ]
+    locations = (
+        urls
+        + [u.replace("http://", "//", 1) for u in urls]
+        + [
+            f"/\\127.0.0.1:{internal.port}/x",
+            f"\\\\127.0.0.1:{internal.port}/x",
+            f"http:127.0.0.1:{internal.port}/x",
+        ]
+    )
     for k, location in enumerate(locations):
         ls.redirects[str(k)] = location
         allowed.redirects[str(k)] = location
@@ -178,8 +184,11 @@ def test_legitimate_urls_still_work_and_carry_the_token_only_to_label_studio(ser
     assert fetcher.load(f"http://localhost:{allowed.port}/img/d.png", 1).size == (8, 6)
     # Label Studio's own media URL written with another host is fetched from LABEL_STUDIO_URL.
     assert fetcher.load(f"http://label-studio.invalid:8080/data/upload/1/e.png", 1).size == (8, 6)
-    assert [p for p, _ in ls.requests] == ["/data/upload/1/a.png", "/data/upload/1/b%20c.png?x=1",
-                                           "/data/upload/1/e.png"]
+    assert [p for p, _ in ls.requests] == [
+        "/data/upload/1/a.png",
+        "/data/upload/1/b%20c.png?x=1",
+        "/data/upload/1/e.png",
+    ]
     assert all(auth == f"Token {TOKEN}" for _, auth in ls.requests)
     assert allowed.requests == [("/img/d.png", None)]
     ls.redirects["ok"] = f"http://localhost:{allowed.port}/img/f.png"
@@ -201,18 +210,21 @@ def test_the_fine_tune_worker_sends_its_token_only_to_label_studio(servers):
     _assert_contained(ls, allowed, internal)
 
 
-@pytest.mark.parametrize("url, why", [
-    ("http://a\\@b/x", "backslash"),
-    ("http://u@b/x", "credentials"),
-    ("http://a%2eb/x", "percent-encoded"),
-    ("http://b\u3002c/x", "non-ASCII"),
-    ("http://[::1/x", "closed"),
-    ("http://[zz]/x", "not an IPv6"),
-    ("http://127.1/x", "dotted-quad"),
-    ("http://b:99999/x", "port"),
-    ("http://b\t/x", "control"),
-    ("ftp://b/x", "only http"),
-])
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("http://a\\@b/x", "backslash"),
+        ("http://u@b/x", "credentials"),
+        ("http://a%2eb/x", "percent-encoded"),
+        ("http://b\u3002c/x", "non-ASCII"),
+        ("http://[::1/x", "closed"),
+        ("http://[zz]/x", "not an IPv6"),
+        ("http://127.1/x", "dotted-quad"),
+        ("http://b:99999/x", "port"),
+        ("http://b\t/x", "control"),
+        ("ftp://b/x", "only http"),
+    ],
+)
 def test_refusals_say_what_is_wrong(url, why):
     with pytest.raises(UnsafeURL, match=why) as error:
         parse_destination(url)

@@ -40,7 +40,9 @@ def test_object_roi_matches_reference(session):
             r0, r1, c0, c1 = case["mask_box_rows_cols"]
             mask[r0:r1, c0:c1] = True
         clicks = [Click(r, c, p) for r, c, p in case["clicks"]]
-        assert object_roi(mask, clicks, case["expansion_ratio"], case["min_crop_size"]) == tuple(case["result"]), case["name"]
+        assert object_roi(mask, clicks, case["expansion_ratio"], case["min_crop_size"]) == tuple(case["result"]), case[
+            "name"
+        ]
 
 
 def test_roi_containment_matches_reference(session):
@@ -52,8 +54,13 @@ def test_roi_containment_matches_reference(session):
 def test_zoom_in_sequence_matches_reference(session):
     seq = session["zoom_in_unit_cases"]["sequence"]
     params = seq["zoom_in_params"]
-    zoom = ZoomIn(tuple(params["target_size"]), params["expansion_ratio"], params["min_crop_size"],
-                  params["recompute_thresh_iou"], params["prob_thresh"])
+    zoom = ZoomIn(
+        tuple(params["target_size"]),
+        params["expansion_ratio"],
+        params["min_crop_size"],
+        params["recompute_thresh_iou"],
+        params["prob_thresh"],
+    )
     image_hw = tuple(seq["image_nd_shape"][-2:])
     roi, probs = None, None
     for step in seq["steps"]:
@@ -63,8 +70,12 @@ def test_zoom_in_sequence_matches_reference(session):
         crop = zoom.crop(torch.zeros(seq["image_nd_shape"]), roi)
         assert list(crop.shape) == step["zoomed_image_shape"]
         transformed = [(c.row, c.col, c.positive) for c in zoom.transform_clicks(clicks, roi)]
-        np.testing.assert_allclose(np.array([t[:2] for t in transformed]), np.array([t[:2] for t in step["transformed_clicks"]]),
-                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            np.array([t[:2] for t in transformed]),
+            np.array([t[:2] for t in step["transformed_clicks"]]),
+            rtol=1e-9,
+            atol=1e-9,
+        )
         net_prob = torch.full((1, 1, *zoom.target_size), 0.1, dtype=torch.float64)
         r0, r1, c0, c1 = step["prob_box_in_zoomed_frame"]
         net_prob[:, :, r0:r1, c0:c1] = 0.9

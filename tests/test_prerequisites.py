@@ -8,8 +8,14 @@ from pathlib import Path
 
 def _run_clicker_tests(ci: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CI": ci, "ADAPTIVECLICK_SHARED": "/nonexistent/shared"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_clicker.py"],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_clicker.py"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_missing_shared_data_fails_under_ci_and_skips_elsewhere():

@@ -12,15 +12,18 @@ from model.refine import DEFAULT_REFINE, Refinement, RefineSpecError, drop_uncli
 from model.zoom_in import Click
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("none", Refinement()),
-    ("", Refinement()),
-    ("guided", Refinement(guided=True)),
-    ("guided8@1e-2", Refinement(guided=True, guided_radius=8, guided_eps=1e-2)),
-    ("cfr2", Refinement(cascade_steps=2)),
-    ("cfr4@0.02,clean", Refinement(cascade_steps=4, cascade_tol=0.02, clean=True)),
-    (" Guided , Clean ", Refinement(guided=True, clean=True)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("none", Refinement()),
+        ("", Refinement()),
+        ("guided", Refinement(guided=True)),
+        ("guided8@1e-2", Refinement(guided=True, guided_radius=8, guided_eps=1e-2)),
+        ("cfr2", Refinement(cascade_steps=2)),
+        ("cfr4@0.02,clean", Refinement(cascade_steps=4, cascade_tol=0.02, clean=True)),
+        (" Guided , Clean ", Refinement(guided=True, clean=True)),
+    ],
+)
 def test_specs_parse_and_round_trip(spec, expected):
     refinement = Refinement.parse(spec)
     assert refinement == expected
@@ -28,10 +31,17 @@ def test_specs_parse_and_round_trip(spec, expected):
     Refinement.parse(DEFAULT_REFINE)  # the shipped default is a valid spec
 
 
-@pytest.mark.parametrize("spec, names", [
-    ("sharpen", "'sharpen'"), ("cfr", "'cfr'"), ("cfr11", "0..10"), ("guided0", "1..32"), ("cfr2@1.5", "[0, 1)"),
-    ("guided@x", "'guided@x'"),
-])
+@pytest.mark.parametrize(
+    "spec, names",
+    [
+        ("sharpen", "'sharpen'"),
+        ("cfr", "'cfr'"),
+        ("cfr11", "0..10"),
+        ("guided0", "1..32"),
+        ("cfr2@1.5", "[0, 1)"),
+        ("guided@x", "'guided@x'"),
+    ],
+)
 def test_bad_specs_say_what_is_wrong(spec, names):
     with pytest.raises(RefineSpecError, match=None) as error:
         Refinement.parse(spec)

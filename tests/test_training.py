@@ -28,9 +28,23 @@ from model.evaluation.datasets import validation_dataset
 from model.training import TrainConfig, Trainer, build_parser, config_from_args, run_train
 
 MICRO = AdaptiveClickConfig(
-    name="micro", image_size=64, window_pixels=32, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
-    fpn_dims=(16, 16, 32, 32), conv_dim=32, mask_dim=32, encoder_ffn_dim=32, encoder_layers=1, hidden_dim=32,
-    num_queries=4, decoder_heads=2, decoder_ffn_dim=32, decoder_layers=3,
+    name="micro",
+    image_size=64,
+    window_pixels=32,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=(1,),
+    fpn_dims=(16, 16, 32, 32),
+    conv_dim=32,
+    mask_dim=32,
+    encoder_ffn_dim=32,
+    encoder_layers=1,
+    hidden_dim=32,
+    num_queries=4,
+    decoder_heads=2,
+    decoder_ffn_dim=32,
+    decoder_layers=3,
 )
 
 
@@ -95,7 +109,10 @@ def make_sbd_dataset(root: Path) -> Path:
         labels[10:40, 10:40] = 1
         labels[20:50, 45:65] = 2
         cv2.imwrite(str(root / "img" / f"{stem}.jpg"), np.full((60, 70, 3), 99, np.uint8))
-        savemat(str(root / "inst" / f"{stem}.mat"), {"GTinst": {"Segmentation": labels, "Boundaries": [], "Categories": [1, 2]}})
+        savemat(
+            str(root / "inst" / f"{stem}.mat"),
+            {"GTinst": {"Segmentation": labels, "Boundaries": [], "Categories": [1, 2]}},
+        )
     (root / "train.txt").write_text("2008_000001\n")
     return root
 
@@ -144,8 +161,17 @@ def test_regions_and_masks_in_one_folder(tmp_path):
 def test_tiny_regions_are_never_chosen_and_touching_union_happens(tmp_path):
     source = open_train_source(make_regions_dataset(tmp_path / "regions", count=1))
     dataset = ClickTrainDataset(
-        [source], AugmentConfig(crop_size=64, scale_range=(1.0, 1.0), flip_prob=0, touching_union_prob=1.0,
-                                merge_objects_prob=0, color_prob=0, shift_prob=0), MultiPointSampler(4),
+        [source],
+        AugmentConfig(
+            crop_size=64,
+            scale_range=(1.0, 1.0),
+            flip_prob=0,
+            touching_union_prob=1.0,
+            merge_objects_prob=0,
+            color_prob=0,
+            shift_prob=0,
+        ),
+        MultiPointSampler(4),
     )
     areas = {int(dataset[g]["gt"].sum()) for g in range(12)}
     assert 4 not in areas  # region 4 (2x2 px) is below the size limit
@@ -224,8 +250,12 @@ def test_zoom_in_crops_frame_a_small_object_like_the_predictor(tmp_path):
     mask[100:140, 300:360] = True
     image[mask] = (220, 180, 60)
     source = memory_source([(image, [mask])])
-    zoomed = ClickTrainDataset([source], AugmentConfig(crop_size=64, zoom_in_prob=1.0, color_prob=0, shift_prob=0,
-                                                       merge_objects_prob=0), MultiPointSampler(4), seed=1)
+    zoomed = ClickTrainDataset(
+        [source],
+        AugmentConfig(crop_size=64, zoom_in_prob=1.0, color_prob=0, shift_prob=0, merge_objects_prob=0),
+        MultiPointSampler(4),
+        seed=1,
+    )
     for position in range(8):
         sample = zoomed[position]
         assert torch.equal(sample["image"], zoomed[position]["image"])
@@ -329,8 +359,18 @@ def _micro_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
     model_json = tmp_path / "micro.json"
     model_json.write_text(json.dumps(MICRO.to_dict()))
     settings = dict(
-        data=[str(data)], out=str(tmp_path / "run"), model=str(model_json), steps=6, batch_size=2, lr=1e-3,
-        workers=0, threads=1, base_scale=1.0, max_points=6, log_every=1, save_every_min=1e9,
+        data=[str(data)],
+        out=str(tmp_path / "run"),
+        model=str(model_json),
+        steps=6,
+        batch_size=2,
+        lr=1e-3,
+        workers=0,
+        threads=1,
+        base_scale=1.0,
+        max_points=6,
+        log_every=1,
+        save_every_min=1e9,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -406,7 +446,10 @@ def test_ema_weights_are_saved_evaluated_and_resumed(tmp_path):
     cfg = _micro_config(tmp_path, data, ema_decay=0.9, eval_every=3, eval_data=[str(evaluation)], eval_limit=1)
     trainer = Trainer(cfg)
     trainer.run(until=3)
-    ema, last = load_file(str(tmp_path / "run" / "model_ema.safetensors")), load_file(str(tmp_path / "run" / "model_last.safetensors"))
+    ema, last = (
+        load_file(str(tmp_path / "run" / "model_ema.safetensors")),
+        load_file(str(tmp_path / "run" / "model_last.safetensors")),
+    )
     weight = "backbone.blocks.0.mlp.fc1.weight"
     assert not torch.equal(ema[weight], last[weight])  # an average, not a copy
     resumed = Trainer(cfg, resume=True)
@@ -424,14 +467,17 @@ def test_command_line_config_and_errors(tmp_path, capsys):
     cfg_file = tmp_path / "cfg.json"
     cfg = asdict(_micro_config(tmp_path, data))
     cfg_file.write_text(json.dumps(cfg))
-    args = build_parser().parse_args(["--config", str(cfg_file), "--steps", "9", "--lr-milestones", "0.5,0.9",
-                                      "--zoom-in-prob", "0.3"])
+    args = build_parser().parse_args(
+        ["--config", str(cfg_file), "--steps", "9", "--lr-milestones", "0.5,0.9", "--zoom-in-prob", "0.3"]
+    )
     merged, resume = config_from_args(args)
     assert merged.steps == 9 and merged.lr_milestones == (0.5, 0.9) and merged.data == [str(data)] and not resume
     assert merged.zoom_in_prob == 0.3
     assert run_train(build_parser().parse_args(["--steps", "2", "--out", str(tmp_path / "x")])) == 2
     assert "no training data" in capsys.readouterr().err
-    assert run_train(build_parser().parse_args(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])) != 0
+    assert (
+        run_train(build_parser().parse_args(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])) != 0
+    )
 
 
 def _ddp_worker(rank: int, world_size: int, cfg_dict: dict, store: str, out: str) -> None:

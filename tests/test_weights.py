@@ -69,7 +69,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             query = parse_qs(parsed.query)
             file_id = query.get("id", [""])[0]
             page = (
-                '<!DOCTYPE html><html><body><p>Google Drive can&#39;t scan this file for viruses.</p>'
+                "<!DOCTYPE html><html><body><p>Google Drive can&#39;t scan this file for viruses.</p>"
                 '<form id="download-form" action="/gdrive/confirmed" method="get">'
                 '<input type="submit" value="Download anyway"/>'
                 f'<input type="hidden" name="id" value="{file_id}">'
@@ -145,11 +145,15 @@ def server():
 @pytest.fixture
 def registry(monkeypatch, server, tmp_path):
     """Test entries only; the weights folder and MODEL_DIR point into tmp_path."""
+
     def entry(name, route, sha=None, **kw):
-        return weights.WeightsEntry(name, f"{name}.bin", "mae", f"test {name}", url=server.base + route, sha256=sha, **kw)
+        return weights.WeightsEntry(
+            name, f"{name}.bin", "mae", f"test {name}", url=server.base + route, sha256=sha, **kw
+        )
 
     entries = {
-        e.name: e for e in (
+        e.name: e
+        for e in (
             entry("good", "/file", PAYLOAD_SHA),
             entry("unpinned", "/file"),
             entry("wrongsha", "/file", "0" * 64),
@@ -287,14 +291,17 @@ def test_url_override_for_an_entry_without_a_link(registry, server, tmp_path):
     assert (tmp_path / "manual.pth").read_bytes() == PAYLOAD
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("https://drive.google.com/file/d/1AbC-dEf_GhIjKlMn/view?usp=sharing", "1AbC-dEf_GhIjKlMn"),
-    ("https://drive.google.com/uc?id=1AbC-dEf_GhIjKlMn&export=download", "1AbC-dEf_GhIjKlMn"),
-    ("https://drive.google.com/open?id=1AbC-dEf_GhIjKlMn", "1AbC-dEf_GhIjKlMn"),
-    ("https://drive.usercontent.google.com/download?id=1AbC-dEf_GhIjKlMn&confirm=t", "1AbC-dEf_GhIjKlMn"),
-    ("https://example.com/file/d/1AbC-dEf_GhIjKlMn/view", None),
-    ("https://notgoogle.com/uc?id=1AbC", None),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://drive.google.com/file/d/1AbC-dEf_GhIjKlMn/view?usp=sharing", "1AbC-dEf_GhIjKlMn"),
+        ("https://drive.google.com/uc?id=1AbC-dEf_GhIjKlMn&export=download", "1AbC-dEf_GhIjKlMn"),
+        ("https://drive.google.com/open?id=1AbC-dEf_GhIjKlMn", "1AbC-dEf_GhIjKlMn"),
+        ("https://drive.usercontent.google.com/download?id=1AbC-dEf_GhIjKlMn&confirm=t", "1AbC-dEf_GhIjKlMn"),
+        ("https://example.com/file/d/1AbC-dEf_GhIjKlMn/view", None),
+        ("https://notgoogle.com/uc?id=1AbC", None),
+    ],
+)
 def test_google_drive_ids(url, expected):
     assert weights.google_drive_id(url) == expected
 
@@ -373,8 +380,14 @@ def test_verify_load_opens_the_checkpoint_safely(registry, tmp_path, capsys):
 
 def test_real_registry_is_consistent():
     names = set(weights.REGISTRY)
-    assert {"starter", "adaptiveclick_base448_sbd", "adaptiveclick_base448_cocolvis",
-            "mae_vit_base", "mae_vit_large", "mae_vit_huge"} <= names
+    assert {
+        "starter",
+        "adaptiveclick_base448_sbd",
+        "adaptiveclick_base448_cocolvis",
+        "mae_vit_base",
+        "mae_vit_large",
+        "mae_vit_huge",
+    } <= names
     for entry in weights.REGISTRY.values():
         assert entry.local or entry.url or entry.manual, entry.name
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)

@@ -26,33 +26,52 @@ METHODS = ("adaptiveclick", "grabcut")
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the starter weights)")
-    parser.add_argument("--datasets", default="GrabCut,Berkeley",
-                        help="comma-separated dataset names or folders; NAME:val is a training folder's validation "
-                        "split (default %(default)s)")
+    parser.add_argument(
+        "--datasets",
+        default="GrabCut,Berkeley",
+        help="comma-separated dataset names or folders; NAME:val is a training folder's validation "
+        "split (default %(default)s)",
+    )
     parser.add_argument(
         "--data-root",
         default=None,
         help=f"folder holding the datasets (default: $ADAPTIVECLICK_DATA or {default_data_root()})",
     )
     parser.add_argument("--max-clicks", type=int, default=20, help="clicks per instance at most (default %(default)s)")
-    parser.add_argument("--iou", default="0.85,0.90",
-                        help="IoU thresholds NoC is reported for: NoC@85, NoC@90 (default %(default)s)")
-    parser.add_argument("--stop-iou", type=float, default=0.90,
-                        help="the robot stops clicking an instance once its IoU reaches this; keep it at the highest "
-                        "--iou threshold (default %(default)s)")
+    parser.add_argument(
+        "--iou", default="0.85,0.90", help="IoU thresholds NoC is reported for: NoC@85, NoC@90 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--stop-iou",
+        type=float,
+        default=0.90,
+        help="the robot stops clicking an instance once its IoU reaches this; keep it at the highest "
+        "--iou threshold (default %(default)s)",
+    )
     parser.add_argument("--pred-threshold", type=float, default=0.49, help="probability -> mask threshold")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
-                        help="horizontal-flip test-time augmentation: a second forward per click (default: "
-                        "%(default)s, what serve uses)")
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_FLIP,
+        help="horizontal-flip test-time augmentation: a second forward per click (default: "
+        "%(default)s, what serve uses)",
+    )
     parser.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in crop")
     parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="inference precision")
     parser.add_argument(
-        "--target-size", type=int, default=None, help="network input side (default: the model's own, e.g. 448; 672 for DAVIS)"
+        "--target-size",
+        type=int,
+        default=None,
+        help="network input side (default: the model's own, e.g. 448; 672 for DAVIS)",
     )
-    parser.add_argument("--method", choices=METHODS, default="adaptiveclick",
-                        help="adaptiveclick, or grabcut: the OpenCV baseline (default %(default)s)")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="adaptiveclick",
+        help="adaptiveclick, or grabcut: the OpenCV baseline (default %(default)s)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances per dataset")
     parser.add_argument("--out", default="results", help="output folder for results.json and the plot")
     parser.add_argument(

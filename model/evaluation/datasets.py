@@ -158,8 +158,7 @@ class MaskFolderDataset(InteractiveDataset):
             image_path = _match_image(mask_path.stem, images_by_stem)
             if image_path is None:
                 raise DatasetError(
-                    f"{mask_path}: no image named {mask_path.stem}.* (or without a trailing letter) "
-                    f"in {images_path}"
+                    f"{mask_path}: no image named {mask_path.stem}.* (or without a trailing letter) in {images_path}"
                 )
             self.items.append((mask_path.stem, image_path, mask_path))
         self._check_not_empty()
@@ -352,4 +351,3 @@ def validation_dataset(root: str | Path, fraction: float, name: str | None = Non
     dataset.name = f"{dataset.name}:val"
     dataset._check_not_empty()
     return dataset
-

@@ -22,7 +22,12 @@ class CrossAttentionLayer(nn.Module):
         _xavier(self)
 
     def forward(
-        self, query: torch.Tensor, memory: torch.Tensor, attn_mask: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        attn_mask: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
     ) -> torch.Tensor:
         attended = self.multihead_attn(query + query_pos, memory + pos, memory, attn_mask=attn_mask)[0]
         return self.norm(query + attended)

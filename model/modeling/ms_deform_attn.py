@@ -90,7 +90,9 @@ def ms_deform_attn_gather(
     row0 = (starts + y0.clamp(0, None).minimum(height - 1) * width) * heads + offset
     row1 = (starts + (y0 + 1).clamp(0, None).minimum(height - 1) * width) * heads + offset
     rows = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], -1)
-    weights = torch.stack([weight_y0 * weight_x0, weight_y0 * weight_x1, weight_y1 * weight_x0, weight_y1 * weight_x1], -1)
+    weights = torch.stack(
+        [weight_y0 * weight_x0, weight_y0 * weight_x1, weight_y1 * weight_x0, weight_y1 * weight_x1], -1
+    )
     bag = levels * points * 4
     out = F.embedding_bag(
         rows.view(-1, bag).long(),
@@ -171,14 +173,10 @@ class MSDeformAttn(nn.Module):
     ) -> torch.Tensor:
         batch, num_queries, _ = query.shape
         value = self.value_proj(value_input).view(batch, value_input.shape[1], self.n_heads, -1)
-        offsets = self.sampling_offsets(query).view(
-            batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2
-        )
+        offsets = self.sampling_offsets(query).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, self.n_heads, -1).softmax(-1)
         weights = weights.view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
-        normalizer = torch.tensor(
-            [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
-        )
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         sample = ms_deform_attn_gather if sampler == "gather" else ms_deform_attn_sample
         return self.output_proj(sample(value, spatial_shapes, locations, weights))

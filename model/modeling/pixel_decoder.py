@@ -31,7 +31,10 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = [(src.shape[-2], src.shape[-1]) for src in srcs]
         flat_src = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         flat_pos = torch.cat(
-            [pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1) for level, pos in enumerate(pos_embeds)],
+            [
+                pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+                for level, pos in enumerate(pos_embeds)
+            ],
             1,
         )
         memory = self.encoder(flat_src, flat_pos, spatial_shapes)
@@ -90,9 +93,7 @@ class PixelDecoder(nn.Module):
         self.output_convs = nn.ModuleList([output])
         self.neck = SimpleFPN(in_dim, fpn_dims)
 
-    def forward(
-        self, tokens: torch.Tensor, grid_size: tuple[int, int]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, tokens: torch.Tensor, grid_size: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         batch, _, channels = tokens.shape
         feature_map = tokens.transpose(1, 2).view(batch, channels, grid_size[0], grid_size[1])
         stride4, stride8, stride16, stride32 = self.neck(feature_map)

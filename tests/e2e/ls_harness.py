@@ -89,27 +89,45 @@ class LabelStudio:
     def start(self, timeout: float = 240) -> "LabelStudio":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
-        env.update({
-            "LABEL_STUDIO_USERNAME": LS_USER,
-            "LABEL_STUDIO_PASSWORD": LS_PASSWORD,
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            "LABEL_STUDIO_USER_TOKEN": LS_LEGACY_TOKEN,
-            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
-            # Label Studio >= 1.23.1 refuses ML backends on loopback/private addresses unless these are lifted.
-            "ML_BLOCK_LOCAL_IP": "false",
-            "SSRF_PROTECTION_ENABLED": "false",
-            # Nothing may leave 127.0.0.1: no version check, no error reporting, no analytics.
-            "LATEST_VERSION_CHECK": "false",
-            "SENTRY_DSN": "",
-            "FRONTEND_SENTRY_DSN": "",
-            "COLLECT_ANALYTICS": "false",
-        })
-        cmd = [str(self.executable()), "start", "--no-browser", "--data-dir", str(self.data_dir),
-               "--internal-host", "127.0.0.1", "-p", str(self.port)]
+        env.update(
+            {
+                "LABEL_STUDIO_USERNAME": LS_USER,
+                "LABEL_STUDIO_PASSWORD": LS_PASSWORD,
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                "LABEL_STUDIO_USER_TOKEN": LS_LEGACY_TOKEN,
+                "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                # Label Studio >= 1.23.1 refuses ML backends on loopback/private addresses unless these are lifted.
+                "ML_BLOCK_LOCAL_IP": "false",
+                "SSRF_PROTECTION_ENABLED": "false",
+                # Nothing may leave 127.0.0.1: no version check, no error reporting, no analytics.
+                "LATEST_VERSION_CHECK": "false",
+                "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "",
+                "COLLECT_ANALYTICS": "false",
+            }
+        )
+        cmd = [
+            str(self.executable()),
+            "start",
+            "--no-browser",
+            "--data-dir",
+            str(self.data_dir),
+            "--internal-host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.data_dir, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
         try:
             wait_http(self.url + "/health", timeout, self.proc, self.log)
         except BaseException:
@@ -128,12 +146,20 @@ class LabelStudio:
         """Log in like a browser and create a personal access token (a JWT refresh token)."""
         s = requests.Session()
         s.get(self.url + "/user/login/", timeout=30).raise_for_status()
-        r = s.post(self.url + "/user/login/", timeout=30, allow_redirects=False,
-                   data={"csrfmiddlewaretoken": s.cookies["csrftoken"], "email": LS_USER, "password": LS_PASSWORD},
-                   headers={"Referer": self.url + "/user/login/"})
+        r = s.post(
+            self.url + "/user/login/",
+            timeout=30,
+            allow_redirects=False,
+            data={"csrfmiddlewaretoken": s.cookies["csrftoken"], "email": LS_USER, "password": LS_PASSWORD},
+            headers={"Referer": self.url + "/user/login/"},
+        )
         assert r.status_code == 302, r.text[:500]
-        r = s.post(self.url + "/api/token/", json={}, timeout=30,
-                   headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": self.url + "/"})
+        r = s.post(
+            self.url + "/api/token/",
+            json={},
+            timeout=30,
+            headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": self.url + "/"},
+        )
         r.raise_for_status()
         return r.json()["token"]
 
@@ -163,8 +189,11 @@ class LSClient:
         self.call("POST", f"/api/projects/{project}/import", json=tasks)
 
     def add_local_storage(self, project: int, path: Path) -> None:
-        self.call("POST", "/api/storages/localfiles",
-                  json={"project": project, "title": "images", "path": str(path), "use_blob_urls": True})
+        self.call(
+            "POST",
+            "/api/storages/localfiles",
+            json={"project": project, "title": "images", "path": str(path), "use_blob_urls": True},
+        )
 
     def tasks(self, project: int) -> list[dict]:
         reply = self.call("GET", "/api/tasks", params={"project": project})
@@ -177,18 +206,29 @@ class LSClient:
         return self.call("POST", "/api/ml", json=body)
 
     def interactive(self, ml_id: int, task: int, result: list[dict]) -> dict:
-        return self.call("POST", f"/api/ml/{ml_id}/interactive-annotating",
-                         json={"task": task, "context": {"result": result}})
+        return self.call(
+            "POST", f"/api/ml/{ml_id}/interactive-annotating", json={"task": task, "context": {"result": result}}
+        )
 
 
 def keypoint(row: float, col: float, positive: bool, width: int, height: int, i: int = 0) -> dict:
     """A smart keypoint region as the labeling UI sends it, at pixel (row, col)."""
     return {
-        "original_width": width, "original_height": height, "image_rotation": 0,
-        "value": {"x": (col + 0.5) / width * 100, "y": (row + 0.5) / height * 100, "width": 0.5,
-                  "keypointlabels": ["Object"]},
-        "is_positive": positive, "id": f"kp{i}", "from_name": "tag2", "to_name": "image",
-        "type": "keypointlabels", "origin": "manual",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": (col + 0.5) / width * 100,
+            "y": (row + 0.5) / height * 100,
+            "width": 0.5,
+            "keypointlabels": ["Object"],
+        },
+        "is_positive": positive,
+        "id": f"kp{i}",
+        "from_name": "tag2",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
     }
 
 
@@ -208,8 +248,15 @@ class Backend:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             wait_http(self.url + "/health", timeout, self.proc, self.log)
         except BaseException:
@@ -263,9 +310,15 @@ if __name__ == "__main__":  # manual use: LS + backend, Ctrl-C to stop
     tmp = Path(tempfile.mkdtemp(prefix="ls-e2e-"))
     (tmp / "root").mkdir()
     ls = LabelStudio(tmp / "data", tmp / "root").start()
-    backend = Backend({"MODEL_ENGINE": os.environ.get("MODEL_ENGINE", "grabcut"), "LABEL_STUDIO_URL": ls.url,
-                       "LABEL_STUDIO_API_KEY": LS_LEGACY_TOKEN, "LOCAL_FILES_DOCUMENT_ROOT": str(tmp / "root")},
-                      tmp / "backend.log").start()
+    backend = Backend(
+        {
+            "MODEL_ENGINE": os.environ.get("MODEL_ENGINE", "grabcut"),
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": LS_LEGACY_TOKEN,
+            "LOCAL_FILES_DOCUMENT_ROOT": str(tmp / "root"),
+        },
+        tmp / "backend.log",
+    ).start()
     print(f"Label Studio {ls.url} ({LS_USER} / {LS_PASSWORD}), backend {backend.url}, files in {tmp}")
     with running(ls, backend):
         with contextlib.suppress(KeyboardInterrupt):

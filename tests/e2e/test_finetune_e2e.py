@@ -25,9 +25,17 @@ pytestmark = pytest.mark.slow
 
 def _brush_region(mask: np.ndarray, rid: str) -> dict:
     h, w = mask.shape
-    return {"id": rid, "from_name": "tag", "to_name": "image", "type": "brushlabels", "origin": "manual",
-            "original_width": w, "original_height": h, "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]}}
+    return {
+        "id": rid,
+        "from_name": "tag",
+        "to_name": "image",
+        "type": "brushlabels",
+        "origin": "manual",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]},
+    }
 
 
 def _jobs(model_dir: Path) -> list[dict]:
@@ -37,8 +45,11 @@ def _jobs(model_dir: Path) -> list[dict]:
 def _wait_job(model_dir: Path, project: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = [j for j in _jobs(model_dir) if j["project"] == str(project)
-                and j["state"] in ("done", "skipped", "failed", "interrupted")]
+        done = [
+            j
+            for j in _jobs(model_dir)
+            if j["project"] == str(project) and j["state"] in ("done", "skipped", "failed", "interrupted")
+        ]
         if done:
             return done[-1]
         time.sleep(0.5)
@@ -105,11 +116,17 @@ def test_annotations_train_and_the_new_version_is_served(label_studio, ft_backen
     for task in tasks:
         name = next(n for n in E2E_IMAGES.values() if task["data"]["image"].endswith(n))
         gt = np.asarray(Image.open(masks_dir / (name.rsplit(".", 1)[0] + ".png"))) == 1
-        client.call("POST", f"/api/tasks/{task['id']}/annotations",
-                    json={"task": task["id"], "result": [_brush_region(gt, "obj")]})
+        client.call(
+            "POST",
+            f"/api/tasks/{task['id']}/annotations",
+            json={"task": task["id"], "result": [_brush_region(gt, "obj")]},
+        )
     # A skipped task's annotation (cancelled) is ignored by the job.
-    client.call("POST", f"/api/tasks/{tasks[0]['id']}/annotations",
-                json={"task": tasks[0]["id"], "result": [], "was_cancelled": True})
+    client.call(
+        "POST",
+        f"/api/tasks/{tasks[0]['id']}/annotations",
+        json={"task": tasks[0]["id"], "result": [], "was_cancelled": True},
+    )
     events = (model_dir / "finetune" / "events.jsonl").read_text().splitlines()
     created = [json.loads(e) for e in events if '"ANNOTATION_CREATED"' in e]
     assert len([e for e in created if e["project"] == str(project)]) >= 2, events
@@ -134,5 +151,9 @@ def test_annotations_train_and_the_new_version_is_served(label_studio, ft_backen
     upload = next(t for t in tasks if t["data"]["image"].startswith("/data/upload/"))
     reply = client.interactive(ml["id"], upload["id"], [keypoint(160, 250, True, 481, 321)])
     assert reply["data"]["model_version"] == version
-    assert requests.post(backend.url + "/setup", json={"project": f"{project}.1", "schema": None},
-                         timeout=5).json()["model_version"] == version
+    assert (
+        requests.post(backend.url + "/setup", json={"project": f"{project}.1", "schema": None}, timeout=5).json()[
+            "model_version"
+        ]
+        == version
+    )

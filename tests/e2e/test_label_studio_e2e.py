@@ -57,8 +57,15 @@ def stack(label_studio, e2e_root, tmp_path_factory):
             "local": next(t for t in tasks if t["data"]["image"].startswith("/data/local-files/")),
         }
         ml = client.connect_backend(project, backend.url, USER, PASSWORD)
-        yield {"client": client, "project": project, "tasks": by_kind, "ml": ml, "backend": backend,
-               "ls": label_studio, "root": e2e_root}
+        yield {
+            "client": client,
+            "project": project,
+            "tasks": by_kind,
+            "ml": ml,
+            "backend": backend,
+            "ls": label_studio,
+            "root": e2e_root,
+        }
     finally:
         backend.stop()
 
@@ -91,9 +98,19 @@ def test_backend_is_connected_with_basic_auth_and_reports_its_version(stack):
 
 
 def test_wrong_basic_auth_is_refused(stack):
-    reply = stack["client"].s.post(stack["client"].url + "/api/ml", timeout=60, json={
-        "project": stack["project"], "url": stack["backend"].url, "title": "wrong", "is_interactive": True,
-        "auth_method": "BASIC_AUTH", "basic_auth_user": USER, "basic_auth_pass": "wrong"})
+    reply = stack["client"].s.post(
+        stack["client"].url + "/api/ml",
+        timeout=60,
+        json={
+            "project": stack["project"],
+            "url": stack["backend"].url,
+            "title": "wrong",
+            "is_interactive": True,
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": USER,
+            "basic_auth_pass": "wrong",
+        },
+    )
     assert reply.status_code >= 400 or reply.json().get("readable_state") != "Connected"
 
 
@@ -150,9 +167,12 @@ def test_removing_a_click_answers_from_the_session_cache(stack):
 
 def test_task_open_and_retrieve_predictions_answer_empty(stack):
     client = stack["client"]
-    reply = client.call("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions",
-                                                           "project": stack["project"]},
-                        json={"selectedItems": {"all": True, "excluded": []}})
+    reply = client.call(
+        "POST",
+        "/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": stack["project"]},
+        json={"selectedItems": {"all": True, "excluded": []}},
+    )
     assert "predictions" in str(reply).lower()
 
 
@@ -167,12 +187,18 @@ def _wait_for_log(backend, text: str, timeout: float = 10) -> bool:
 
 def test_webhooks_with_basic_auth_and_start_training(stack):
     client, backend = stack["client"], stack["backend"]
-    hooks = [h for h in client.call("GET", "/api/webhooks", params={"project": stack["project"]})
-             if h["url"].startswith(backend.url)]
+    hooks = [
+        h
+        for h in client.call("GET", "/api/webhooks", params={"project": stack["project"]})
+        if h["url"].startswith(backend.url)
+    ]
     assert hooks, "Label Studio creates a webhook for the ML backend"
     # The auto-created webhook carries no credentials; add them as the README says.
-    client.call("PATCH", f"/api/webhooks/{hooks[0]['id']}",
-                json={"headers": {"Authorization": basic_auth_header(USER, PASSWORD)}})
+    client.call(
+        "PATCH",
+        f"/api/webhooks/{hooks[0]['id']}",
+        json={"headers": {"Authorization": basic_auth_header(USER, PASSWORD)}},
+    )
     task = stack["tasks"]["upload"]
     client.call("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [], "task": task["id"]})
     assert _wait_for_log(backend, "webhook ANNOTATION_CREATED")
