@@ -43,6 +43,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/src/pypro
 COPY README.md /tmp/src/
 COPY model/ /tmp/src/model/
 COPY ml_backend/ /tmp/src/ml_backend/
+COPY cli/ /tmp/src/cli/
 RUN python -m pip install --no-deps /tmp/src && rm -rf /tmp/src /tmp/requirements.txt
 
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin adaptiveclick \
@@ -57,8 +58,7 @@ ENV HOST=0.0.0.0 \
     DEVICE=auto \
     LOG_LEVEL=INFO \
     MODEL_DIR=/data/models \
-    ADAPTIVECLICK_WEIGHTS_DIR=/app/weights \
-    ADAPTIVECLICK_CHECKPOINT=/app/weights/starter.safetensors
+    ADAPTIVECLICK_WEIGHTS_DIR=/app/weights
 
 # The starter model (weights/starter.safetensors) and anything else in weights/ (see .dockerignore).
 COPY --chown=adaptiveclick:adaptiveclick weights/ /app/weights/

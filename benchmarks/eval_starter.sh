@@ -22,6 +22,6 @@ echo "evaluating $CHECKPOINT -> $OUT"
 OMP_NUM_THREADS="${THREADS:-1}" exec "$PYTHON" -c '
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from model.evaluation.command import main
-sys.exit(main(sys.argv[2:]))
+from cli import main
+sys.exit(main(["evaluate", *sys.argv[2:]]))
 ' "${THREADS:-1}" --checkpoint "$CHECKPOINT" --datasets GrabCut,Berkeley --device cpu --out "$OUT" "$@"

@@ -38,11 +38,9 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-
-from ls_harness import LS_LEGACY_TOKEN, Backend, LabelStudio, keypoint, running  # noqa: E402
 
 from ml_backend.rle import mask2rle  # noqa: E402
+from testkit.ls_harness import LS_LEGACY_TOKEN, Backend, LabelStudio, keypoint, running  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -133,7 +131,7 @@ def start_evaluation(
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    return subprocess.Popen([sys.executable, "-m", "model.cli", "evaluate", *argv], cwd=REPO, env=env)
+    return subprocess.Popen([sys.executable, "-m", "cli", "evaluate", *argv], cwd=REPO, env=env)
 
 
 def evaluate_all(
@@ -371,7 +369,8 @@ def main(argv=None) -> int:
             ),
             f"Job {job['id']}: {job['message']}",
             "",
-            f"Held-out CamVid ({len(heldout_frames)} frames, {heldout_instances} instances, max {args.max_clicks} clicks):",
+            f"Held-out CamVid ({len(heldout_frames)} frames, {heldout_instances} instances, "
+            f"max {args.max_clicks} clicks):",
             "",
             "| model | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@5 | s |",
             "|---|---|---|---|---|---|---|---|",

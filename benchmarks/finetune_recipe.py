@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     import torch
 
     from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.finetune import FinetuneSettings, finetune, memory_source
+    from model.finetune import finetune, finetune_config, memory_source
 
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     if args.steps == 0:
         (out / "report.json").write_text(json.dumps(report, indent=2))
         return 0
-    settings = FinetuneSettings(
+    settings = finetune_config(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         max_extra_clicks=args.max_extra_clicks,
         threads=args.threads,
         zoom_in_prob=args.zoom_in_prob,
-        extra={"log_every": 50},
+        log_every=50,
     )
     t0 = time.perf_counter()
     net, _ = finetune(args.checkpoint, memory_source(train), settings, out=out / "run")

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from model.evaluation.datasets import read_image, read_label_image
-    from model.finetune import FinetuneSettings, finetune, memory_source
+    from model.finetune import finetune, finetune_config, memory_source
+    from model.images import read_label_map, read_rgb
 
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no regions/*.png under {data}")
     samples = []
     for path in region_files:
-        labels = read_label_image(path)
-        image = read_image(next((data / "images").glob(path.stem + ".*")))
+        labels = read_label_map(path)
+        image = read_rgb(next((data / "images").glob(path.stem + ".*")))
         samples.append((image, [labels == i for i in np.unique(labels) if i > 0]))
     source = memory_source(samples)
     print(
@@ -58,13 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     medians = {}
     for amp in args.amp.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            settings = FinetuneSettings(
-                steps=args.steps,
-                batch_size=args.batch_size,
-                threads=args.threads,
-                device="cpu",
-                amp=amp,
-                extra={"log_every": 1},
+            settings = finetune_config(
+                steps=args.steps, batch_size=args.batch_size, threads=args.threads, device="cpu", amp=amp, log_every=1
             )
             _, info = finetune(args.checkpoint, source, settings, out=tmp)
         rows = [line.split(",") for line in info["log"].splitlines()]

@@ -3,9 +3,10 @@
     python benchmarks/latency.py [--config vit_b_448 | --checkpoint F] [--repeats 7] [--threads N] [--json out.json]
 
 Reports, for fp32 and bf16: the median time of one network forward (batch 1 and the flip batch of 2;
-batch 1 also with the other deformable-attention kernel) and of one predictor click (flip on/off) after warm-up, peak RSS, FLOPs per forward (PyTorch's
-FLOP counter), the machine's measured matmul peak and the fraction of it a forward reaches, and the
-IoU between the fp32 and bf16 masks over a click sequence on a real image.
+batch 1 also with the other deformable-attention kernel) and of one predictor click (flip on/off) after
+warm-up, peak RSS, FLOPs per forward (PyTorch's FLOP counter), the machine's measured matmul peak and the
+fraction of it a forward reaches, and the IoU between the fp32 and bf16 masks over a click sequence on a real
+image.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     image = load_image()
     report: dict = {
         "model": args.checkpoint or args.config,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
         "input": list(size),
     }
     report["matmul_peak_gflops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.rand(batch, 4, *size)
             pts = torch.tensor([[[200.0, 200.0, 0.0], [-1.0, -1.0, -1.0]]] * batch)
 
-            def forward(x: torch.Tensor = x, pts: torch.Tensor = pts) -> None:
+            def forward(x: torch.Tensor = x, pts: torch.Tensor = pts, dtype: torch.dtype = dtype) -> None:
                 with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
                     model(x, pts)
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor = Predictor(model, device="cpu", dtype=name, flip=flip)
             predictor.set_image(image)
 
-            def click() -> None:
+            def click(predictor: Predictor = predictor) -> None:
                 predictor.reset()
                 predictor.add_click(*SESSION_CLICKS[0])
                 predictor.add_click(*SESSION_CLICKS[1])

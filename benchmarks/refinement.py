@@ -42,17 +42,7 @@ def _run_setting(setting: str, args: argparse.Namespace) -> Path:
     out = Path(args.out) / setting.replace(",", "+").replace("@", "at").replace(":", "-")
     if (out / "results.json").is_file():
         return out
-    command = [
-        sys.executable,
-        "-m",
-        "model.cli",
-        "evaluate",
-        "--datasets",
-        args.datasets,
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    command = [sys.executable, "-m", "cli", "evaluate", "--datasets", args.datasets, "--out", str(out), "--no-progress"]
     if args.limit:
         command += ["--limit", str(args.limit)]
     if setting == BASELINE:
@@ -127,7 +117,7 @@ def latency(args: argparse.Namespace) -> None:
         (260, 1000, False),
     ]
     net = load_model(args.checkpoint, "cpu")
-    print(f"| setting | flip | median s/click | p90 s/click | clicks | threads |\n|---|---|---|---|---|---|")
+    print("| setting | flip | median s/click | p90 s/click | clicks | threads |\n|---|---|---|---|---|---|")
     for setting in [s for s in args.settings.split(";") if s]:
         spec, flip = _split(setting)
         predictor = Predictor(net, device="cpu", flip=flip and not args.no_flip, refine=spec)

@@ -42,9 +42,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from ls_harness import Backend, free_port, keypoint  # noqa: E402
+from testkit.ls_harness import Backend, free_port, keypoint  # noqa: E402
 
 TOKEN = "bench-legacy-token"
 CONFIG = """<View>
@@ -213,7 +212,7 @@ def main(argv=None) -> int:
     shared = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared"))
     jpeg = make_image(shared if shared.is_dir() else None, args.width, args.height)
     ls = StubLabelStudio(jpeg)
-    engine = {"disk": "ml_backend.testing:DiskPredictor"}.get(args.engine, args.engine)
+    engine = {"disk": "testkit.standins:DiskPredictor"}.get(args.engine, args.engine)
     env = {
         "MODEL_ENGINE": engine,
         "LABEL_STUDIO_URL": ls.url,

@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import (  # noqa: E402  (the sibling benchmark's harness)
+from server import (
     CONFIG,
     REPO,
     TOKEN,
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     shared = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared"))
     ls = StubLabelStudio(make_image(shared if shared.is_dir() else None, args.width, args.height))
-    engine = {"disk": "ml_backend.testing:DiskPredictor"}.get(args.engine, args.engine)
+    engine = {"disk": "testkit.standins:DiskPredictor"}.get(args.engine, args.engine)
     env = {
         "MODEL_ENGINE": engine,
         "LABEL_STUDIO_URL": ls.url,

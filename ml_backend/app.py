@@ -194,7 +194,7 @@ def _check_label_studio(backend: Backend) -> None:
 def _warm_up(backend: Backend) -> None:
     _check_label_studio(backend)
     try:
-        import label_studio_sdk.converter.brush  # noqa: F401  (slow imports: keep them off the first click
+        import label_studio_sdk.converter.brush
         import label_studio_sdk.label_interface  # noqa: F401   and out of /setup's 3 s)
     except Exception:  # pragma: no cover - reported on the first click instead
         log.exception("could not import label_studio_sdk")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping
+from collections.abc import Mapping
+from pathlib import Path
+
+from model.weights import PROJECT_WEIGHTS_DIR, STARTER_WEIGHTS
 
 
 def _bool(value: str | None, default: bool | None) -> bool | None:
@@ -48,6 +51,13 @@ def env_probability(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def env_optional_probability(env: Mapping[str, str], name: str) -> float | None:
+    """The probability in ``name``, or None when it is unset (the model keeps its own value)."""
+    if not (env.get(name) or "").strip():
+        return None
+    return env_probability(env, name, 0.0)
+
+
 @dataclasses.dataclass
 class Settings:
     # --- Label Studio access (media download) ---
@@ -67,6 +77,7 @@ class Settings:
     # --- model ---
     model_engine: str = "adaptiveclick"
     model_checkpoint: str = ""
+    weights_dir: str = ""  # ADAPTIVECLICK_WEIGHTS_DIR: where the shipped weights are (an installed package has none)
     model_dir: str = ""
     model_version: str = ""
     device: str = "auto"
@@ -90,7 +101,7 @@ class Settings:
     model_watch_s: float = 2.0  # how often the server checks MODEL_DIR/current for a new version
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         hosts = tuple(h.strip().lower() for h in env.get("MEDIA_ALLOWED_HOSTS", "").split(",") if h.strip())
         return cls(
@@ -109,7 +120,9 @@ class Settings:
             threads=max(1, env_int(env, "THREADS", 8)),
             no_traffic_warning_s=env_float(env, "NO_TRAFFIC_WARNING_S", 120.0),
             model_engine=env.get("MODEL_ENGINE", "adaptiveclick").strip() or "adaptiveclick",
-            model_checkpoint=env.get("MODEL_CHECKPOINT", "").strip(),
+            # ADAPTIVECLICK_CHECKPOINT: the older name (the command line's), still honoured.
+            model_checkpoint=(env.get("MODEL_CHECKPOINT", "") or env.get("ADAPTIVECLICK_CHECKPOINT", "")).strip(),
+            weights_dir=env.get("ADAPTIVECLICK_WEIGHTS_DIR", "").strip(),
             model_dir=env.get("MODEL_DIR", "").strip(),
             model_version=env.get("MODEL_VERSION", "").strip(),
             device=env.get("DEVICE", "auto").strip() or "auto",
@@ -117,7 +130,7 @@ class Settings:
             flip=_bool(env.get("MODEL_FLIP"), None),
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
             refine=env.get("MODEL_REFINE", "").strip(),
-            mask_threshold=env_float(env, "MASK_THRESHOLD", 0.5) if env.get("MASK_THRESHOLD", "").strip() else None,
+            mask_threshold=env_optional_probability(env, "MASK_THRESHOLD"),
             session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
             session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),
             max_clicks=env_int(env, "MAX_CLICKS", 100),
@@ -130,6 +143,23 @@ class Settings:
             model_version_pin=env.get("MODEL_VERSION_PIN", "").strip(),
             model_watch_s=env_float(env, "MODEL_WATCH_S", 2.0),
         )
+
+    @property
+    def base_checkpoint(self) -> Path:
+        """The base model's weights: ``MODEL_CHECKPOINT`` (a relative path that does not exist as given is looked
+        up in ``MODEL_DIR``), else the starter in the weights folder. Fine-tuned versions:
+        ``model_store.served_checkpoint``."""
+        if not self.model_checkpoint:
+            return self.shipped_weights_dir / STARTER_WEIGHTS.name
+        path = Path(self.model_checkpoint).expanduser()
+        if not path.is_absolute() and self.model_dir and not path.exists():
+            path = Path(self.model_dir) / path
+        return path
+
+    @property
+    def shipped_weights_dir(self) -> Path:
+        """``ADAPTIVECLICK_WEIGHTS_DIR``, else the project's ``weights/`` (beside the packages of a checkout)."""
+        return Path(self.weights_dir) if self.weights_dir else PROJECT_WEIGHTS_DIR
 
     @property
     def basic_auth_enabled(self) -> bool:

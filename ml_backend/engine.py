@@ -3,8 +3,8 @@
 ``MODEL_ENGINE``:
 * ``adaptiveclick`` (default): ``model.checkpoint.load_model`` + ``model.predictor.Predictor``;
 * ``grabcut``: the classical baseline ``model.evaluation.grabcut.GrabCutPredictor``;
-* ``package.module:factory``: any callable returning an object with ``set_image``/``add_click``/``reset``
-  (and optionally ``get_state``/``set_state``), for experiments and tests.
+* ``package.module:factory``: any callable returning a ``model.interactive.InteractivePredictor`` (a
+  ``StatefulPredictor`` replays click prefixes for free), for experiments and tests.
 
 Nothing here touches torch or CUDA at import time: the model is loaded in the serving process (after any
 fork), by :meth:`Engine.load`.
@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from model.interactive import InteractivePredictor
 
 log = logging.getLogger("adaptiveclick.backend")
 
@@ -38,8 +41,22 @@ def _file_tag(path: Path) -> str:
     return sha256_file(path)[:8]
 
 
-def _served_version(settings: Settings) -> Any:
-    from .finetune import resolve_served
+def base_version_name(settings: Settings, engine: str | None = None) -> str:
+    """The base model's version name, stable across restarts and workers: engine + checkpoint name + content tag
+    (``MODEL_VERSION`` overrides it)."""
+    if settings.model_version:
+        return settings.model_version
+    engine = engine or settings.model_engine
+    if engine == "grabcut":
+        return "grabcut-baseline"
+    if engine == "adaptiveclick":
+        path = settings.base_checkpoint
+        return f"adaptiveclick-{path.stem}-{_file_tag(path)}"
+    return engine.replace(":", ".")
+
+
+def _served_version(settings: Settings) -> tuple[str, Path] | None:
+    from .model_store import resolve_served
 
     return resolve_served(settings)
 
@@ -50,7 +67,7 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        factory: Callable[[], Any] | None = None,
+        factory: Callable[[], InteractivePredictor] | None = None,
         name: str | None = None,
         version: str | None = None,
     ):
@@ -61,16 +78,16 @@ class Engine:
         self.error: str | None = None
         self.device = "cpu"
         self.refine = "none"  # the predictor's refinement spec (model.refine), reported by /health
-        self._factory = factory
+        self._factory: Callable[[], InteractivePredictor] | None = factory
         self._version = version or settings.model_version or ""
         self.model_class = "AdaptiveClick" if self.name == "adaptiveclick" else self.name
         self.load_seconds = 0.0
         self.generation = 0  # bumped by every hot swap (sessions of an older generation are dropped)
-        # A fine-tuned version from MODEL_DIR (ml_backend.finetune): (version, checkpoint) or None = the base model.
+        # A fine-tuned version from MODEL_DIR (ml_backend.model_store): (version, checkpoint) or None = the base model.
         self._active = None if factory is not None else _served_version(settings)
         if factory is not None:
             self.ready.set()
-        self.base_version = self._version or self._default_version()
+        self.base_version = self._version or base_version_name(settings, self.name)
         if self._active is not None and not version:
             self._version = self._active[0]
         if not self._version:
@@ -80,33 +97,8 @@ class Engine:
     def model_version(self) -> str:
         return self._version
 
-    def _default_version(self) -> str:
-        """Stable across restarts and workers: engine + checkpoint name + content tag (MODEL_VERSION overrides)."""
-        if self.name == "grabcut":
-            return "grabcut-baseline"
-        if self.name == "adaptiveclick":
-            path_str = self._base_checkpoint_path() or os.environ.get("ADAPTIVECLICK_CHECKPOINT", "")
-            if not path_str:
-                from model.checkpoint import DEFAULT_WEIGHTS  # imports torch, not CUDA
-
-                path_str = str(DEFAULT_WEIGHTS)
-            path = Path(path_str)
-            return f"adaptiveclick-{path.stem}-{_file_tag(path)}"
-        return self.name.replace(":", ".")
-
-    def _checkpoint_path(self) -> str | None:
-        if self._active is not None:
-            return str(self._active[1])
-        return self._base_checkpoint_path()
-
-    def _base_checkpoint_path(self) -> str | None:
-        ckpt = self.settings.model_checkpoint
-        if not ckpt:
-            return None
-        path = Path(ckpt).expanduser()
-        if not path.is_absolute() and self.settings.model_dir and not path.exists():
-            path = Path(self.settings.model_dir) / path
-        return str(path)
+    def _checkpoint_path(self) -> Path:
+        return self._active[1] if self._active is not None else self.settings.base_checkpoint
 
     def load(self) -> None:
         """Build the predictor factory (loads the network once). Safe to call from a background thread."""
@@ -158,7 +150,7 @@ class Engine:
         log.info("now serving model version %s (loaded in %.1f s)", self._version, time.perf_counter() - t0)
         return True
 
-    def _build_factory(self) -> Callable[[], Any]:
+    def _build_factory(self) -> Callable[[], InteractivePredictor]:
         engine = self.name
         if engine == "grabcut":
             from model.evaluation.grabcut import GrabCutPredictor
@@ -178,7 +170,7 @@ class Engine:
             net = load_model(ckpt, device)
             settings = self.settings
 
-            def factory() -> Any:
+            def factory() -> InteractivePredictor:
                 return Predictor(net, device=device, dtype=settings.dtype, **options)
 
             factory()  # fail now (dtype/device problems), not on the first click
@@ -192,17 +184,16 @@ class Engine:
             return factory
         raise ValueError(f"unknown MODEL_ENGINE={engine!r}: use adaptiveclick, grabcut or package.module:factory")
 
-    def new_predictor(self, timeout: float | None = None) -> Any:
+    def new_predictor(self, timeout: float | None = None) -> InteractivePredictor:
+        """A predictor for a new session; ``MASK_THRESHOLD`` (when set) replaces its own threshold."""
         if not self.ready.wait(timeout):
             raise RuntimeError("the model is still loading")
         if self._factory is None:
             raise RuntimeError(f"the model could not be loaded: {self.error}")
-        return self._factory()
-
-    def threshold_for(self, predictor: Any) -> float:
+        predictor = self._factory()
         if self.settings.mask_threshold is not None:
-            return float(self.settings.mask_threshold)
-        return float(getattr(predictor, "threshold", 0.5))
+            predictor.threshold = self.settings.mask_threshold
+        return predictor
 
 
 def predictor_options(settings: Settings) -> dict[str, Any]:

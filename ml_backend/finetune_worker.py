@@ -30,13 +30,18 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import Settings, env_choice, env_float, env_int, env_probability
-from .finetune import DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, resolve_served
+from .engine import base_version_name
+from .model_store import BASE, DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, served_checkpoint
+
+if TYPE_CHECKING:
+    from model.training import TrainConfig
 
 log = logging.getLogger("adaptiveclick.finetune")
 
@@ -47,46 +52,54 @@ class JobSkipped(Exception):
 
 @dataclasses.dataclass
 class JobConfig:
-    """Fine-tuning settings of the worker (environment ``FINETUNE_*``)."""
+    """A fine-tuning job's settings (environment ``FINETUNE_*``): the training run (a ``model.training.TrainConfig``
+    from ``model.finetune.finetune_config``) and what the worker does around it."""
 
-    steps: int = 100
-    batch_size: int = 4
-    lr: float = 3e-5
-    max_minutes: float = 60.0
-    max_extra_clicks: int = 3
+    train: TrainConfig | None = None  # None: finetune_config() (imported on use: it pulls in torch)
+    max_minutes: float = 60.0  # wall-time cap of the training run (0: none)
     val_fraction: float = 0.2
     min_tasks: int = 2
     max_tasks: int = 1000
     max_clicks: int = 20
     val_max_instances: int = 100
     min_instance_px: int = 100
-    threads: int = 0  # torch threads of the worker (FINETUNE_THREADS, default half the cores: serving keeps the rest)
     nice: int = 10
-    seed: int = 0
-    amp: str = "auto"  # autocast of the training steps: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16
-    zoom_in_prob: float = 0.5  # share of training samples cropped around the object, as zoom-in shows it
     keep_rejected: bool = False  # keep a not-promoted candidate as jobs/<job>.rejected.safetensors (analysis)
 
+    def __post_init__(self) -> None:
+        if self.train is None:
+            from model.finetune import finetune_config
+
+            self.train = finetune_config()
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "JobConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> JobConfig:
+        from model.finetune import FINETUNE_DEFAULTS, finetune_config
+
         env = os.environ if env is None else env
+        defaults = finetune_config()
+        # The TrainConfig fields a job takes from FINETUNE_<NAME>; the rest keep FINETUNE_DEFAULTS.
+        train: dict[str, Any] = {
+            "steps": max(1, env_int(env, "FINETUNE_STEPS", FINETUNE_DEFAULTS["steps"])),
+            "batch_size": max(1, env_int(env, "FINETUNE_BATCH_SIZE", FINETUNE_DEFAULTS["batch_size"])),
+            "lr": env_float(env, "FINETUNE_LR", FINETUNE_DEFAULTS["lr"]),
+            "max_extra_clicks": max(0, env_int(env, "FINETUNE_MAX_EXTRA_CLICKS", defaults.max_extra_clicks)),
+            "seed": env_int(env, "FINETUNE_SEED", defaults.seed),
+            "amp": env_choice(env, "FINETUNE_AMP", defaults.amp, ("auto", "fp32", "bf16", "fp16")),
+            "zoom_in_prob": env_probability(env, "FINETUNE_ZOOM_IN_PROB", FINETUNE_DEFAULTS["zoom_in_prob"]),
+            # Half the cores by default: serving keeps the rest.
+            "threads": max(1, env_int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
+        }
         return cls(
-            steps=max(1, env_int(env, "FINETUNE_STEPS", 100)),
-            batch_size=max(1, env_int(env, "FINETUNE_BATCH_SIZE", 4)),
-            lr=env_float(env, "FINETUNE_LR", 3e-5),
+            train=finetune_config(**train),
             max_minutes=env_float(env, "FINETUNE_MAX_MINUTES", 60.0),
-            max_extra_clicks=max(0, env_int(env, "FINETUNE_MAX_EXTRA_CLICKS", 3)),
             val_fraction=min(0.9, max(0.0, env_float(env, "FINETUNE_VAL_FRACTION", 0.2))),
             min_tasks=max(2, env_int(env, "FINETUNE_MIN_TASKS", 2)),
             max_tasks=max(2, env_int(env, "FINETUNE_MAX_TASKS", 1000)),
             max_clicks=max(1, env_int(env, "FINETUNE_MAX_CLICKS", 20)),
             val_max_instances=max(1, env_int(env, "FINETUNE_VAL_MAX_INSTANCES", 100)),
             min_instance_px=max(0, env_int(env, "FINETUNE_MIN_INSTANCE_PX", 100)),
-            threads=max(1, env_int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
             nice=env_int(env, "FINETUNE_NICE", 10),
-            seed=env_int(env, "FINETUNE_SEED", 0),
-            amp=env_choice(env, "FINETUNE_AMP", "auto", ("auto", "fp32", "bf16", "fp16")),
-            zoom_in_prob=env_probability(env, "FINETUNE_ZOOM_IN_PROB", 0.5),
             keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
         )
 
@@ -110,12 +123,11 @@ class LabelStudioAPI:
         self.timeout = timeout
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        from urllib.parse import urlencode
+
         import requests
 
         from .errors import MediaError
-
-        from urllib.parse import urlencode
-
         from .urls import UnsafeURL
 
         try:
@@ -324,25 +336,14 @@ def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobCo
 
 
 def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings, work: Path) -> tuple[Any, dict]:
-    from model.finetune import FinetuneSettings, finetune, memory_source
+    from model.finetune import finetune, memory_source
 
     samples = [(t.image, [m for m in t.masks if int(m.sum()) >= cfg.min_instance_px]) for t in train]
     source = memory_source(samples, names=[str(t.task_id) for t in train])
     if not source.records:
         raise JobSkipped(f"no training instance of at least FINETUNE_MIN_INSTANCE_PX={cfg.min_instance_px} pixels")
-    settings_ft = FinetuneSettings(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        max_extra_clicks=cfg.max_extra_clicks,
-        seed=cfg.seed,
-        threads=cfg.threads or None,
-        device=_device(settings),
-        max_minutes=cfg.max_minutes if cfg.max_minutes > 0 else None,
-        amp=cfg.amp,
-        zoom_in_prob=cfg.zoom_in_prob,
-    )
-    net, info = finetune(init, source, settings_ft, out=work / "train")
+    run = dataclasses.replace(cfg.train, device=_device(settings))
+    net, info = finetune(init, source, run, out=work / "train", max_minutes=cfg.max_minutes or None)
     info["train_instances"] = sum(len(r.objects) for r in source.records)
     return net, info
 
@@ -364,19 +365,9 @@ def _cuda_available() -> bool:
 
 
 def _served(settings: Settings, store: ModelStore) -> tuple[str, Path]:
-    """(version, checkpoint) the server serves now: the fine-tuned version or the base model."""
-    served = resolve_served(settings, store)
-    if served is not None:
-        return served[0], served[1]
-    from .engine import Engine
-
-    engine = Engine(dataclasses.replace(settings, model_dir=""))
-    path = engine._base_checkpoint_path()
-    if path is None:
-        from model.checkpoint import DEFAULT_WEIGHTS
-
-        path = os.environ.get("ADAPTIVECLICK_CHECKPOINT") or str(DEFAULT_WEIGHTS)
-    return engine.base_version, Path(path)
+    """(version, checkpoint) the server serves now: the fine-tuned version or the base model (by its name)."""
+    version, path = served_checkpoint(settings, store)
+    return (base_version_name(settings) if version == BASE else version), path
 
 
 def run_job(
@@ -533,9 +524,9 @@ def _run(
 def _training_summary(info: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
     return {
         "steps": info.get("step"),
-        "planned_steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
+        "planned_steps": cfg.train.steps,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
         "loss": info.get("loss"),
         "seconds": round(float(info.get("wall_time", 0.0)), 1),
         "train_instances": info.get("train_instances"),
@@ -583,10 +574,10 @@ def main_worker(once: bool, poll_s: float) -> int:
             os.nice(cfg.nice)  # serving keeps the CPU first
         except OSError:
             pass
-    if cfg.threads:
+    if cfg.train.threads:
         import torch
 
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.train.threads)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     worker_loop(settings, cfg, once=once, poll_s=poll_s)
     return 0

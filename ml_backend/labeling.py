@@ -85,6 +85,21 @@ class LabelConfig:
         return out
 
 
+def project_id(value: Any) -> str:
+    """Label Studio's project as requests and webhooks give it (an object with ``id``, an int, or "12.1718...":
+    the id, a dot and a timestamp) as a string of digits; "" when it cannot be read."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int):
+        return str(value) if value >= 0 else ""
+    if isinstance(value, str):
+        head = value.split(".", 1)[0].strip()
+        return head if head.isdigit() and len(head) < 20 else ""
+    return ""
+
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 

@@ -8,7 +8,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,10 +17,13 @@ from .config import Settings
 from .engine import Engine
 from .errors import BackendError, BadRequest, ConfigError, MediaError
 from .finetune import FinetuneServer, finetune_enabled
-from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config
+from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config, project_id
 from .media import DecodedImage, MediaFetcher
 from .rle import mask2rle
 from .sessions import Click, RunStats, Session, SessionCache
+
+if TYPE_CHECKING:
+    from model.interactive import InteractivePredictor
 
 log = logging.getLogger("adaptiveclick.backend")
 
@@ -122,16 +126,6 @@ def encode_mask(mask: np.ndarray, out_size: tuple[int, int]) -> list[int]:
     return mask2rle(mask_u8)
 
 
-def _project_id(project: Any) -> str:
-    if isinstance(project, bool):
-        return ""
-    if isinstance(project, int):
-        return str(project)
-    if isinstance(project, str):
-        return project.split(".", 1)[0][:64]
-    return ""
-
-
 def _image_key(url: Any) -> tuple[str, str]:
     """The image cache's key for a task image URL."""
     return "image", url if isinstance(url, str) else repr(url)
@@ -209,7 +203,7 @@ class Backend:
         schema = body.get("schema")
         if schema is not None and not isinstance(schema, str):
             raise BadRequest("setup.schema must be a string (the labeling config)")
-        project = _project_id(body.get("project"))
+        project = project_id(body.get("project"))
         self.fetcher.set_setup_fallback(body.get("hostname"), body.get("access_token"))
         if (
             self.finetune is not None
@@ -249,11 +243,7 @@ class Backend:
             raise BadRequest('the webhook body needs an "action" string')
         reply: dict[str, Any] = {"status": "ok", "action": action}
         project = body.get("project")
-        log.info(
-            "webhook %s (project %s)",
-            action[:64],
-            _project_id(project.get("id") if isinstance(project, dict) else project) or "?",
-        )
+        log.info("webhook %s (project %s)", action[:64], project_id(project) or "?")
         if self.finetune is not None and self.finetune.handles(action):
             reply.update(self.finetune.on_webhook(action, body))
         elif action == "START_TRAINING":
@@ -269,7 +259,7 @@ class Backend:
             dropped = self.cache.drop(lambda k: isinstance(k, tuple) and len(k) > 1 and k[1] in ids)
             reply["dropped"] = dropped
         elif action == "PROJECT_DELETED":
-            pid = _project_id(project.get("id") if isinstance(project, dict) else None)
+            pid = project_id(project)
             if pid:
                 reply["dropped"] = self.cache.drop(lambda k: isinstance(k, tuple) and k and k[0] == pid)
         return reply
@@ -296,7 +286,7 @@ class Backend:
         context = (params or {}).get("context")
         if context is not None and not isinstance(context, dict):
             raise BadRequest("params.context must be an object or null")
-        project = _project_id(body.get("project"))
+        project = project_id(body.get("project"))
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
             raise BadRequest("label_config must be a string")
@@ -399,7 +389,7 @@ class Backend:
         try:
             tasks, context = body["tasks"], body["params"]["context"]
             task = tasks[0]
-            label_config = body.get("label_config") or self._schemas.get(_project_id(body.get("project")))
+            label_config = body.get("label_config") or self._schemas.get(project_id(body.get("project")))
             if not isinstance(context, dict) or not isinstance(task, dict) or not isinstance(label_config, str):
                 return None
             config = parse_label_config(label_config)
@@ -472,7 +462,7 @@ class Backend:
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
         session = self.cache.get_session(key)
-        if session is not None and getattr(session, "generation", 0) != self.engine.generation:
+        if session is not None and session.generation != self.engine.generation:
             self.cache.drop(lambda k: k == key)  # made by a model that has since been swapped out
             session = None
         if session is None:
@@ -481,9 +471,7 @@ class Backend:
             t0 = time.perf_counter()
             with self.engine.lock:
                 stats.queue_ms += (time.perf_counter() - t0) * 1000
-                predictor = self._new_predictor()
-                new = Session(key, frame.image(), predictor, own_image=frame.own_image)
-                new.generation = self.engine.generation
+                new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image)
             if frame.note:
                 log.warning("task %s: %s", task_id, frame.note)
             session, _ = self.cache.get_or_create_session(key, lambda: new)
@@ -497,7 +485,7 @@ class Backend:
             t0 = time.perf_counter()
             with self.engine.lock:
                 stats.queue_ms += (time.perf_counter() - t0) * 1000
-                mask, score = session.run(clicks, self.engine.threshold_for(session.predictor), stats)
+                mask, score = session.run(clicks, stats)
             t1 = time.perf_counter()
             rle = encode_mask(mask, frame.out_size)
             stats.rle_ms += (time.perf_counter() - t1) * 1000
@@ -524,7 +512,7 @@ class Backend:
         )
         return region, score
 
-    def _new_predictor(self) -> Any:
+    def _new_predictor(self) -> InteractivePredictor:
         try:
             return self.engine.new_predictor(timeout=0)
         except RuntimeError as exc:

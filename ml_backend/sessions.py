@@ -4,8 +4,8 @@ AdaptiveClick feeds the previous mask back into the next forward, so a click's r
 clicks. A session (task, image, label, frame) keeps the predictor snapshot after every click prefix it has
 computed; a request whose clicks extend a cached prefix costs one forward per new click, a request that
 removes or moves a click restarts from the longest cached prefix, and an exact repeat costs no forward.
-Predictors without ``get_state``/``set_state`` (the GrabCut baseline) are replayed from the longest prefix
-they currently hold.
+Predictors without ``get_state``/``set_state`` (the GrabCut baseline: not a ``StatefulPredictor``) are replayed
+from the longest prefix they currently hold.
 
 Everything is bounded: a byte budget over images + sessions (least recently used first) and a TTL.
 """
@@ -16,9 +16,13 @@ import collections
 import dataclasses
 import threading
 import time
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from model.interactive import InteractivePredictor
 
 Click = tuple[int, int, bool]  # (row, col, positive) in the session frame's pixels
 MAX_STATES_PER_SESSION = 256
@@ -69,13 +73,25 @@ class ClientGone(Exception):
 
 
 class Session:
-    """One object being segmented: a predictor with the frame image set, and its snapshots."""
+    """One object being segmented: a predictor with the frame image set, and its snapshots.
 
-    def __init__(self, key: Hashable, image: np.ndarray, predictor: Any, own_image: bool = False):
+    ``generation``: the engine's model generation the predictor came from (a hot swap makes the session stale)."""
+
+    def __init__(
+        self,
+        key: Hashable,
+        image: np.ndarray,
+        predictor: InteractivePredictor,
+        generation: int = 0,
+        own_image: bool = False,
+    ):
+        from model.interactive import StatefulPredictor  # torch-free
+
         self.key = key
         self.image = image
         self.predictor = predictor
-        self.stateful = all(callable(getattr(predictor, name, None)) for name in ("get_state", "set_state"))
+        self.generation = generation
+        self.stateful = isinstance(predictor, StatefulPredictor)
         predictor.set_image(image)
         self.applied: tuple[Click, ...] = ()  # what the predictor holds right now
         self.states: collections.OrderedDict[tuple[Click, ...], tuple[Any, int]] = collections.OrderedDict()
@@ -107,8 +123,9 @@ class Session:
                 _, dropped = self.results.popitem(last=False)
                 self.nbytes -= int(dropped.rle.nbytes)
 
-    def run(self, clicks: tuple[Click, ...], threshold: float, stats: RunStats) -> tuple[np.ndarray, float]:
-        """(bool mask, score) after ``clicks`` (at least one), in the session frame. Call with the engine lock held."""
+    def run(self, clicks: tuple[Click, ...], stats: RunStats) -> tuple[np.ndarray, float]:
+        """(bool mask, score) after ``clicks`` (at least one), in the session frame, as the predictor thresholds
+        and scores it. Call with the engine lock held."""
         self.last_used = time.monotonic()
         n = len(clicks)
         p = self.predictor
@@ -131,25 +148,21 @@ class Session:
             p.reset()
         self.applied = clicks[:start]
         stats.restored_prefix = start
-        prob = None
         t0 = time.perf_counter()
         for k in range(start, n):
             if stats.cancelled.is_set():
                 stats.model_ms += (time.perf_counter() - t0) * 1000
                 raise ClientGone(f"stopped after {k - start} of {n - start} forwards")
             row, col, positive = clicks[k]
-            prob = p.add_click(row, col, positive)
+            p.add_click(row, col, positive)
             stats.forwards += 1
             self.applied = clicks[: k + 1]
             if self.stateful:
                 state = p.get_state()
                 self._remember_state(clicks[: k + 1], state)
         stats.model_ms += (time.perf_counter() - t0) * 1000
-        prob = np.asarray(prob)
-        mask = prob > threshold
-        area = int(np.count_nonzero(mask))
-        score = float(np.sum(prob, where=mask, dtype=np.float64) / area) if area else 0.0
-        return mask, score
+        prediction = p.prediction()
+        return prediction.mask, prediction.score
 
     def shed(self, nbytes: int) -> int:
         """Forget least recently used snapshots (never the newest) to free about ``nbytes``; returns bytes freed."""

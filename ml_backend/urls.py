@@ -54,7 +54,7 @@ class Destination:
     def url(self) -> str:
         return f"{self.scheme}://{self.netloc}{self.path}" + (f"?{self.query}" if self.query else "")
 
-    def with_path(self, path_and_query: str) -> "Destination":
+    def with_path(self, path_and_query: str) -> Destination:
         """``/path?query`` under this URL's path (Label Studio may be served under a prefix), checked like any URL."""
         return parse_destination(f"{self.scheme}://{self.netloc}{self.path.rstrip('/')}{path_and_query}")
 

@@ -45,7 +45,7 @@ class AdaptiveClickConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AdaptiveClickConfig":
+    def from_dict(cls, data: dict) -> AdaptiveClickConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -16,23 +16,22 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .build import CONFIGS, AdaptiveClickConfig, build_adaptiveclick
+from .files import atomic_write
 from .modeling.adaptiveclick import AdaptiveClick
 from .modeling.vit import resize_pos_embed
 
 FORMAT_TAG = "adaptiveclick/1"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "starter.safetensors"
 # The reference registers two pixel-decoder modules under two names each.
 ALIAS_PREFIXES = {
     "pixel_decoder.adapter_1.": "pixel_decoder.lateral_convs.0.",
@@ -262,25 +261,6 @@ def save_checkpoint(model: AdaptiveClick, path: str | os.PathLike, metadata: dic
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
-
-    Readers see the old file or the new one, never a partial write; the temporary file is removed on failure.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """Metadata of a project checkpoint (config JSON, version, provenance)."""
     from safetensors import safe_open
@@ -390,17 +370,13 @@ def _what_it_is(head: bytes) -> str:
     return "neither a .safetensors file nor a PyTorch checkpoint (zip archive or pickle)"
 
 
-def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> AdaptiveClick:
-    """Load a checkpoint (default: the starter weights shipped in ``weights/``) in eval mode on ``device``."""
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> AdaptiveClick:
+    """Load a checkpoint in eval mode on ``device`` (default: cuda when available).
+
+    Which checkpoint to serve or evaluate by default (MODEL_CHECKPOINT, MODEL_DIR's current version, the
+    starter) is the caller's choice: ``ml_backend.model_store.served_checkpoint``."""
     from .device import resolve_device
 
-    if path is None:
-        path = Path(os.environ.get("ADAPTIVECLICK_CHECKPOINT", DEFAULT_WEIGHTS))
-        if not Path(path).is_file():
-            raise CheckpointError(
-                f"no checkpoint given and the default weights {path} are missing; pass --checkpoint "
-                "or set ADAPTIVECLICK_CHECKPOINT (see `adaptiveclick weights list`)"
-            )
     return load_checkpoint(path).to(resolve_device(device)).eval()
 
 

@@ -17,7 +17,7 @@ negative rows, padding rows = -1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 NEGATIVE_STRATEGIES = ("bg", "other", "border")
 
 
-@lru_cache(maxsize=None)
+@cache
 def geometric_probs(count: int, gamma: float) -> np.ndarray:
     """``p[k] ~ gamma**k`` for k in 0..count-1, normalised."""
     probs = gamma ** np.arange(count, dtype=np.float64)

@@ -33,10 +33,10 @@ import hashlib
 import importlib
 import io
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .click_sampler import MultiPointSampler
+from .images import read_label_map, read_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 EVALUATION_ONLY = ("GrabCut", "Berkeley")
@@ -62,17 +63,9 @@ class TrainDataError(ValueError):
 # Reading
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise TrainDataError(f"{path}: cannot decode image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def read_unchanged(path: Path) -> np.ndarray:
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise TrainDataError(f"{path}: cannot decode label image")
+    """The first channel of a mask / label image, as stored."""
+    data = read_label_map(path)
     return data[..., 0] if data.ndim == 3 else data
 
 
@@ -435,7 +428,7 @@ class ClickTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    @lru_cache(maxsize=4)
+    @lru_cache(maxsize=4)  # noqa: B019 - one dataset per run: the cache pins it, and it lives as long anyway
     def permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 1_000_003, epoch]).permutation(len(self.records))
 
@@ -544,7 +537,8 @@ class ClickTrainDataset(Dataset):
         }
 
     def _zoom_in_box(self, target: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """Inclusive ``(rmin, rmax, cmin, cmax)``: the object's box, jittered, expanded and clamped like a zoom-in ROI."""
+        """Inclusive ``(rmin, rmax, cmin, cmax)``: the object's box, jittered, expanded and clamped like a zoom-in
+        ROI."""
         cfg = self.augment
         rows = np.flatnonzero(target.any(axis=1))
         cols = np.flatnonzero(target.any(axis=0))

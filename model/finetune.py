@@ -13,9 +13,10 @@ Used by the Label Studio backend's fine-tuning worker (``ml_backend/finetune_wor
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ def pack_instances(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != shape:
             raise ValueError(f"instance mask {mask.shape} differs from the first one {shape}")
-        for index, layer in enumerate(layers):
+        for index, layer in enumerate(layers):  # noqa: B007 - `index` is the layer found, used after the loop
             if not (layer[mask] > 0).any():
                 break
         else:
@@ -103,57 +104,44 @@ class MemoryTrainer(Trainer):
         pass
 
 
-@dataclass
-class FinetuneSettings:
-    steps: int = 100
-    batch_size: int = 4
-    lr: float = 3e-5
-    max_extra_clicks: int = 3
-    max_points: int = 24
-    clip_grad: float = 1.0
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    max_minutes: float | None = None
-    amp: str = (
-        "auto"  # autocast: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (fast on CPUs with AVX-512 BF16/AMX), fp16
-    )
-    zoom_in_prob: float = 0.5  # share of samples cropped around the object as the predictor's zoom-in sees it
-    extra: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
+# Where a fine-tuning job departs from TrainConfig's defaults: a short run from a trained checkpoint on a few
+# in-memory annotations, at a constant learning rate, with no checkpoints of its own.
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "steps": 100,
+    "batch_size": 4,
+    "lr": 3e-5,
+    "lr_milestones": (1.0,),  # no drop inside the run
+    "clip_grad": 1.0,
+    "zoom_in_prob": 0.5,  # samples cropped around the object as the predictor's zoom-in sees it
+    "workers": 0,  # the records are in memory
+    "save_every_min": 1e9,
+}
+
+
+def finetune_config(**overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of a fine-tuning run: :data:`FINETUNE_DEFAULTS`, then ``overrides``."""
+    settings = {**FINETUNE_DEFAULTS, **overrides}
+    settings.setdefault("log_every", max(1, min(10, int(settings["steps"]))))
+    return TrainConfig(data=[MEMORY_DATA], **settings)
 
 
 def finetune(
-    init: str | Path, source: TrainSource, settings: FinetuneSettings, out: str | Path | None = None
+    init: str | Path,
+    source: TrainSource,
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    max_minutes: float | None = None,
 ) -> tuple[AdaptiveClick, dict[str, Any]]:
-    """Fine-tune the checkpoint ``init`` on ``source``; returns (network in eval mode on the CPU, run info).
+    """Fine-tune the checkpoint ``init`` on ``source`` with ``cfg`` (see :func:`finetune_config`); returns
+    (network in eval mode on the CPU, run info).
 
-    Constant learning rate (no milestone inside the run), the network's native input size, data loading in the
-    process (``workers=0``: the records are in memory). ``run_info["stopped"]`` is True when a SIGTERM/SIGINT
-    ended the run early (the caller should then not promote it)."""
-    options = {"save_every_min": 1e9, "log_every": max(1, min(10, settings.steps)), **settings.extra}
+    ``cfg.init``, ``cfg.data`` and ``cfg.out`` are set here. ``run_info["stopped"]`` is True when a
+    SIGTERM/SIGINT ended the run early (the caller should then not promote it); ``max_minutes`` caps the run's
+    wall time (a capped run is a normal result)."""
     with tempfile.TemporaryDirectory(prefix="adaptiveclick-ft-") as tmp:
-        cfg = TrainConfig(
-            data=[MEMORY_DATA],
-            out=str(out or tmp),
-            steps=settings.steps,
-            init=str(init),
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            lr_milestones=(1.0,),
-            warmup_steps=0,
-            clip_grad=settings.clip_grad,
-            max_points=settings.max_points,
-            max_extra_clicks=settings.max_extra_clicks,
-            workers=0,
-            seed=settings.seed,
-            threads=settings.threads,
-            device=settings.device,
-            amp=settings.amp,
-            zoom_in_prob=settings.zoom_in_prob,
-            **options,
-        )
+        cfg = replace(cfg, init=str(init), data=[MEMORY_DATA], out=str(out or tmp))
         trainer = MemoryTrainer(cfg, [source])
-        result = trainer.run(max_minutes=settings.max_minutes)
+        result = trainer.run(max_minutes=max_minutes)
         result["stopped"] = bool(trainer._stop_requested)
         result["autocast"] = str(trainer.amp_dtype).removeprefix("torch.")
         net = trainer.net.eval().cpu()

@@ -5,8 +5,6 @@ The functional losses take ``logits`` and ``targets`` of shape (num_masks, num_p
 implementation, so values and gradients match it to float32 rounding.
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -130,7 +128,7 @@ class AdaptiveFocalLossSigmoid(nn.Module):
         from_sigmoid: bool = False,
         detach_delimiter: bool = True,
         batch_axis: int = 0,
-        weight: Optional[float] = None,
+        weight: float | None = None,
         size_average: bool = True,
         ignore_label: int = -1,
     ) -> None:

@@ -4,10 +4,10 @@
 click (``skip_clicks=-1``), horizontal-flip test-time augmentation averaged on logits, the previous
 probability map fed back as the fourth input channel, and 0.49 as the mask threshold.
 
-    predictor = Predictor(load_model())
+    predictor = Predictor(load_model(STARTER_WEIGHTS))
     predictor.set_image(rgb_uint8)
-    prob = predictor.add_click(120, 200, positive=True)
-    mask = prob > predictor.threshold
+    predictor.add_click(120, 200, positive=True)
+    mask, probs, score = predictor.prediction()
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .device import autocast, resolve_device, resolve_dtype
+from .interactive import Prediction, prediction_from
 from .modeling.adaptiveclick import AdaptiveClick
 from .refine import Refinement, drop_unclicked_components, guided_upsample
 from .zoom_in import Box, Click, ZoomIn
@@ -32,7 +33,7 @@ class PredictorState:
     clicks: tuple[Click, ...] = ()
     prev_probs: torch.Tensor | None = None  # (1, 1, H, W) float32, on the predictor's device
     roi: Box | None = None
-    history: tuple["PredictorState", ...] = field(default=(), repr=False)
+    history: tuple[PredictorState, ...] = field(default=(), repr=False)
 
     @property
     def probs(self) -> np.ndarray | None:
@@ -151,6 +152,13 @@ class Predictor:
     def mask(self) -> np.ndarray | None:
         probs = self.probs
         return None if probs is None else probs > self.threshold
+
+    def prediction(self) -> Prediction:
+        """Mask (``probs > threshold``), probabilities and score after the last click."""
+        probs = self.probs
+        if probs is None:
+            raise ValueError("no click yet: call add_click() first")
+        return prediction_from(probs, self.threshold)
 
     @property
     def roi(self) -> Box | None:

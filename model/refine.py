@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -67,7 +67,7 @@ class Refinement:
     clean: bool = False
 
     @classmethod
-    def parse(cls, spec: "str | Refinement | None") -> "Refinement":
+    def parse(cls, spec: str | Refinement | None) -> Refinement:
         """``none``, or comma-separated ``cfr<K>[@tol]``, ``guided[<r>][@eps]``, ``clean``."""
         if spec is None or isinstance(spec, Refinement):
             return spec or cls()

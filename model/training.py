@@ -1,4 +1,4 @@
-"""``adaptiveclick train``: the reference AdaptiveClick training recipe, resumable and DDP-ready.
+"""The reference AdaptiveClick training recipe, resumable and DDP-ready (command line: ``cli/train.py``).
 
 Recipe (AdaptiveClick / SimpleClick on COCO+LVIS): crop 448, batch 32, Adam lr 5e-5 (betas 0.9 /
 0.999, no weight decay), lr x0.1 after 2/3 of training, MAE-initialised backbone, multi-point initial
@@ -8,7 +8,7 @@ with the drop at step 37,500 (epoch 40).
 
 Reproduce the reference on 4 GPUs with COCO+LVIS (RITM layout) and MAE ViT-B weights::
 
-    torchrun --standalone --nproc_per_node 4 -m model.training \\
+    torchrun --standalone --nproc_per_node 4 -m cli train \\
         --model vit_b_448 --mae weights/mae_pretrain_vit_base.pth --data /data/cocolvis \\
         --steps 56250 --batch-size 8 --lr 5e-5 --crop 448 --workers 8 --amp bf16 --out runs/vit_b_cocolvis
 
@@ -25,18 +25,17 @@ weights at that checkpoint), ``final.safetensors`` (at the end), ``train_config.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
-import os
 import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +45,6 @@ from torch.utils.data import DataLoader
 from .build import CONFIGS, AdaptiveClickConfig, build_adaptiveclick
 from .checkpoint import (
     CheckpointError,
-    atomic_write,
     load_checkpoint,
     load_mae_backbone,
     load_state_dict_strict,
@@ -59,11 +57,11 @@ from .data import (
     AugmentConfig,
     ClickTrainDataset,
     StreamSampler,
-    TrainDataError,
     TrainSource,
     hold_out_validation,
     open_train_sources,
 )
+from .files import atomic_write
 from .modeling.adaptiveclick import AdaptiveClick
 from .modeling.vit import resize_pos_embed
 
@@ -151,7 +149,7 @@ class TrainConfig:
             raise ValueError(f"lr milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -246,14 +244,15 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group started by ``torchrun`` (or one already initialised by the caller)."""
+def init_distributed(device_type: str, launch: DistInfo | None = None) -> DistInfo:
+    """Join the process group ``torchrun`` started (``launch``: its WORLD_SIZE and LOCAL_RANK, read by the
+    command line), or use one the caller already initialised; a single process otherwise."""
+    launch = launch or DistInfo()
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), launch.local_rank)
+    if launch.world_size > 1:
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")  # the rendezvous is torchrun's env://
+        return DistInfo(dist.get_rank(), dist.get_world_size(), launch.local_rank)
     return DistInfo()
 
 
@@ -321,7 +320,7 @@ def load_train_state(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no training state to resume: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+    except Exception as error:
         raise CheckpointError(f"{path}: unreadable training state ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not an AdaptiveClick training state ({STATE_FORMAT})")
@@ -350,7 +349,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
-        except Exception:  # noqa: BLE001 - tensorboard is optional
+        except Exception:
             self.tensorboard = None
 
     def write(self, row: dict[str, float]) -> None:
@@ -428,7 +427,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-        self.dist = dist_info or init_distributed("cuda" if wants_cuda else "cpu")
+        self.dist = init_distributed("cuda" if wants_cuda else "cpu", dist_info)
         self.device = resolve_train_device(cfg.device, self.dist)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         if cfg.threads:
@@ -774,140 +773,21 @@ def _restore_handlers(previous: dict) -> None:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, until: int | None = None, max_minutes: float | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    until: int | None = None,
+    max_minutes: float | None = None,
+    launch: DistInfo | None = None,
 ) -> dict[str, Any]:
-    """Build a :class:`Trainer` (joining ``torchrun``'s process group if any) and run it."""
-    trainer = Trainer(cfg, resume=resume)
+    """Build a :class:`Trainer` (joining ``torchrun``'s process group when ``launch`` has several processes) and
+    run it."""
+    trainer = Trainer(cfg, dist_info=launch, resume=resume)
     return trainer.run(until=until, max_minutes=max_minutes)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--config", help="JSON file of training settings (TrainConfig fields); flags given override it")
-    add("--resume", action="store_true", help="continue from OUT/last.pt with its saved settings")
-    add("--model", help="config name (starter, tiny, vit_b_448, ...) or a JSON AdaptiveClickConfig (default starter)")
-    add("--init", help="start from this checkpoint instead of fresh weights")
-    add("--mae", help="initialise the backbone from MAE ViT weights ({'model': state_dict})")
-    add("--data", help="comma-separated training folders (never GrabCut/Berkeley)")
-    add("--out", help="output folder (default runs/train)")
-    add("--steps", type=int, help="total optimiser steps (default 1000)")
-    add("--until", type=int, help="stop (with a checkpoint) at this step; the schedule still spans --steps")
-    add("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
-    add("--batch-size", type=int, help="samples per step and process (default 8)")
-    add("--lr", type=float, help="Adam learning rate (default 5e-5)")
-    add("--lr-milestones", help="comma-separated fractions of --steps where lr *= lr-gamma (default 0.6667)")
-    add("--lr-gamma", type=float, help="lr factor at each milestone (default 0.1)")
-    add("--warmup-steps", type=int, help="linear lr warm-up steps (default 0)")
-    add("--layer-decay", type=float, help="layer-wise lr decay for the ViT blocks (default 1 = off)")
-    add("--weight-decay", type=float, help="Adam weight decay (default 0)")
-    add("--clip-grad", type=float, help="clip the gradient norm to this value (default 0 = off)")
-    add("--crop", type=int, help="training crop = network input size (default: the model's)")
-    add("--base-scale", type=float, help="image pre-scale before the x0.75-1.40 resize (default crop/448)")
-    add("--zoom-in-prob", type=float, help="share of samples cropped around the object like zoom-in (default 0)")
-    add("--max-points", type=int, help="initial clicks per kind (default 24)")
-    add("--max-extra-clicks", type=int, help="iterative-training rounds are drawn from 0..this (default 3)")
-    add("--workers", type=int, help="data-loading processes (default 2; 0 = in the main process)")
-    add("--seed", type=int, help="random seed (default 0)")
-    add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    add("--device", help="auto, cpu, cuda, cuda:1 (default auto)")
-    add("--amp", choices=("auto", "fp32", "bf16", "fp16"), help="autocast dtype (default auto: bf16 on CUDA)")
-    add("--save-every-min", type=float, help="minutes between checkpoints (default 10)")
-    add("--log-every", type=int, help="steps between log.csv rows (default 10)")
-    add("--eval-every", type=int, help="steps between NoC evaluations (default 0 = never)")
-    add("--eval-data", help="comma-separated datasets for --eval-every (names under the data root or folders)")
-    add("--eval-limit", type=int, help="instances per evaluation dataset (default 20)")
-    add(
-        "--holdout",
-        help="comma-separated names of --data folders whose validation share (images/ + masks/) is "
-        "kept out of training and measured by --eval-every",
-    )
-    add("--holdout-fraction", type=float, help="share of each --holdout folder's objects held out (default 0.1)")
-    add("--ema-decay", type=float, help="also keep an EMA of the weights with this decay, e.g. 0.999 (default 0 = off)")
-    add(
-        "--allow-eval-data",
-        action="store_true",
-        default=None,
-        help="allow training on GrabCut/Berkeley (never do this for benchmarks)",
-    )
-
-
-_LIST_FLAGS = {"data": str, "eval_data": str, "holdout": str, "lr_milestones": float}
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    """Merge ``--config`` / the resumed run's settings with the flags given; returns (config, resume)."""
-    settings: dict[str, Any] = {}
-    resume = bool(getattr(args, "resume", False))
-    if resume:
-        if not args.out:
-            raise ValueError("--resume needs --out DIR (the run folder holding last.pt)")
-        saved = Path(args.out) / CONFIG_FILE
-        if not saved.is_file():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
-        settings.update(json.loads(saved.read_text()))
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path} does not exist")
-        settings.update(json.loads(path.read_text()))
-    names = {f.name for f in fields(TrainConfig)}
-    for name in names:
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        if name in _LIST_FLAGS and isinstance(value, str):
-            value = [_LIST_FLAGS[name](v) for v in value.split(",") if v.strip()]
-        settings[name] = value
-    return TrainConfig.from_dict(settings), resume
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Handler of ``adaptiveclick train``."""
-    try:
-        cfg, resume = config_from_args(args)
-        cfg.validate()
-    except (TrainDataError, ValueError, FileNotFoundError) as error:
-        print(f"adaptiveclick train: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        result = train(cfg, resume=resume, until=args.until, max_minutes=args.max_minutes)
-    except (TrainDataError, CheckpointError, FileNotFoundError) as error:
-        print(f"adaptiveclick train: error: {error}", file=sys.stderr)
-        return 2
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        state = "finished" if result["finished"] else "stopped"
-        print(f"{state} at step {result['step']} (loss {result['loss']:.4f}); state in {Path(cfg.out) / STATE_FILE}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train`` on an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train or fine-tune an AdaptiveClick model",
-        description="Train AdaptiveClick with the reference recipe (resumable; torchrun for several GPUs).",
-    )
-    _add_arguments(parser)
-    parser.set_defaults(handler=run_train, func=run_train)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adaptiveclick train", description="Train AdaptiveClick.")
-    _add_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m model.training ...`` (also what ``torchrun -m model.training`` runs)."""
-    return run_train(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def resume_settings(out: str | Path) -> dict[str, Any]:
+    """The settings a run in ``out`` was started with (``train_config.json``), to resume it."""
+    saved = Path(out) / CONFIG_FILE
+    if not saved.is_file():
+        raise FileNotFoundError(f"cannot resume: {saved} does not exist")
+    return json.loads(saved.read_text())

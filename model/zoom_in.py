@@ -8,8 +8,8 @@ expanded x1.4 (at least 200 px a side), re-chosen only when needed. ROIs are inc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

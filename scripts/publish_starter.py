@@ -55,7 +55,7 @@ def evaluate_both(checkpoint: Path, results: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "model.cli", "evaluate", *argv, "--out", str(results / name), *common],
+            [sys.executable, "-m", "cli", "evaluate", *argv, "--out", str(results / name), *common],
             cwd=REPO,
             env=env,
         )
@@ -126,7 +126,8 @@ AdaptiveClick architecture (plain ViT with click embedding, SimpleFPN, deformabl
 - Data (training-only folders of the project's shared datasets; never GrabCut, Berkeley or CamVid):
   {", ".join(Path(p).name for p in train_config.get("data", []))}.
 - Steps {steps} of a planned {train_config.get("steps", "?")}, batch {train_config.get("batch_size", "?")},
-  {meta.get("train_samples", "?")} samples, crop {config.get("image_size", "?")} px, Adam lr {train_config.get("lr", "?")}
+  {meta.get("train_samples", "?")} samples, crop {config.get("image_size", "?")} px,
+  Adam lr {train_config.get("lr", "?")}
   (warm-up {train_config.get("warmup_steps", "?")} steps, x{train_config.get("lr_gamma", "?")} at {milestones or "-"}),
   AFL set criterion with deep supervision, 0-3 iterative click rounds, autocast {train_config.get("amp", "?")}.
 - Wall time {wall_h:.2f} h on a shared 2-core CPU (no GPU), resumed across sessions; the settings changed on

@@ -1,6 +1,6 @@
 """Screenshot of the real Label Studio labeling UI showing a mask predicted by this backend (for the README).
 
-Starts Label Studio 1.23.2 (``.cache/ls-venv``, through the e2e harness ``tests/e2e/ls_harness.py``) and
+Starts Label Studio 1.23.2 (``.cache/ls-venv``, through the e2e harness ``testkit/ls_harness.py``) and
 ``adaptiveclick serve`` on 127.0.0.1, creates a project with the README's labeling config (smart KeyPointLabels +
 BrushLabels), uploads the image, connects the backend as an interactive model, sends the clicks the way the
 labeling UI does (smart keypoints -> ``POST /api/ml/{id}/interactive-annotating`` -> the backend's ``/predict``),
@@ -35,9 +35,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from ls_harness import LS_PASSWORD, LS_USER, Backend, LabelStudio, LSClient, keypoint, running  # noqa: E402
+from testkit.ls_harness import LS_PASSWORD, LS_USER, Backend, LabelStudio, LSClient, keypoint, running  # noqa: E402
 
 GRABCUT = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared")) / "datasets" / "GrabCut" / "images"
 DEFAULT_IMAGE = GRABCUT / "llama.png"  # the e2e tests' local-files image: one llama, clear against the ruins

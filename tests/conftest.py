@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from prerequisites import missing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,10 +1,32 @@
-"""The layering the design card asks for: ``model/`` never imports web code."""
+"""The layering: ``model/`` (the library) <- ``ml_backend/`` (the web adapter) <- ``cli/`` (the command line).
 
+Each layer imports only the ones below it; the command line is the only place that parses arguments, ``model/``
+reads no environment variable, and nothing shipped imports the test support (``testkit``) or the tests."""
+
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ("model", "ml_backend", "cli")
+
+
+def _sources(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (REPO / folder).rglob("*.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Top-level names of everything ``path`` imports (relative imports resolved to the package)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = path.relative_to(REPO).parts[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(package if node.level else (node.module or "").split(".")[0])
+    return names
 
 
 def test_model_package_imports_no_web_code():
@@ -17,9 +39,42 @@ def test_model_package_imports_no_web_code():
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "web = sorted(m for m in sys.modules if m.split('.')[0] in ('ml_backend', 'fastapi', 'starlette', 'uvicorn', 'gunicorn'))\n"
+        "web = ('ml_backend', 'cli', 'fastapi', 'starlette', 'uvicorn', 'gunicorn')\n"
+        "web = sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
         "print(','.join(web))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"model/ pulled in web modules: {result.stdout.strip()}"
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    allowed_above = {"model": {"ml_backend", "cli"}, "ml_backend": {"cli"}, "cli": set()}
+    for path in _sources(*SHIPPED):
+        layer = path.relative_to(REPO).parts[0]
+        imported = _imported_modules(path)
+        upward = imported & (allowed_above[layer] | {"testkit", "tests"})
+        assert not upward, f"{path.relative_to(REPO)} imports {sorted(upward)}"
+
+
+def test_only_the_command_line_parses_arguments():
+    offenders = [p.relative_to(REPO) for p in _sources("model", "ml_backend") if "argparse" in _imported_modules(p)]
+    assert not offenders, f"argument parsing outside cli/: {offenders}"
+
+
+def test_the_library_reads_no_environment_variable():
+    offenders = []
+    for path in _sources("model"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, f"model/ reads the environment (settings belong to ml_backend.config / cli): {offenders}"
+
+
+def test_tests_and_tools_do_not_import_each_other_or_patch_the_path_into_tests():
+    for path in _sources("tests"):
+        imported = _imported_modules(path)
+        assert not {n for n in imported if n.startswith("test_")}, f"{path.relative_to(REPO)} imports a test module"
+    for path in _sources("benchmarks", "scripts"):
+        text = path.read_text()
+        assert '"tests"' not in text and "from tests" not in text, f"{path.relative_to(REPO)} reaches into tests/"

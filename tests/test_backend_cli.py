@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from ml_backend import cli
+import cli
+from cli import backend
 
 
 def test_serve_help(capsys):
@@ -23,18 +22,16 @@ def test_serve_defaults_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("PORT", "9191")
     for name in ("HOST", "BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
         monkeypatch.delenv(name, raising=False)
-    parser, sub = cli._base_parser()
-    cli.add_serve_command(sub)
-    args = parser.parse_args(["serve"])
+    args = cli.build_parser().parse_args(["serve"])
     assert (args.workers, args.threads, args.port, args.host) == (3, 5, 9191, "127.0.0.1")  # open: loopback only
-    assert cli.default_host({"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "x"}) == "0.0.0.0"  # protected: network
-    assert cli.default_host({"HOST": "10.1.2.3"}) == "10.1.2.3"
+    assert backend.default_host({"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "x"}) == "0.0.0.0"  # protected: network
+    assert backend.default_host({"HOST": "10.1.2.3"}) == "10.1.2.3"
 
 
 def test_gunicorn_command_never_preloads(monkeypatch):
-    parser, sub = cli._base_parser()
-    cli.add_serve_command(sub)
-    argv = cli.gunicorn_argv(parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "9999", "--workers", "2"]))
+    argv = backend.gunicorn_argv(
+        cli.build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "9999", "--workers", "2"])
+    )
     assert "--preload" not in argv
     assert argv[argv.index("--worker-class") + 1].endswith("UvicornWorker")
     assert argv[argv.index("--bind") + 1] == "0.0.0.0:9999" and argv[argv.index("--workers") + 1] == "2"
@@ -53,10 +50,3 @@ def test_uvicorn_server_is_started_with_the_app_factory(monkeypatch):
     import os
 
     assert os.environ["THREADS"] == "3"
-
-
-def test_works_without_the_model_commands(monkeypatch):
-    monkeypatch.setitem(sys.modules, "model.cli", None)  # as if model/cli.py did not exist
-    parser, sub = cli._base_parser()
-    cli.add_serve_command(sub)
-    assert parser.parse_args(["serve"]).port == 9090

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_backend_http import RECORDED, make_app, recorded
+from backend_helpers import RECORDED, make_app, recorded
 
 CONFIG = recorded("predict_interactive_1click")["label_config"]
 

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 from ml_backend.errors import BadRequest, ConfigError, MediaError
@@ -17,7 +17,7 @@ from ml_backend.media import decode_image
 from ml_backend.rle import mask2rle as fast_mask2rle
 from ml_backend.service import clicks_to_pixels, encode_mask, make_frame
 from ml_backend.sessions import RunStats, Session, SessionCache
-from ml_backend.testing import DiskPredictor
+from testkit.standins import DiskPredictor
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -242,7 +242,7 @@ def test_extending_a_prefix_costs_one_forward_and_matches_a_replay():
         ((a, (12, 12, False), c), 2, 1),  # moved b
     ]:
         stats = RunStats()
-        mask, _ = s.run(clicks, 0.5, stats)
+        mask, _ = s.run(clicks, stats)
         assert (stats.forwards, stats.restored_prefix) == (expected_forwards, expected_prefix), clicks
         assert np.array_equal(mask, _fresh(clicks)), clicks
 
@@ -252,7 +252,9 @@ class StatelessDisk:
 
     def __init__(self):
         self.inner = DiskPredictor()
+        self.threshold = self.inner.threshold
         self.set_image, self.reset, self.add_click = self.inner.set_image, self.inner.reset, self.inner.add_click
+        self.prediction = self.inner.prediction
 
 
 def test_stateless_predictor_replays_only_what_it_must():
@@ -261,14 +263,14 @@ def test_stateless_predictor_replays_only_what_it_must():
     runs = [((a,), 1), ((a, b), 1), ((a, b, c), 1), ((a, c), 2), ((a, c, b), 1)]
     for clicks, forwards in runs:
         stats = RunStats()
-        mask, _ = s.run(clicks, 0.5, stats)
+        mask, _ = s.run(clicks, stats)
         assert stats.forwards == forwards, clicks
         assert np.array_equal(mask, _fresh(clicks))
 
 
 def test_remembered_results_answer_repeats_without_the_model():
     s = _session()
-    mask, score = s.run(((30, 40, True),), 0.5, RunStats())
+    mask, score = s.run(((30, 40, True),), RunStats())
     rle = encode_mask(mask, (80, 60))
     s.remember_result(((30, 40, True),), rle, score)
     hit = s.cached_result(((30, 40, True),))
@@ -295,7 +297,7 @@ def test_cache_evicts_least_recently_used_under_the_byte_budget_and_ttl(monkeypa
 def test_session_memory_is_accounted():
     s = _session(shape=(100, 100))
     before = s.nbytes
-    s.run(((50, 50, True), (10, 10, False)), 0.5, RunStats())
+    s.run(((50, 50, True), (10, 10, False)), RunStats())
     assert s.nbytes >= before + 2 * 100 * 100 * 4  # two float32 snapshots
     cache = SessionCache(max_bytes=1, ttl_s=100)
     cache.get_or_create_session("a", lambda: s)

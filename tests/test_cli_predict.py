@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from model.cli import main
+from cli import main
+
 from prerequisites import missing
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from model.evaluation.clicker import Clicker, next_click
+
 from prerequisites import missing
 
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from prerequisites import missing
 import torch
 from torch.testing import assert_close
 
@@ -14,6 +13,8 @@ from model.criterion import (
     total_loss,
     weighted_losses,
 )
+
+from prerequisites import missing
 
 # Tolerances recommended by the golden README.
 SYNTHETIC_LOSS_TOL = dict(rtol=1e-5, atol=1e-6)

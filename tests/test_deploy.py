@@ -182,7 +182,7 @@ def test_backend_gpu_reservation(compose):
 
 def test_backend_environment_names_are_real_settings(compose):
     """Every variable the compose file sets is read by the backend (no dead, misspelt settings)."""
-    sources = "".join((ROOT / "ml_backend" / name).read_text() for name in ("config.py", "cli.py"))
+    sources = "".join((ROOT / path).read_text() for path in ("ml_backend/config.py", "cli/backend.py"))
     for name in env_of(compose["services"]["adaptiveclick"]):
         assert f'"{name}"' in sources, f"{name} is not read by ml_backend"
 
@@ -343,11 +343,16 @@ def test_dockerfile_installs_the_package_and_ships_the_weights():
     assert "-e " not in runs  # a regular install, not editable
     copies = args_of("COPY")
     assert any(re.search(r"\bweights/ /app/weights/", c) for c in copies)
+    for package in ("model", "ml_backend", "cli"):  # every package pyproject.toml ships, nothing else
+        assert any(re.fullmatch(rf"{package}/ /tmp/src/{package}/", c) for c in copies), package
+    assert not any("testkit" in c or "tests" in c for c in copies)
     env = " ".join(args_of("ENV"))
-    from model.checkpoint import DEFAULT_WEIGHTS
-
-    assert f"ADAPTIVECLICK_CHECKPOINT=/app/weights/{DEFAULT_WEIGHTS.name}" in env
     assert "ADAPTIVECLICK_WEIGHTS_DIR=/app/weights" in env and "MODEL_DIR=/data/models" in env
+    from ml_backend.config import Settings  # the starter is found there, with no checkpoint configured
+    from model.weights import STARTER_WEIGHTS
+
+    settings = Settings.from_env({"ADAPTIVECLICK_WEIGHTS_DIR": "/app/weights"})
+    assert settings.base_checkpoint == Path("/app/weights") / STARTER_WEIGHTS.name
     volumes = json.loads(args_of("VOLUME")[-1])
     assert set(volumes) == {"/app/weights", "/data/models"}
 
@@ -419,7 +424,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         ok = self.path == "/health"
         body = type(self).body if ok else b"{}"
         self.send_response(200 if ok else 404)

@@ -8,17 +8,34 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from model.evaluation.command import main
+from cli import main as cli_main
 from model.evaluation.datasets import DatasetError, DatasetNotFoundError, load_dataset, open_dataset
 from model.evaluation.grabcut import GrabCutPredictor
 from model.evaluation.metrics import compute_noc
-from model.evaluation.runner import InteractivePredictor, evaluate_dataset, evaluate_instance
+from model.evaluation.runner import evaluate_dataset, evaluate_instance
+from model.interactive import InteractivePredictor, prediction_from
+
 from prerequisites import missing
 
 MAX_CLICKS = 20
 
 
-class PerfectPredictor:
+def main(argv: list[str]) -> int:
+    """``adaptiveclick evaluate ARGV``."""
+    return cli_main(["evaluate", *argv])
+
+
+class MapPredictor:
+    """Owns its threshold like every predictor; subclasses say which map a click gives."""
+
+    threshold = 0.49
+    probs = None
+
+    def prediction(self):
+        return prediction_from(self.probs, self.threshold)
+
+
+class PerfectPredictor(MapPredictor):
     """Returns the ground truth object whatever the clicks."""
 
     def __init__(self, gt_by_shape):
@@ -28,13 +45,14 @@ class PerfectPredictor:
         self.shape = image.shape[:2]
 
     def add_click(self, row, col, positive):
-        return (self.gt_by_shape[self.shape] == 1).astype(np.float32)
+        self.probs = (self.gt_by_shape[self.shape] == 1).astype(np.float32)
+        return self.probs
 
     def reset(self):
         pass
 
 
-class ConstantPredictor:
+class ConstantPredictor(MapPredictor):
     """Returns a fixed map and records the clicks it receives."""
 
     def __init__(self, make_map):
@@ -46,7 +64,8 @@ class ConstantPredictor:
 
     def add_click(self, row, col, positive):
         self.clicks.append((row, col, positive))
-        return self.make_map(self.image)
+        self.probs = self.make_map(self.image)
+        return self.probs
 
     def reset(self):
         self.clicks = []

@@ -25,16 +25,6 @@ from PIL import Image
 from ml_backend.app import create_app
 from ml_backend.config import Settings
 from ml_backend.engine import Engine
-from ml_backend.finetune import (
-    DONE,
-    FAILED,
-    HOLD_PARTIAL_WRITE_ENV,
-    INTERRUPTED,
-    QUEUED,
-    SKIPPED,
-    ModelStore,
-    resolve_served,
-)
 from ml_backend.finetune_worker import (
     JobConfig,
     JobSteps,
@@ -45,8 +35,18 @@ from ml_backend.finetune_worker import (
     split_tasks,
     worker_loop,
 )
+from ml_backend.model_store import (
+    DONE,
+    FAILED,
+    HOLD_PARTIAL_WRITE_ENV,
+    INTERRUPTED,
+    QUEUED,
+    SKIPPED,
+    ModelStore,
+    resolve_served,
+)
 from ml_backend.rle import mask2rle
-from ml_backend.testing import DiskPredictor
+from testkit.standins import DiskPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDED = json.loads((REPO / "tests" / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
@@ -473,15 +473,15 @@ def test_memory_source_feeds_the_training_dataset():
 
 
 def test_finetune_amp_setting_is_parsed_and_checked():
-    assert JobConfig.from_env({}).amp == "auto"
-    assert JobConfig.from_env({"FINETUNE_AMP": " BF16 "}).amp == "bf16"
+    assert JobConfig.from_env({}).train.amp == "auto"
+    assert JobConfig.from_env({"FINETUNE_AMP": " BF16 "}).train.amp == "bf16"
     with pytest.raises(ValueError, match="FINETUNE_AMP='fp8' must be one of auto, fp32, bf16, fp16"):
         JobConfig.from_env({"FINETUNE_AMP": "fp8"})
 
 
 def test_finetune_zoom_in_share_is_parsed_and_checked():
-    assert JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": "0.25"}).zoom_in_prob == 0.25
-    assert JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": "0"}).zoom_in_prob == 0.0
+    assert JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": "0.25"}).train.zoom_in_prob == 0.25
+    assert JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": "0"}).train.zoom_in_prob == 0.0
     for bad, message in (("1.5", "must be a probability"), ("half", "must be a number")):
         with pytest.raises(ValueError, match=f"FINETUNE_ZOOM_IN_PROB.*{message}"):
             JobConfig.from_env({"FINETUNE_ZOOM_IN_PROB": bad})
@@ -491,7 +491,7 @@ def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
     import torch
 
     from model.checkpoint import save_checkpoint
-    from model.finetune import FinetuneSettings, finetune, memory_source
+    from model.finetune import finetune, finetune_config, memory_source
 
     init = save_checkpoint(tiny_model, tmp_path / "init.safetensors")
     rng = np.random.default_rng(0)
@@ -503,7 +503,7 @@ def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
     net, info = finetune(
         init,
         source,
-        FinetuneSettings(steps=2, batch_size=1, lr=1e-3, threads=1, device="cpu", amp="bf16", zoom_in_prob=1.0),
+        finetune_config(steps=2, batch_size=1, lr=1e-3, threads=1, device="cpu", amp="bf16", zoom_in_prob=1.0),
         out=tmp_path / "run",
     )
     assert info["step"] == 2 and info["finished"] and np.isfinite(info["loss"]) and info["autocast"] == "bfloat16"
@@ -599,7 +599,7 @@ def test_hot_swap_without_restart(tiny_store):
 
 
 def test_rollback_and_pin(tiny_store, capsys):
-    from ml_backend.cli import main
+    from cli import main
 
     base, store, (v1, v2) = tiny_store
     settings = settings_for(store.root, model_checkpoint=str(base))
@@ -653,7 +653,7 @@ def test_worker_killed_mid_write_leaves_the_served_model_intact(tiny_store, tmp_
     partial = store.versions_dir / f".staging-{job['id']}" / ".model.safetensors.partial"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ml_backend.cli", "worker", "--once"],
+            [sys.executable, "-m", "cli", "worker", "--once"],
             env=env,
             cwd=REPO,
             stdout=out,

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from ml_backend.app import create_app
 from ml_backend.config import Settings
 from ml_backend.engine import Engine
-from ml_backend.testing import DiskPredictor
+from testkit.standins import DiskPredictor
 
 RECORDED = json.loads((Path(__file__).parent / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
 ONE_CLICK = next(r["body"] for r in RECORDED if r["name"] == "predict_interactive_1click")

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from prerequisites import missing
 import torch
 from torch.testing import assert_close
 
@@ -22,6 +21,8 @@ from model.matcher import (
     batch_sigmoid_ce_loss,
     batch_sigmoid_focal_loss,
 )
+
+from prerequisites import missing
 
 # Tolerances recommended by the golden README.
 VALUE_TOL = dict(rtol=1e-5, atol=1e-6)

@@ -87,21 +87,22 @@ def _fetcher(ls: Recorder, allowed: Recorder) -> MediaFetcher:
 
 def corpus(ls: Recorder, allowed: Recorder, internal: Recorder) -> list[str]:
     """URL shapes that parsers disagree on, aimed at the internal service."""
-    L, A, I, pi = f"127.0.0.1:{ls.port}", f"localhost:{allowed.port}", f"127.0.0.1:{internal.port}", internal.port
+    # Short names keep the corpus readable: L = Label Studio, A = the allowed host, N = the internal service.
+    L, A, N, pi = f"127.0.0.1:{ls.port}", f"localhost:{allowed.port}", f"127.0.0.1:{internal.port}", internal.port
     path = "/data/upload/1/x.png"
     return [
-        f"http://{I}\\@{L}{path}",  # the reported bypass
-        f"http://{I}\\\\@{L}{path}",
-        f"http://{I}\\{path}@{L}{path}",
-        f"http://{L}\\@{I}{path}",
-        f"http://{I}\\.{L}{path}",
-        f"http://{I}#@{L}{path}",
-        f"http://{I}?@{L}{path}",
-        f"http://{I}/#@{L}{path}",
-        f"http://{L}@{I}{path}",  # userinfo that looks like Label Studio
-        f"http://user:pass@{I}{path}",
-        f"http://{I}%40{L}{path}",
-        f"http://{L}%2f@{I}{path}",
+        f"http://{N}\\@{L}{path}",  # the reported bypass
+        f"http://{N}\\\\@{L}{path}",
+        f"http://{N}\\{path}@{L}{path}",
+        f"http://{L}\\@{N}{path}",
+        f"http://{N}\\.{L}{path}",
+        f"http://{N}#@{L}{path}",
+        f"http://{N}?@{L}{path}",
+        f"http://{N}/#@{L}{path}",
+        f"http://{L}@{N}{path}",  # userinfo that looks like Label Studio
+        f"http://user:pass@{N}{path}",
+        f"http://{N}%40{L}{path}",
+        f"http://{L}%2f@{N}{path}",
         f"http://127%2e0%2e0%2e1:{pi}{path}",
         f"http://127\u30020\u30020\u30021:{pi}{path}",  # ideographic full stops
         f"http://127\uff0e0\uff0e0\uff0e1:{pi}{path}",  # fullwidth full stops
@@ -118,17 +119,17 @@ def corpus(ls: Recorder, allowed: Recorder, internal: Recorder) -> list[str]:
         f"http://2130706433:{pi}{path}",
         f"http://0177.0.0.1:{pi}{path}",
         f"http://127.0.0.1\t:{pi}{path}",
-        f"http://127.0.0.1:{ls.port}\n@{I}{path}",
-        f"http://127.0.0.1:{ls.port}\r\n@{I}{path}",
-        f"http://{I}\x00@{L}{path}",
-        f"http:\\\\{I}{path}",
-        f"http:/{I}{path}",
-        f"//{I}{path}",
-        f"HTTP://{I}\\@{L}{path}",
-        f"http://{I}\\@{A}{path}",
-        f"http://{A}\\@{I}{path}",
-        f"http://{I}\ud800@{L}{path}",
-        f"http://{I}",  # plain internal: refused by the allow-list, as before
+        f"http://127.0.0.1:{ls.port}\n@{N}{path}",
+        f"http://127.0.0.1:{ls.port}\r\n@{N}{path}",
+        f"http://{N}\x00@{L}{path}",
+        f"http:\\\\{N}{path}",
+        f"http:/{N}{path}",
+        f"//{N}{path}",
+        f"HTTP://{N}\\@{L}{path}",
+        f"http://{N}\\@{A}{path}",
+        f"http://{A}\\@{N}{path}",
+        f"http://{N}\ud800@{L}{path}",
+        f"http://{N}",  # plain internal: refused by the allow-list, as before
     ]
 
 
@@ -183,7 +184,7 @@ def test_legitimate_urls_still_work_and_carry_the_token_only_to_label_studio(ser
     assert fetcher.load(f"http://127.0.0.1:{ls.port}/data/upload/1/b%20c.png?x=1#frag", 1).size == (8, 6)
     assert fetcher.load(f"http://localhost:{allowed.port}/img/d.png", 1).size == (8, 6)
     # Label Studio's own media URL written with another host is fetched from LABEL_STUDIO_URL.
-    assert fetcher.load(f"http://label-studio.invalid:8080/data/upload/1/e.png", 1).size == (8, 6)
+    assert fetcher.load("http://label-studio.invalid:8080/data/upload/1/e.png", 1).size == (8, 6)
     assert [p for p, _ in ls.requests] == [
         "/data/upload/1/a.png",
         "/data/upload/1/b%20c.png?x=1",

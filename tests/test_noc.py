@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from prerequisites import missing
 
 from model.evaluation.metrics import (
     DEFAULT_IOU_THRESHOLDS,
@@ -15,6 +14,8 @@ from model.evaluation.metrics import (
     seconds_per_click,
     threshold_label,
 )
+
+from prerequisites import missing
 
 
 @pytest.fixture(scope="module")

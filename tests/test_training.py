@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 from dataclasses import asdict
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli import main as cli_main
+from cli.train import config_from_args
 from model.build import AdaptiveClickConfig
 from model.click_sampler import MultiPointSampler, add_error_clicks, empty_points, erode, error_click, insert_click
 from model.data import (
@@ -25,7 +28,7 @@ from model.data import (
     split_ignore,
 )
 from model.evaluation.datasets import validation_dataset
-from model.training import TrainConfig, Trainer, build_parser, config_from_args, run_train
+from model.training import TrainConfig, Trainer
 
 MICRO = AdaptiveClickConfig(
     name="micro",
@@ -467,17 +470,13 @@ def test_command_line_config_and_errors(tmp_path, capsys):
     cfg_file = tmp_path / "cfg.json"
     cfg = asdict(_micro_config(tmp_path, data))
     cfg_file.write_text(json.dumps(cfg))
-    args = build_parser().parse_args(
-        ["--config", str(cfg_file), "--steps", "9", "--lr-milestones", "0.5,0.9", "--zoom-in-prob", "0.3"]
-    )
+    args = argparse.Namespace(config=str(cfg_file), steps=9, lr_milestones="0.5,0.9", zoom_in_prob=0.3, resume=False)
     merged, resume = config_from_args(args)
     assert merged.steps == 9 and merged.lr_milestones == (0.5, 0.9) and merged.data == [str(data)] and not resume
     assert merged.zoom_in_prob == 0.3
-    assert run_train(build_parser().parse_args(["--steps", "2", "--out", str(tmp_path / "x")])) == 2
+    assert cli_main(["train", "--steps", "2", "--out", str(tmp_path / "x")]) == 2
     assert "no training data" in capsys.readouterr().err
-    assert (
-        run_train(build_parser().parse_args(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])) != 0
-    )
+    assert cli_main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) != 0
 
 
 def _ddp_worker(rank: int, world_size: int, cfg_dict: dict, store: str, out: str) -> None:

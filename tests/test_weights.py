@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from cli import main as model_main
 from model import weights
-from model.cli import main as model_main
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: several chunks, not a multiple of the chunk size
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -26,12 +26,12 @@ HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Plea
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         srv = self.server
         parsed = urlparse(self.path)
         srv.log.append((parsed.path, self.headers.get("Range")))
@@ -396,7 +396,7 @@ def test_real_registry_is_consistent():
 
 
 def test_weights_command_is_on_the_console_script(capsys):
-    from ml_backend.cli import main
+    from cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["weights", "--help"])

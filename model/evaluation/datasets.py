@@ -17,12 +17,14 @@ Every reader yields `Sample(name, image, gt)`: `image` is HxWx3 uint8 RGB and `g
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
+
+from ..images import read_label_map, read_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -55,22 +57,6 @@ def _list_files(folder: Path, what: str, suffixes: Sequence[str] = IMAGE_EXTENSI
     if not files:
         raise DatasetError(f"{folder}: expected {what}, found no {'/'.join(suffixes)} files")
     return files
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read any image as HxWx3 uint8 RGB (grey images get three equal channels)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"{path}: cannot decode image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_label_image(path: Path) -> np.ndarray:
-    """Read a mask or label map without any conversion (8/16-bit, 1 or 3 channels)."""
-    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if labels is None:
-        raise DatasetError(f"{path}: cannot decode mask")
-    return labels
 
 
 def _first_channel(raw: np.ndarray) -> np.ndarray:
@@ -165,8 +151,8 @@ class MaskFolderDataset(InteractiveDataset):
 
     def _load(self, item) -> Sample:
         name, image_path, mask_path = item
-        image = read_image(image_path)
-        gt = self.decode(read_label_image(mask_path))
+        image = read_rgb(image_path)
+        gt = self.decode(read_label_map(mask_path))
         _check_same_size(image, gt, mask_path)
         return Sample(name, image, gt)
 
@@ -203,7 +189,7 @@ class LabelMapDataset(InteractiveDataset):
 
     def _load(self, item) -> Sample:
         name, image_path, labels_path, instance_id = item
-        image = read_image(image_path)
+        image = read_rgb(image_path)
         labels = self.read_labels(labels_path)
         gt = (labels == instance_id).astype(np.int8)
         if self.ignore_value is not None:
@@ -213,7 +199,7 @@ class LabelMapDataset(InteractiveDataset):
 
 
 def _read_region_map(path: Path) -> np.ndarray:
-    labels = read_label_image(path)
+    labels = read_label_map(path)
     if labels.ndim != 2:
         raise DatasetError(f"{path}: expected a single-channel label map, got shape {labels.shape}")
     return labels
@@ -234,11 +220,11 @@ def _read_voc_instances(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         if image.mode == "P" or image.mode == "L":
             return np.asarray(image).astype(np.int32)
-    return _first_channel(read_label_image(path)).astype(np.int32)
+    return _first_channel(read_label_map(path)).astype(np.int32)
 
 
 def _read_sstem_instances(path: Path) -> np.ndarray:
-    mask = (_first_channel(read_label_image(path)) > 0).astype(np.uint8)
+    mask = (_first_channel(read_label_map(path)) > 0).astype(np.uint8)
     _, labels = cv2.connectedComponents(mask, connectivity=4)
     return labels
 
@@ -305,9 +291,7 @@ def open_dataset(root: str | Path, name: str | None = None, split: str = "val") 
 
 
 def default_data_root() -> Path:
-    """`$ADAPTIVECLICK_DATA`, else `<repo>/../shared/datasets`."""
-    if os.environ.get("ADAPTIVECLICK_DATA"):
-        return Path(os.environ["ADAPTIVECLICK_DATA"])
+    """`<repo>/../shared/datasets` (the command line's `--data-root` / `$ADAPTIVECLICK_DATA` override it)."""
     return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..interactive import Prediction, prediction_from
+
 
 class GrabCutPredictor:
     """Click-driven GrabCut implementing the `InteractivePredictor` protocol.
@@ -32,6 +34,8 @@ class GrabCutPredictor:
         self._scale = 1.0
         self._clicks: list[tuple[int, int, bool]] = []
         self._prev_mask: np.ndarray | None = None
+        self._probs: np.ndarray | None = None  # the last map, at full resolution
+        self.threshold = 0.5  # the map is 0/1
 
     def set_image(self, image: np.ndarray) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -49,6 +53,12 @@ class GrabCutPredictor:
     def reset(self) -> None:
         self._clicks = []
         self._prev_mask = None
+        self._probs = None
+
+    def prediction(self) -> Prediction:
+        if self._probs is None:
+            raise RuntimeError("no click yet: call add_click first")
+        return prediction_from(self._probs, self.threshold)
 
     def add_click(self, row: int, col: int, positive: bool) -> np.ndarray:
         if self._image is None:
@@ -59,7 +69,8 @@ class GrabCutPredictor:
         self._clicks.append((small_row, small_col, bool(positive)))
         mask = self._segment(self._seed_mask())
         self._prev_mask = mask
-        return self._to_full_resolution(mask)
+        self._probs = self._to_full_resolution(mask)
+        return self._probs
 
     def _seed_mask(self) -> np.ndarray:
         height, width = self._image.shape[:2]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .metrics import compute_noc, mean_iou_per_click, noc_of_instance, seconds_per_click, threshold_label
 from .runner import InstanceResult

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm import tqdm
 
+from ..interactive import InteractivePredictor
 from .clicker import Click, Clicker
 from .datasets import Sample
 from .metrics import iou
-
-
-@runtime_checkable
-class InteractivePredictor(Protocol):
-    """What the evaluation needs from a click-based segmenter."""
-
-    def set_image(self, image: np.ndarray) -> None:
-        """Take an HxWx3 uint8 RGB image and forget all clicks."""
-
-    def add_click(self, row: int, col: int, positive: bool) -> np.ndarray:
-        """Add a click and return the float32 HxW probability map after it."""
-
-    def reset(self) -> None:
-        """Forget all clicks, keep the image."""
 
 
 @dataclass
@@ -49,14 +36,13 @@ def evaluate_instance(
     gt: np.ndarray,
     max_clicks: int = 20,
     stop_iou: float = 0.90,
-    pred_threshold: float = 0.49,
     min_clicks: int = 1,
     name: str = "",
 ) -> InstanceResult:
     """Click until IoU >= `stop_iou` (after at least `min_clicks`) or `max_clicks` is reached.
 
-    Each click is chosen by the robot `Clicker` from the mask of the previous click (an empty mask
-    before the first). Time covers `set_image` and every click, robot included.
+    Each click is chosen by the robot `Clicker` from the predictor's mask after the previous click (an empty
+    mask before the first). Time covers `set_image` and every click, robot included.
     """
     if image.shape[:2] != gt.shape:
         raise ValueError(f"image {image.shape[:2]} and gt {gt.shape} sizes differ")
@@ -68,10 +54,10 @@ def evaluate_instance(
     predictor.reset()
     for click_number in range(1, max_clicks + 1):
         click = clicker.make_next_click(pred_mask)
-        probability = np.asarray(predictor.add_click(click.row, click.col, click.is_positive))
-        if probability.shape != gt.shape:
-            raise ValueError(f"predictor returned shape {probability.shape}, expected {gt.shape}")
-        pred_mask = probability > pred_threshold
+        predictor.add_click(click.row, click.col, click.is_positive)
+        pred_mask = predictor.prediction().mask
+        if pred_mask.shape != gt.shape:
+            raise ValueError(f"predictor returned shape {pred_mask.shape}, expected {gt.shape}")
         instance_iou = iou(gt, pred_mask)
         ious.append(float(np.float32(instance_iou)))
         if instance_iou >= stop_iou and click_number >= min_clicks:
@@ -85,7 +71,6 @@ def evaluate_dataset(
     samples: Iterable[Sample],
     max_clicks: int = 20,
     stop_iou: float = 0.90,
-    pred_threshold: float = 0.49,
     limit: int | None = None,
     desc: str = "",
     progress: bool = True,
@@ -97,9 +82,7 @@ def evaluate_dataset(
     results: list[InstanceResult] = []
     with tqdm(total=total, desc=desc or None, unit="inst", disable=not progress) as bar:
         for sample in itertools.islice(samples, limit):
-            result = evaluate_instance(
-                predictor, sample.image, sample.gt, max_clicks, stop_iou, pred_threshold, name=sample.name
-            )
+            result = evaluate_instance(predictor, sample.image, sample.gt, max_clicks, stop_iou, name=sample.name)
             results.append(result)
             bar.update(1)
             bar.set_postfix(clicks=result.num_clicks, iou=f"{result.ious[-1]:.3f}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from ls_harness import E2E_IMAGES, LabelStudio
+from testkit.ls_harness import E2E_IMAGES, LabelStudio
+
 from prerequisites import missing
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, keypoint
 from PIL import Image
 
 from ml_backend.rle import mask2rle
+from testkit.ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, keypoint
 
 pytestmark = pytest.mark.slow
 

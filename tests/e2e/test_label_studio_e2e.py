@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import decode_rle
-from ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, InProcessBackend, basic_auth_header, keypoint
 from PIL import Image
 
-from ml_backend.testing import SEGMENTATION_ENGINE  # the starter model
+from testkit.ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, InProcessBackend, basic_auth_header, keypoint
+from testkit.standins import SEGMENTATION_ENGINE  # the starter model
 
 pytestmark = pytest.mark.slow
 

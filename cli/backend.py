@@ -1,4 +1,4 @@
-"""``adaptiveclick`` console script: the model commands of ``model.cli`` plus ``serve`` (the ML backend).
+"""The ML backend's commands: ``serve`` (the HTTP server), ``worker`` (fine-tuning jobs), ``versions``.
 
     adaptiveclick serve [--host 127.0.0.1] [--port 9090] [--workers N] [--threads T] [--server auto|gunicorn|uvicorn]
     adaptiveclick worker [--once] [--poll S]          # the fine-tuning worker (ml_backend/finetune_worker.py)
@@ -17,7 +17,7 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 APP_FACTORY = "ml_backend.app:create_app"
 
@@ -30,23 +30,16 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"environment variable {name}={raw!r} must be an integer") from None
 
 
-def _base_parser() -> tuple[argparse.ArgumentParser, Any]:
-    """``model.cli.build_parser()`` when the model commands exist, else a bare parser."""
-    try:
-        from model.cli import build_parser
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("model.cli", "model"):
-            raise
-        parser = argparse.ArgumentParser(prog="adaptiveclick", description="AdaptiveClick interactive segmentation")
-        return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
-    return build_parser()
-
-
 def default_host(env: Any) -> str:
     """``HOST``, else all interfaces only when basic auth protects the backend, else loopback."""
     if env.get("HOST", "").strip():
         return env["HOST"].strip()
     return "0.0.0.0" if env.get("BASIC_AUTH_USER") or env.get("BASIC_AUTH_PASS") else "127.0.0.1"
+
+
+def add_parsers(subparsers: Any) -> None:
+    add_serve_command(subparsers)
+    add_finetune_commands(subparsers)
 
 
 def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -112,7 +105,7 @@ def add_finetune_commands(subparsers: Any) -> None:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from .finetune_worker import main_worker
+    from ml_backend.finetune_worker import main_worker
 
     return main_worker(once=args.once, poll_s=args.poll)
 
@@ -120,7 +113,7 @@ def worker_command(args: argparse.Namespace) -> int:
 def versions_command(args: argparse.Namespace) -> int:
     import json
 
-    from .finetune import BASE, ModelStore
+    from ml_backend.model_store import BASE, ModelStore
 
     if not args.model_dir:
         raise ValueError("set MODEL_DIR or pass --model-dir: the folder the backend keeps versions and jobs in")
@@ -234,25 +227,3 @@ def serve_command(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser, subparsers = _base_parser()
-    add_serve_command(subparsers)
-    add_finetune_commands(subparsers)
-    try:
-        from model.cli import dispatch  # the model commands' parsing and error reporting
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("model.cli", "model"):
-            raise
-        args = parser.parse_args(argv)
-        handler = getattr(args, "handler", None)
-        if handler is None:
-            parser.print_help()
-            return 2
-        return int(handler(args) or 0)
-    return dispatch(parser, list(argv) if argv is not None else None)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

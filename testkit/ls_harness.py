@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LS_VENV = Path(os.environ.get("LS_VENV", REPO / ".cache" / "ls-venv"))
 LS_USER = "admin@example.com"
 LS_PASSWORD = "e2e-password-1"
@@ -86,7 +87,7 @@ class LabelStudio:
     def executable() -> Path:
         return LS_VENV / "bin" / "label-studio"
 
-    def start(self, timeout: float = 240) -> "LabelStudio":
+    def start(self, timeout: float = 240) -> LabelStudio:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
         env.update(
@@ -139,7 +140,7 @@ class LabelStudio:
         if self.proc is not None:
             stop_process(self.proc)
 
-    def client(self) -> "LSClient":
+    def client(self) -> LSClient:
         return LSClient(self.url, LS_LEGACY_TOKEN)
 
     def personal_access_token(self) -> str:
@@ -242,7 +243,7 @@ class Backend:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "Backend":
+    def start(self, timeout: float = 120) -> Backend:
         env = dict(os.environ)
         env.update(self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
@@ -281,7 +282,7 @@ class InProcessBackend:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> "InProcessBackend":
+    def start(self) -> InProcessBackend:
         self.thread.start()
         wait_http(self.url + "/health", 30)
         return self

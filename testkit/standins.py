@@ -3,7 +3,7 @@
 ``DiskPredictor`` has the Predictor interface (``set_image``/``add_click``/``reset``/``get_state``/``set_state``)
 and, like AdaptiveClick, feeds its previous mask into the next click: the map is the previous mask plus a disk
 around each positive click minus a disk around each negative click. It does no learning and no tensor math
-worth the name; ``MODEL_ENGINE=ml_backend.testing:DiskPredictor`` serves it.
+worth the name; ``MODEL_ENGINE=testkit.standins:DiskPredictor`` serves it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import threading
 import time
 
 import numpy as np
+
+from model.interactive import Prediction, prediction_from
 
 # The engine the tests use where a mask must honour the clicks (positive inside, negative outside): the shipped
 # starter model (weights/starter.safetensors), as a user gets it.
@@ -57,6 +59,11 @@ class DiskPredictor:
 
     def set_state(self, state: DiskState) -> None:
         self._state = state
+
+    def prediction(self) -> Prediction:
+        if self._state.prev is None:
+            raise RuntimeError("no click yet")
+        return prediction_from(self._state.prev, self.threshold)
 
     def add_click(self, row: int, col: int, positive: bool = True) -> np.ndarray:
         if self._shape is None or self._grid is None:

@@ -1,15 +1,15 @@
-"""`adaptiveclick evaluate`: the standard NoC protocol from the command line."""
+"""``adaptiveclick evaluate``: the standard NoC protocol (``model.evaluation``) from the command line."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .datasets import DatasetError, InteractiveDataset, default_data_root, load_dataset
-from .grabcut import GrabCutPredictor
-from .report import (
+from model.evaluation.datasets import InteractiveDataset, default_data_root, load_dataset
+from model.evaluation.grabcut import GrabCutPredictor
+from model.evaluation.report import (
     COMPARE_PLOT_FILE,
     PLOT_FILE,
     build_results,
@@ -18,14 +18,22 @@ from .report import (
     plot_mean_iou,
     write_results,
 )
-from .runner import InteractivePredictor, evaluate_dataset
-from ..refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP, Refinement
+from model.evaluation.runner import evaluate_dataset
+from model.interactive import InteractivePredictor
+from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP, Refinement
+
+from .predict import default_checkpoint
 
 METHODS = ("adaptiveclick", "grabcut")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the starter weights)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model checkpoint (default: what serve serves: "
+        "MODEL_CHECKPOINT or MODEL_DIR's current version, else the starter in weights/)",
+    )
     parser.add_argument(
         "--datasets",
         default="GrabCut,Berkeley",
@@ -35,7 +43,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root",
         default=None,
-        help=f"folder holding the datasets (default: $ADAPTIVECLICK_DATA or {default_data_root()})",
+        help=f"folder holding the datasets (default: $ADAPTIVECLICK_DATA, else {default_data_root()})",
     )
     parser.add_argument("--max-clicks", type=int, default=20, help="clicks per instance at most (default %(default)s)")
     parser.add_argument(
@@ -48,7 +56,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the robot stops clicking an instance once its IoU reaches this; keep it at the highest "
         "--iou threshold (default %(default)s)",
     )
-    parser.add_argument("--pred-threshold", type=float, default=0.49, help="probability -> mask threshold")
+    parser.add_argument(
+        "--threshold",
+        "--pred-threshold",
+        dest="threshold",
+        type=float,
+        default=None,
+        help="probability -> mask threshold (default: the predictor's own, 0.49 for AdaptiveClick)",
+    )
     parser.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
@@ -84,7 +99,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
+def data_root(args: argparse.Namespace) -> Path:
+    return Path(args.data_root or os.environ.get("ADAPTIVECLICK_DATA", "").strip() or default_data_root())
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `evaluate` sub-command on an `argparse` subparsers object."""
     parser = subparsers.add_parser(
         "evaluate",
@@ -92,15 +111,7 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Evaluate a click-based segmenter with the standard NoC protocol.",
     )
     _add_arguments(parser)
-    parser.set_defaults(func=run_evaluate)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adaptiveclick evaluate", description="Evaluate a click-based segmenter with the standard NoC protocol."
-    )
-    _add_arguments(parser)
+    parser.set_defaults(handler=run)
     return parser
 
 
@@ -114,7 +125,18 @@ def parse_thresholds(text: str) -> list[float]:
     return thresholds
 
 
+def checkpoint(args: argparse.Namespace) -> Path:
+    return Path(args.checkpoint) if args.checkpoint else default_checkpoint()[1]
+
+
 def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
+    predictor = _build_predictor(args)
+    if args.threshold is not None:
+        predictor.threshold = args.threshold
+    return predictor
+
+
+def _build_predictor(args: argparse.Namespace) -> InteractivePredictor:
     if args.method == "grabcut":
         return GrabCutPredictor()
     import torch
@@ -123,7 +145,7 @@ def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
     from model.predictor import Predictor
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = load_model(args.checkpoint, device=device)
+    net = load_model(checkpoint(args), device=device)
     return Predictor(
         net,
         device=device,
@@ -135,16 +157,16 @@ def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
     )
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, predictor: InteractivePredictor) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "stop_iou": args.stop_iou,
-        "pred_threshold": args.pred_threshold,
+        "threshold": predictor.threshold,
         "limit": args.limit,
-        "data_root": str(args.data_root or default_data_root()),
+        "data_root": str(data_root(args)),
     }
     if args.method == "adaptiveclick":
         settings.update(
-            checkpoint=args.checkpoint or "default",
+            checkpoint=str(checkpoint(args)),
             flip=args.flip,
             zoom_in=not args.no_zoom_in,
             device=args.device or "auto",
@@ -164,27 +186,18 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Evaluate (or compare, with --compare) and write results.json, the plot and the table."""
-    try:
-        if args.compare:
-            return _run_compare(args)
-        thresholds = parse_thresholds(args.iou)
-        if args.max_clicks < 1:
-            raise ValueError(f"--max-clicks must be at least 1, got {args.max_clicks}")
-        names = [name.strip() for name in args.datasets.split(",") if name.strip()]
-        if not names:
-            raise ValueError("--datasets: give at least one dataset name")
-        datasets: dict[str, InteractiveDataset] = {name: load_dataset(name, args.data_root) for name in names}
-    except (DatasetError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    try:
-        predictor = build_predictor(args)
-    except (FileNotFoundError, ValueError) as error:  # includes model.checkpoint.CheckpointError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.compare:
+        return _run_compare(args)
+    thresholds = parse_thresholds(args.iou)
+    if args.max_clicks < 1:
+        raise ValueError(f"--max-clicks must be at least 1, got {args.max_clicks}")
+    names = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    if not names:
+        raise ValueError("--datasets: give at least one dataset name")
+    datasets: dict[str, InteractiveDataset] = {name: load_dataset(name, data_root(args)) for name in names}
+    predictor = build_predictor(args)  # a bad checkpoint is reported before any work
     per_dataset = {}
     for name, dataset in datasets.items():
         per_dataset[name] = evaluate_dataset(
@@ -192,14 +205,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             dataset,
             max_clicks=args.max_clicks,
             stop_iou=args.stop_iou,
-            pred_threshold=args.pred_threshold,
             limit=args.limit,
             desc=f"{args.method} {name}",
             progress=not args.no_progress,
         )
     results = build_results(
         args.method,
-        _settings(args),
+        _settings(args, predictor),
         per_dataset,
         thresholds,
         args.max_clicks,
@@ -210,12 +222,3 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_table([results]))
     print(f"results: {results_path}\nplot: {plot_path}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point without the sub-command name: `main(['--method', 'grabcut', ...])`."""
-    return run_evaluate(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

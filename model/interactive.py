@@ -1,0 +1,59 @@
+"""What every click-based segmenter offers: the protocol the evaluation and the backend program against.
+
+The predictor owns its output: it thresholds its own probability map (``threshold``) and reports the mask with
+a confidence score (:meth:`InteractivePredictor.prediction`), so no caller re-thresholds. Torch-free, so the
+backend can type against it without importing the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class Prediction(NamedTuple):
+    """The answer after the last click."""
+
+    mask: np.ndarray  # HxW bool: probs > threshold
+    probs: np.ndarray  # HxW float32 in [0, 1]
+    score: float  # mean probability inside the mask (0 for an empty mask): the region's confidence
+
+
+def prediction_from(probs: np.ndarray, threshold: float) -> Prediction:
+    """Threshold a probability map and score the mask (the one place this is computed)."""
+    probs = np.asarray(probs, dtype=np.float32)
+    mask = probs > threshold
+    area = int(np.count_nonzero(mask))
+    score = float(np.sum(probs, where=mask, dtype=np.float64) / area) if area else 0.0
+    return Prediction(mask, probs, score)
+
+
+@runtime_checkable
+class InteractivePredictor(Protocol):
+    """A click-based segmenter: one image, clicks one after another, a mask after each."""
+
+    threshold: float  # probability above which a pixel is in the mask
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Take an HxWx3 uint8 RGB image and forget all clicks."""
+
+    def add_click(self, row: int, col: int, positive: bool) -> np.ndarray:
+        """Add a click and return the float32 HxW probability map after it."""
+
+    def reset(self) -> None:
+        """Forget all clicks, keep the image."""
+
+    def prediction(self) -> Prediction:
+        """Mask, probabilities and score after the last click (raises before the first click)."""
+
+
+@runtime_checkable
+class StatefulPredictor(InteractivePredictor, Protocol):
+    """A predictor whose state after a click can be saved and restored (a click prefix is replayed for free)."""
+
+    def get_state(self) -> Any:
+        """A snapshot of everything that determines the next prediction (never modified afterwards)."""
+
+    def set_state(self, state: Any) -> None:
+        """Continue from a snapshot taken by :meth:`get_state` on a predictor with the same image."""

@@ -1,0 +1,61 @@
+"""Shared by the HTTP-level tests: the requests Label Studio 1.23.2 really sent, and an app on a stand-in model."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ml_backend.app import create_app
+from ml_backend.config import Settings
+from ml_backend.engine import Engine
+from ml_backend.errors import BadRequest
+from ml_backend.media import MediaFetcher
+from testkit.standins import DiskPredictor
+
+RECORDED = json.loads((Path(__file__).parent / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
+
+
+def recorded(name: str) -> dict:
+    return copy.deepcopy(next(r["body"] for r in RECORDED if r["name"] == name))
+
+
+def synthetic_image(w=481, h=321) -> np.ndarray:
+    """A bright ellipse (the object) on a dark textured background."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    inside = ((xx - w * 0.52) / (w * 0.22)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2 <= 1
+    img[inside] = rng.integers(190, 255, (int(inside.sum()), 3), dtype=np.uint8)
+    return img
+
+
+class ImageFetcher(MediaFetcher):
+    """Serves one image for every URL string (the HTTP tests are about the protocol, not media)."""
+
+    def __init__(self, settings, image: np.ndarray):
+        super().__init__(settings)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        self.data = buf.getvalue()
+        self.fetches = 0
+
+    def fetch(self, url, task_id=None):
+        if not isinstance(url, str) or not url:
+            raise BadRequest("no image URL")
+        self.fetches += 1
+        return self.data
+
+
+def make_app(engine_factory=DiskPredictor, image=None, name="disk", **overrides):
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s = 0
+    for k, v in overrides.items():
+        setattr(settings, k, v)
+    engine = Engine(settings, factory=engine_factory, name=name) if engine_factory else Engine(settings)
+    fetcher = ImageFetcher(settings, synthetic_image() if image is None else image)
+    return create_app(settings, engine=engine, fetcher=fetcher)
