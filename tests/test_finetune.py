@@ -685,3 +685,46 @@ def test_worker_killed_mid_write_leaves_the_served_model_intact(tiny_store, tmp_
     assert [h["state"] for h in record["history"]] == ["queued", "running", "interrupted"]
     assert not list(store.versions_dir.glob(".staging-*"))
     assert store.read_job(job2["id"])["state"] == DONE and store.read_job(job2["id"])["promoted"] is True
+
+
+def test_every_consumer_gets_the_same_served_checkpoint(tiny_store, tmp_path, monkeypatch, capsys):
+    """One answer to "which checkpoint": the server, the worker and `predict` agree, for the base and a version."""
+    import shutil
+
+    import cv2
+
+    from cli import main
+    from ml_backend.finetune_worker import _served
+    from ml_backend.model_store import BASE, served_checkpoint
+
+    base, store, (v1, _) = tiny_store
+    base = Path(shutil.copy(base, store.root / "base.safetensors"))
+    settings = settings_for(store.root, model_checkpoint=base.name)  # relative: found in MODEL_DIR
+    assert settings.base_checkpoint == base
+    assert served_checkpoint(settings) == (BASE, base)
+    store.set_current(v1)
+    assert served_checkpoint(settings) == (v1, store.version_path(v1))
+    assert Engine(settings)._checkpoint_path() == store.version_path(v1)
+    assert _served(settings, store) == (v1, store.version_path(v1))  # the worker fine-tunes what is served
+    monkeypatch.setenv("MODEL_DIR", str(store.root))
+    monkeypatch.setenv("MODEL_CHECKPOINT", base.name)
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 128, np.uint8))
+    assert main(["predict", str(image), "--click", "20,30", "--out", str(tmp_path / "m.png")]) == 0
+    assert str(store.version_path(v1)) in capsys.readouterr().out  # predict measures what serve serves
+
+
+def test_a_jobs_training_settings_are_a_train_config_with_the_fine_tuning_defaults():
+    from dataclasses import fields
+
+    from model.finetune import FINETUNE_DEFAULTS, finetune_config
+    from model.training import TrainConfig
+
+    cfg = JobConfig.from_env({"FINETUNE_STEPS": "7", "FINETUNE_LR": "1e-4", "FINETUNE_THREADS": "1"}).train
+    assert isinstance(cfg, TrainConfig) and (cfg.steps, cfg.lr, cfg.threads) == (7, 1e-4, 1)
+    assert cfg.batch_size == FINETUNE_DEFAULTS["batch_size"] and JobConfig().train == finetune_config()
+    # The fine-tuning defaults are declared once: where finetune_config() departs from TrainConfig is exactly
+    # FINETUNE_DEFAULTS (and the in-memory data).
+    plain, tuned = TrainConfig(), finetune_config()
+    departs = {f.name for f in fields(TrainConfig) if getattr(plain, f.name) != getattr(tuned, f.name)}
+    assert departs == set(FINETUNE_DEFAULTS) | {"data"}
