@@ -324,11 +324,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         total = (time.perf_counter() - t0) * 1000
         response.headers["Server-Timing"] = (
             f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
-            f"rle;dur={stats.rle_ms:.2f}, total;dur={total:.2f}")
+            f"rle;dur={stats.rle_ms:.2f}, store;dur={stats.store_ms:.2f}, total;dur={total:.2f}")
         response.headers["X-Forwards"] = str(stats.forwards)
         response.headers["X-Cache"] = ",".join(
-            k for k, v in (("image", stats.image_hit), ("session", stats.session_hit), ("result", stats.result_hit))
-            if v) or "miss"
+            k for k, v in (("image", stats.image_hit), ("session", stats.session_hit), ("result", stats.result_hit),
+                           ("store", stats.store_hit)) if v) or "miss"
         return response
 
     return app

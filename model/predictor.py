@@ -178,12 +178,16 @@ class Predictor:
     def export_state(self, state: PredictorState | None = None) -> bytes:
         """``state`` (default: the current one) as bytes for :meth:`import_state` in another process."""
         state = self._state if state is None else state
-        if state.logits is None or state.roi is None or not state.clicks:
+        if state.prev_probs is None or state.roi is None or not state.clicks:
             raise ValueError("only a state after a click can be exported")
-        array = state.logits.detach().float().cpu().numpy()  # float32 already (the network's output is cast)
+        # The smaller of what the map is made from (the logits) and the map itself; both are float32.
+        use_logits = state.logits is not None and state.logits.numel() < state.prev_probs.numel()
+        source = state.logits if use_logits else state.prev_probs
+        array = source.detach().float().cpu().numpy()
         clicks = tuple((int(c.row), int(c.col), bool(c.positive)) for c in state.clicks)
         hw = tuple(int(v) for v in state.prev_probs.shape[-2:])
-        return state_codec.encode(state_codec.StateParts(clicks, state.roi, hw, array), self.state_tag)
+        parts = state_codec.StateParts(clicks, state.roi, hw, array, "logits" if use_logits else "probs")
+        return state_codec.encode(parts, self.state_tag)
 
     @torch.inference_mode()
     def import_state(self, data: bytes) -> PredictorState:
@@ -197,14 +201,18 @@ class Predictor:
         rmin, rmax, cmin, cmax = parts.roi
         if not (0 <= rmin <= rmax < parts.image_hw[0] and 0 <= cmin <= cmax < parts.image_hw[1]):
             raise state_codec.StateFormatError(f"state ROI {parts.roi} is outside the image")
-        logits = torch.from_numpy(parts.logits.copy()).to(self.device)
-        if logits.dim() != 4 or logits.shape[:2] != (1, 1):
-            raise state_codec.StateFormatError(f"state logits have shape {tuple(logits.shape)}, not (1, 1, h, w)")
+        array = torch.from_numpy(parts.array.copy()).to(self.device)
+        if array.dim() != 4 or array.shape[:2] != (1, 1):
+            raise state_codec.StateFormatError(f"state array has shape {tuple(array.shape)}, not (1, 1, h, w)")
         clicks = tuple(Click(r, c, p) for r, c, p in parts.clicks)
-        probs = self._upsample(logits, parts.roi)
+        if parts.kind == "probs":
+            if tuple(array.shape[-2:]) != self.image_size:
+                raise state_codec.StateFormatError("stored map does not have the image's size")
+            return PredictorState(clicks, array, parts.roi, (), None)
+        probs = self._upsample(array, parts.roi)
         if self.refine.clean:
             probs = drop_unclicked_components(probs, parts.roi, clicks, self.threshold)
-        return PredictorState(clicks, probs, parts.roi, (), logits)
+        return PredictorState(clicks, probs, parts.roi, (), array)
 
     def reset(self) -> None:
         """Forget the clicks; keep the image."""

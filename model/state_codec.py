@@ -1,11 +1,12 @@
 """Bytes <-> the parts of a predictor state that another process needs to continue a click session.
 
-What is stored is not the full-resolution probability map (8 MB of float32 at 2 MP, which hardly compresses:
-the guided upsampling makes almost every pixel a distinct value) but what it is computed from: the network's
-low-resolution output after the last click (e.g. 80x80 float32 for the starter, 112x112 for ViT-B 448), the
-clicks and the zoom ROI. :meth:`model.predictor.Predictor.import_state` recomputes the map from them with the
-same code that made it, so the result is bit-for-bit the map the exporting process held (same weights, settings
-and device kind).
+What is stored is, for images larger than the network's input, not the full-resolution probability map (8 MB
+of float32 at 2 MP, which hardly compresses: the guided upsampling makes almost every pixel a distinct value) but
+what it is computed from: the network's output after the last click (``kind="logits"``: 320x320 float32 for the
+starter, 448x448 for ViT-B 448), the clicks and the zoom ROI; :meth:`model.predictor.Predictor.import_state`
+recomputes the map from them with the same code that made it, so the result is bit-for-bit the map the exporting
+process held (same weights, settings and device kind). For smaller images the map itself is smaller and is stored
+as it is (``kind="probs"``).
 
 Layout: ``MAGIC`` (4 bytes), a format byte, a 4-byte little-endian header length, a JSON header (clicks, ROI,
 image size, the float32 logits' shape, the predictor's ``state_tag``), then the logits' bytes byte-shuffled
@@ -41,23 +42,28 @@ class StateFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StateParts:
-    """The stored parts: clicks ``(row, col, positive)``, the ROI, the image size and the float32 logits."""
+    """The stored parts: clicks ``(row, col, positive)``, the ROI, the image size and one float32 array: the
+    network's logits (``kind="logits"``) or the full-resolution probability map (``kind="probs"``)."""
 
     clicks: tuple[tuple[int, int, bool], ...]
     roi: tuple[int, int, int, int]
     image_hw: tuple[int, int]
-    logits: np.ndarray
+    array: np.ndarray
+    kind: str = "logits"
 
 
 def encode(parts: StateParts, tag: str) -> bytes:
     """The blob for ``parts``, marked with the predictor's ``tag`` (its settings' fingerprint)."""
-    logits = np.ascontiguousarray(parts.logits, dtype=np.float32)
+    if parts.kind not in ("logits", "probs"):
+        raise ValueError(f"unknown state array kind {parts.kind!r}")
+    logits = np.ascontiguousarray(parts.array, dtype=np.float32)
     header = {
         "tag": tag,
         "clicks": [[int(r), int(c), bool(p)] for r, c, p in parts.clicks],
         "roi": [int(v) for v in parts.roi],
         "image_hw": [int(v) for v in parts.image_hw],
         "shape": list(logits.shape),
+        "kind": parts.kind,
         "codec": "zstd" if zstandard is not None else "zlib",
     }
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -86,12 +92,12 @@ def decode(data: bytes, tag: str) -> StateParts:
         roi = tuple(int(v) for v in header["roi"])
         image_hw = tuple(int(v) for v in header["image_hw"])
         shape = tuple(int(v) for v in header["shape"])
-        codec = str(header["codec"])
+        codec, kind = str(header["codec"]), str(header["kind"])
     except (ValueError, KeyError, TypeError) as exc:
         raise StateFormatError(f"state blob header is unreadable ({type(exc).__name__})") from None
     if stored_tag != tag:
         raise StateFormatError("the state was made by a predictor with other settings")
-    if len(roi) != 4 or len(image_hw) != 2 or not clicks:
+    if len(roi) != 4 or len(image_hw) != 2 or not clicks or kind not in ("logits", "probs"):
         raise StateFormatError("state blob header is inconsistent")
     count = int(np.prod(shape)) if shape else 0
     if not 0 < count <= MAX_LOGITS_ELEMENTS:
@@ -100,7 +106,7 @@ def decode(data: bytes, tag: str) -> StateParts:
     if len(raw) != count * 4:
         raise StateFormatError("state blob payload has the wrong size")
     unshuffled = np.ascontiguousarray(np.frombuffer(raw, np.uint8).reshape(4, count).T)
-    return StateParts(clicks, roi, image_hw, unshuffled.view(np.float32).reshape(shape))
+    return StateParts(clicks, roi, image_hw, unshuffled.view(np.float32).reshape(shape), kind)
 
 
 def _decompress(codec: str, payload: bytes, size: int) -> bytes:
