@@ -33,9 +33,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
-# Dependencies first (this layer survives code changes): exactly the dependencies of pyproject.toml.
+# Dependencies first (this layer survives code changes): the dependencies of pyproject.toml and its redis extra
+# (SESSION_STORE and the RQ job queue of docker-compose.scale.yml).
 COPY pyproject.toml /tmp/src/
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/src/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/src/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['redis']))" > /tmp/requirements.txt \
  && python -m pip install -r /tmp/requirements.txt \
  && python -c "import sys, torch; v, c = torch.__version__.split('+')[0], torch.version.cuda or 'none'; print('torch', v, 'CUDA', c); ok = v == '${TORCH_VERSION}' and c.startswith('${TORCH_CUDA}'); sys.exit(0 if ok else f'torch {v} (CUDA {c}) is not torch ${TORCH_VERSION} for CUDA ${TORCH_CUDA}: update the Dockerfile ARGs and base image with pyproject.toml')"
 

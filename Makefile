@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   - install (first time) and run the Label Studio ML backend on :9090
-#   make test    - install (first time) and run the whole test suite, end-to-end tests included
+#   make test    - install (first time) and run the whole test suite, end-to-end tests included (installs
+#                  Debian's redis-server with apt-get when it is missing: the shared-session-store tests use it)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint format label-studio clean
+.PHONY: install serve test test-fast lint format label-studio redis-server clean
 
 $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -23,7 +24,16 @@ serve: $(STAMP)
 label-studio:
 	PYTHON=$(PYTHON) bash scripts/install_label_studio.sh
 
-test: $(STAMP) label-studio
+# Debian/Ubuntu's redis-server for the SESSION_STORE / RQ tests (as root, or with sudo); without it they skip
+# locally and fail under CI=true.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }; } \
+	  || echo "could not install redis-server (apt-get install redis-server): the Redis tests will skip (fail under CI=true)"
+
+test: $(STAMP) label-studio redis-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): the lint rules and the formatting; .ci/run runs it before the tests.
@@ -35,7 +45,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) redis-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 clean:

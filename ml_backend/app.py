@@ -9,7 +9,7 @@ Routes: ``GET /health`` and ``GET /`` (health), ``POST /setup``, ``POST /predict
 * ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` protect every route but ``/health``; bodies above ``MAX_REQUEST_MB``
   get 413; malformed JSON or wrong types get 4xx with a message, never a traceback.
 
-Run with ``adaptiveclick serve`` (see ``ml_backend.cli``), or ``uvicorn --factory ml_backend.app:create_app``.
+Run with ``adaptiveclick serve`` (see ``cli/backend.py``), or ``uvicorn --factory ml_backend.app:create_app``.
 """
 
 from __future__ import annotations
@@ -357,17 +357,16 @@ def create_app(
         total = (time.perf_counter() - t0) * 1000
         response.headers["Server-Timing"] = (
             f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
-            f"rle;dur={stats.rle_ms:.2f}, total;dur={total:.2f}"
+            f"rle;dur={stats.rle_ms:.2f}, store;dur={stats.store_ms:.2f}, total;dur={total:.2f}"
         )
         response.headers["X-Forwards"] = str(stats.forwards)
-        response.headers["X-Cache"] = (
-            ",".join(
-                k
-                for k, v in (("image", stats.image_hit), ("session", stats.session_hit), ("result", stats.result_hit))
-                if v
-            )
-            or "miss"
+        hits = (
+            ("image", stats.image_hit),
+            ("session", stats.session_hit),
+            ("result", stats.result_hit),
+            ("store", stats.store_hit),
         )
+        response.headers["X-Cache"] = ",".join(k for k, v in hits if v) or "miss"
         return response
 
     return app

@@ -58,6 +58,19 @@ def env_optional_probability(env: Mapping[str, str], name: str) -> float | None:
     return env_probability(env, name, 0.0)
 
 
+def _session_store(raw: str) -> str:
+    """``SESSION_STORE``: empty or ``local`` (this process), else a Redis URL."""
+    value = raw.strip()
+    if value.lower() in ("", "local"):
+        return ""
+    if not value.lower().startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            f"environment variable SESSION_STORE={raw!r} must be empty, 'local' or a Redis URL "
+            "(redis://host:6379/0, rediss://..., unix:///path/redis.sock)"
+        )
+    return value
+
+
 @dataclasses.dataclass
 class Settings:
     # --- Label Studio access (media download) ---
@@ -92,6 +105,11 @@ class Settings:
     max_clicks: int = 100
     prefetch_on_open: bool = True
     log_level: str = "INFO"
+    # --- shared click states and job queue for several workers/replicas (session_store.py, job_queue.py) ---
+    session_store: str = ""  # SESSION_STORE: "" (this process only) or redis://host:6379/0
+    session_store_timeout_s: float = 0.25  # socket timeout of every Redis call of the session store
+    session_store_retry_s: float = 10.0  # after a Redis failure, leave it alone this long (circuit breaker)
+    finetune_queue: str = "auto"  # auto: rq when SESSION_STORE is Redis, else file; file; rq
     # --- active-learning fine-tuning (ml_backend/finetune.py) ---
     finetune: str = "auto"  # auto: on when MODEL_DIR is set and the engine is adaptiveclick; on; off
     start_training_each_n_updates: int = 0  # 0: train only on START_TRAINING
@@ -136,6 +154,10 @@ class Settings:
             max_clicks=env_int(env, "MAX_CLICKS", 100),
             prefetch_on_open=_bool(env.get("PREFETCH_ON_TASK_OPEN"), True),
             log_level=(env.get("LOG_LEVEL", "INFO").strip() or "INFO").upper(),
+            session_store=_session_store(env.get("SESSION_STORE", "")),
+            session_store_timeout_s=env_float(env, "SESSION_STORE_TIMEOUT_S", 0.25),
+            session_store_retry_s=env_float(env, "SESSION_STORE_RETRY_S", 10.0),
+            finetune_queue=env_choice(env, "FINETUNE_QUEUE", "auto", ("auto", "file", "rq")),
             finetune=(env.get("FINETUNE", "auto").strip() or "auto").lower(),
             start_training_each_n_updates=max(0, env_int(env, "START_TRAINING_EACH_N_UPDATES", 0)),
             finetune_projects=tuple(p.strip() for p in env.get("FINETUNE_PROJECTS", "").split(",") if p.strip()),

@@ -54,6 +54,9 @@ class FinetuneServer:
         self._stop = threading.Event()
         self._spawn_lock = threading.Lock()
         self.ls_fallback: tuple[str, str] = ("", "")  # /setup's hostname and token, for the worker's environment
+        from .job_queue import job_queue
+
+        self.queue = job_queue(settings)  # RQ when FINETUNE_QUEUE resolves to rq (job_queue.py); None: file queue
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -64,7 +67,10 @@ class FinetuneServer:
                 if got:
                     for job_id in self.store.recover():
                         log.warning("fine-tuning job %s was interrupted (the worker died): marked so", job_id)
-            if self.store.next_queued() is not None:
+            if self.queue is not None:  # RQ: queued records go (back) on the queue, and are watched
+                self.queue.reconcile_soon(self.store, then=self.kick if self.spawn_worker else None)
+                self.queue.watch(self.store)
+            elif self.store.next_queued() is not None:
                 self.kick()
         except OSError as exc:
             log.error("cannot use MODEL_DIR=%s for fine-tuning: %s", self.settings.model_dir, exc)
@@ -73,6 +79,8 @@ class FinetuneServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.queue is not None:
+            self.queue.stop()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.watch_s):
@@ -136,7 +144,9 @@ class FinetuneServer:
                 project,
                 reason,
             )
-            if self.spawn_worker:
+            if self.queue is not None:  # RQ: submit off the webhook's path, then start a local worker
+                self.queue.reconcile_soon(self.store, then=self.kick if self.spawn_worker else None)
+            elif self.spawn_worker:
                 self.kick()
         return reply
 

@@ -579,6 +579,12 @@ def main_worker(once: bool, poll_s: float) -> int:
 
         torch.set_num_threads(cfg.train.threads)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from .job_queue import job_queue
+
+    queue = job_queue(settings)
+    if queue is not None:  # FINETUNE_QUEUE resolves to rq: take the jobs from Redis (job_queue.py)
+        queue.work(once=once)
+        return 0
     worker_loop(settings, cfg, once=once, poll_s=poll_s)
     return 0
 

@@ -20,6 +20,7 @@ from .finetune import FinetuneServer, finetune_enabled
 from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config, project_id
 from .media import DecodedImage, MediaFetcher
 from .rle import mask2rle
+from .session_store import shared_states
 from .sessions import Click, RunStats, Session, SessionCache
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ class Backend:
         self.engine = engine or Engine(settings)
         self.fetcher = fetcher or MediaFetcher(settings)
         self.cache = SessionCache(settings.session_cache_mb * 1024 * 1024, settings.session_ttl_s)
+        self.shared = shared_states(settings)  # SESSION_STORE: states shared with other workers (None: local only)
         self._inflight: dict[Hashable, concurrent.futures.Future] = {}
         self._inflight_lock = threading.Lock()
         self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
@@ -482,10 +484,16 @@ class Backend:
             stats.result_hit = True
             rle, score = cached.rle.tolist(), cached.score
         else:
+            version = self.engine.model_version
+            restored = self.shared.restore(session, clicks, version, stats) if self.shared is not None else None
             t0 = time.perf_counter()
             with self.engine.lock:
                 stats.queue_ms += (time.perf_counter() - t0) * 1000
+                if restored is not None:
+                    session.remember_state(*restored)
                 mask, score = session.run(clicks, stats)
+            if self.shared is not None:
+                self.shared.publish(session, clicks, version, stats)
             t1 = time.perf_counter()
             rle = encode_mask(mask, frame.out_size)
             stats.rle_ms += (time.perf_counter() - t1) * 1000

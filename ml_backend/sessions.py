@@ -64,6 +64,8 @@ class RunStats:
     rle_ms: float = 0.0
     model_ms: float = 0.0
     queue_ms: float = 0.0
+    store_ms: float = 0.0  # SESSION_STORE (session_store.py): reading, rebuilding and writing shared states
+    store_hit: bool = False  # the state this request continued from came from the shared store
     # Set by the server when the client has gone: the click loop stops between forwards (states so far stay cached).
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -172,6 +174,10 @@ class Session:
             freed += size
         self.nbytes -= freed
         return freed
+
+    def remember_state(self, prefix: tuple[Click, ...], state: Any) -> None:
+        """Keep a state computed elsewhere (the shared store); call with the engine lock held."""
+        self._remember_state(prefix, state)
 
     def _remember_state(self, prefix: tuple[Click, ...], state: Any) -> None:
         old = self.states.pop(prefix, None)

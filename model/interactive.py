@@ -57,3 +57,16 @@ class StatefulPredictor(InteractivePredictor, Protocol):
 
     def set_state(self, state: Any) -> None:
         """Continue from a snapshot taken by :meth:`get_state` on a predictor with the same image."""
+
+
+@runtime_checkable
+class PortableStatePredictor(StatefulPredictor, Protocol):
+    """A stateful predictor whose states travel as bytes (``SESSION_STORE``: another worker continues a session)."""
+
+    state_tag: str  # the settings a state depends on: a state is only imported by a predictor with the same tag
+
+    def export_state(self, state: Any = None) -> bytes:
+        """The state (default: the current one) as bytes, losslessly."""
+
+    def import_state(self, data: bytes) -> Any:
+        """A state from :meth:`export_state`'s bytes, for :meth:`set_state`; ValueError when they do not fit."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import state_codec
 from .device import autocast, resolve_device, resolve_dtype
 from .interactive import Prediction, prediction_from
 from .modeling.adaptiveclick import AdaptiveClick
@@ -34,6 +35,8 @@ class PredictorState:
     prev_probs: torch.Tensor | None = None  # (1, 1, H, W) float32, on the predictor's device
     roi: Box | None = None
     history: tuple[PredictorState, ...] = field(default=(), repr=False)
+    # The network's low-resolution output that prev_probs was upsampled from (what export_state stores).
+    logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def probs(self) -> np.ndarray | None:
@@ -174,6 +177,52 @@ class Predictor:
             raise ValueError(f"state is for a {tuple(state.prev_probs.shape[-2:])} image, not {self.image_size}")
         self._state = state
 
+    @property
+    def state_tag(self) -> str:
+        """Fingerprint of the settings that shape a state (a state only continues under the same ones)."""
+        return repr(
+            (self.flip, self.use_zoom_in, self.zoom, self.refine, self.threshold, str(self.dtype), self.sampler)
+        )
+
+    def export_state(self, state: PredictorState | None = None) -> bytes:
+        """``state`` (default: the current one) as bytes for :meth:`import_state` in another process."""
+        state = self._state if state is None else state
+        if state.prev_probs is None or state.roi is None or not state.clicks:
+            raise ValueError("only a state after a click can be exported")
+        # The smaller of what the map is made from (the logits) and the map itself; both are float32.
+        use_logits = state.logits is not None and state.logits.numel() < state.prev_probs.numel()
+        source = state.logits if use_logits else state.prev_probs
+        array = source.detach().float().cpu().numpy()
+        clicks = tuple((int(c.row), int(c.col), bool(c.positive)) for c in state.clicks)
+        hw = tuple(int(v) for v in state.prev_probs.shape[-2:])
+        parts = state_codec.StateParts(clicks, state.roi, hw, array, "logits" if use_logits else "probs")
+        return state_codec.encode(parts, self.state_tag)
+
+    @torch.inference_mode()
+    def import_state(self, data: bytes) -> PredictorState:
+        """The state :meth:`export_state` wrote, for this image: the map is recomputed from the stored network
+        output exactly as :meth:`add_click` computed it (bit-for-bit on the same device kind). It carries no
+        undo history. Raises :class:`model.state_codec.StateFormatError` for blobs of other settings or sizes."""
+        self._require_image()
+        parts = state_codec.decode(data, self.state_tag)
+        if parts.image_hw != self.image_size:
+            raise state_codec.StateFormatError(f"state is for a {parts.image_hw} image, not {self.image_size}")
+        rmin, rmax, cmin, cmax = parts.roi
+        if not (0 <= rmin <= rmax < parts.image_hw[0] and 0 <= cmin <= cmax < parts.image_hw[1]):
+            raise state_codec.StateFormatError(f"state ROI {parts.roi} is outside the image")
+        array = torch.from_numpy(parts.array.copy()).to(self.device)
+        if array.dim() != 4 or array.shape[:2] != (1, 1):
+            raise state_codec.StateFormatError(f"state array has shape {tuple(array.shape)}, not (1, 1, h, w)")
+        clicks = tuple(Click(r, c, p) for r, c, p in parts.clicks)
+        if parts.kind == "probs":
+            if tuple(array.shape[-2:]) != self.image_size:
+                raise state_codec.StateFormatError("stored map does not have the image's size")
+            return PredictorState(clicks, array, parts.roi, (), None)
+        probs = self._upsample(array, parts.roi)
+        if self.refine.clean:
+            probs = drop_unclicked_components(probs, parts.roi, clicks, self.threshold)
+        return PredictorState(clicks, probs, parts.roi, (), array)
+
     def reset(self) -> None:
         """Forget the clicks; keep the image."""
         self._state = PredictorState()
@@ -226,24 +275,27 @@ class Predictor:
             roi, _ = self.zoom.next_roi(previous.roi, prev_np, clicks, (height, width))
         else:
             roi = (0, height - 1, 0, width - 1)
-        probs = self._forward(prev_probs, clicks, roi)
+        probs, logits = self._forward(prev_probs, clicks, roi)
         refine = self.refine
         for _ in range(refine.cascade_steps):
-            again = self._forward(probs, clicks, roi)
+            again, logits = self._forward(probs, clicks, roi)
             before, after = probs > self.threshold, again > self.threshold
             probs = again
             if refine.cascade_tol and int((before ^ after).sum()) < refine.cascade_tol * max(1, int(before.sum())):
                 break
         if refine.clean:
             probs = drop_unclicked_components(probs, roi, clicks, self.threshold)
-        return PredictorState(clicks, probs, roi, previous.history + (previous,))
+        return PredictorState(clicks, probs, roi, previous.history + (previous,), logits)
 
-    def _forward(self, prev_probs: torch.Tensor, clicks: tuple[Click, ...], roi: Box) -> torch.Tensor:
-        """One network call (with its flip twin) on the ROI; the full-size (1, 1, H, W) probability map."""
-        height, width = self.image_size
+    def _forward(
+        self, prev_probs: torch.Tensor, clicks: tuple[Click, ...], roi: Box
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network call (with its flip twin) on the ROI: the full-size (1, 1, H, W) probability map and the
+        network's (1, 1, h, w) logits it was made from."""
         # Crop image and previous map separately: concatenating them at full resolution first would copy 4 x H x W
         # floats every click (32 MB at 2 MP) for the same result.
-        net_input = torch.cat([self.zoom.crop(self._image, roi), self.zoom.crop(prev_probs, roi)], dim=1)
+        image_crop = self.zoom.crop(self._image, roi)
+        net_input = torch.cat([image_crop, self.zoom.crop(prev_probs, roi)], dim=1)
         net_clicks = self.zoom.transform_clicks(clicks, roi)
 
         batch_clicks = [net_clicks]
@@ -259,10 +311,18 @@ class Predictor:
             logits = self.model(net_input, points)["instances"].float()
         if self.flip:
             logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
+        return self._upsample(logits, roi, image_crop), logits
+
+    def _upsample(self, logits: torch.Tensor, roi: Box, image_crop: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's logits on ``roi`` -> the full-size probability map (edge-aware when refine has guided).
+        ``image_crop``: the ROI's image at the network's input size, when the caller has it (else recropped)."""
+        height, width = self.image_size
         if not self.refine.guided:
             return self.zoom.paste(torch.sigmoid(logits), roi, (height, width))
         rmin, rmax, cmin, cmax = roi
-        guide_low = net_input[:1, :3].mean(1, keepdim=True)
+        if image_crop is None:
+            image_crop = self.zoom.crop(self._image, roi)
+        guide_low = image_crop.mean(1, keepdim=True)
         guide_full = self._grey[:, :, rmin : rmax + 1, cmin : cmax + 1]
         refined = guided_upsample(
             torch.sigmoid(logits), guide_low, guide_full, self.refine.guided_radius, self.refine.guided_eps

@@ -1,14 +1,16 @@
 """A stand-in predictor for tests and for measuring the server's own overhead (``benchmarks/server.py``).
 
-``DiskPredictor`` has the Predictor interface (``set_image``/``add_click``/``reset``/``get_state``/``set_state``)
-and, like AdaptiveClick, feeds its previous mask into the next click: the map is the previous mask plus a disk
-around each positive click minus a disk around each negative click. It does no learning and no tensor math
+``DiskPredictor`` is a ``model.interactive.PortableStatePredictor`` (``set_image``/``add_click``/``reset``/
+``prediction``, ``get_state``/``set_state``, ``export_state``/``import_state`` for the shared session store) and,
+like AdaptiveClick, feeds its previous mask into the next click: the map is the previous mask plus a disk around
+each positive click minus a disk around each negative click. It does no learning and no tensor math
 worth the name; ``MODEL_ENGINE=testkit.standins:DiskPredictor`` serves it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 
@@ -64,6 +66,32 @@ class DiskPredictor:
         if self._state.prev is None:
             raise RuntimeError("no click yet")
         return prediction_from(self._state.prev, self.threshold)
+
+    @property
+    def state_tag(self) -> str:
+        return f"disk:{self.radius_ratio}"
+
+    def export_state(self, state: DiskState | None = None) -> bytes:
+        """Clicks (JSON) + the mask bits: the map is exactly 0.9 inside, 0.1 outside, so this is lossless."""
+        state = self._state if state is None else state
+        if state.prev is None:
+            raise ValueError("only a state after a click can be exported")
+        head = json.dumps({"tag": self.state_tag, "clicks": state.clicks, "shape": state.prev.shape}).encode()
+        return len(head).to_bytes(4, "little") + head + np.packbits(state.prev > 0.5).tobytes()
+
+    def import_state(self, data: bytes) -> DiskState:
+        try:
+            size = int.from_bytes(data[:4], "little")
+            head = json.loads(data[4 : 4 + size])
+            shape = tuple(head["shape"])
+            if head["tag"] != self.state_tag or shape != self._shape:
+                raise ValueError("a state of other settings or another image")
+            bits = np.frombuffer(data[4 + size :], np.uint8)
+            mask = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+            clicks = tuple((int(r), int(c), bool(p)) for r, c, p in head["clicks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a DiskPredictor state: {exc}") from None
+        return DiskState(clicks, np.where(mask, np.float32(0.9), np.float32(0.1)))
 
     def add_click(self, row: int, col: int, positive: bool = True) -> np.ndarray:
         if self._shape is None or self._grid is None:

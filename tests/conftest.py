@@ -35,3 +35,22 @@ def tiny_model(golden_dir: Path):
     from model.checkpoint import load_official_checkpoint
 
     return load_official_checkpoint(golden_dir / "tiny_official.pth")
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A private redis-server (Debian's ``redis-server``; ``make test`` installs it): skipped outside CI when it
+    or the redis package is missing, a failure under CI=true."""
+    from testkit.redis_harness import RedisServer
+
+    if RedisServer.executable() is None:
+        missing("redis-server not found (apt-get install redis-server; `make test` installs it)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing("the redis package is not installed (pip install -e '.[test]')")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -26,6 +26,8 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_SCALE = ROOT / "docker-compose.scale.yml"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 DOCKERFILE = ROOT / "Dockerfile"
 LS_IMAGE = "heartexlabs/label-studio:1.23.2"
 
@@ -189,7 +191,7 @@ def test_backend_environment_names_are_real_settings(compose):
 
 def test_env_example_defines_every_compose_variable():
     used = set()
-    for path in (COMPOSE, COMPOSE_CPU):
+    for path in (COMPOSE, COMPOSE_CPU, COMPOSE_SCALE):
         used |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", path.read_text()))
     lines = (ROOT / ".env.example").read_text().splitlines()
     defined = {line.split("=", 1)[0] for line in lines if re.match(r"[A-Z_][A-Z0-9_]*=", line)}
@@ -482,3 +484,133 @@ def test_healthcheck_fails_when_nothing_listens():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert _run(_health_code(compose_test).replace("localhost:8080", f"127.0.0.1:{port}")) != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.scale.yml: replicas behind a proxy, Redis for click states and the job queue
+
+
+@pytest.fixture(scope="module")
+def merged_scale(compose) -> dict:
+    return merge(compose, load(COMPOSE_SCALE))
+
+
+def test_scale_override_adds_redis_proxy_and_trainer(merged_scale, compose):
+    assert set(merged_scale["services"]) == set(compose["services"]) | {
+        "redis",
+        "adaptiveclick-proxy",
+        "adaptiveclick-trainer",
+    }
+    text = COMPOSE_SCALE.read_text()
+    assert (
+        "docker compose -f docker-compose.yml -f docker-compose.scale.yml up -d --build --scale adaptiveclick=3" in text
+    )
+    assert merged_scale["services"]["label-studio"] == compose["services"]["label-studio"]
+    assert set(merged_scale["volumes"]) == set(compose["volumes"]) | {"redis-data"}
+
+
+def test_scaled_backend_replicas_can_coexist_and_share_redis(merged_scale):
+    services = merged_scale["services"]
+    backend = services["adaptiveclick"]
+    # --scale N needs replicas without a fixed host port or container name
+    assert "ports" not in backend and "container_name" not in backend
+    env = env_of(backend)
+    match = re.fullmatch(r"redis://([\w-]+):(\d+)/\d+", env["SESSION_STORE"])
+    assert match and match.group(1) in services and match.group(2) == "6379"
+    assert env["FINETUNE_WORKER"] == "external"  # the trainer service runs the jobs, not each replica
+    assert backend["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert backend["depends_on"]["label-studio"]["condition"] == "service_healthy"  # kept from the base file
+    assert backend["deploy"] == load(COMPOSE)["services"]["adaptiveclick"]["deploy"]  # the base's GPU reservation
+
+
+def test_redis_service_caps_memory_without_evicting_the_queue(merged_scale):
+    redis = merged_scale["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2]))
+    assert options["--maxmemory-policy"].startswith("volatile-")  # only keys with a TTL (click states) go
+    assert "${REDIS_MAXMEMORY" in options["--maxmemory"] and options["--appendonly"] == "yes"
+    assert mount_targets(redis)["/data"] in merged_scale["volumes"]
+    assert "ping" in redis["healthcheck"]["test"]
+
+
+def test_trainer_shares_models_queue_and_settings_with_the_replicas(merged_scale):
+    services = merged_scale["services"]
+    trainer, backend = services["adaptiveclick-trainer"], services["adaptiveclick"]
+    assert trainer["command"] == ["adaptiveclick", "worker"] and trainer["image"] == backend["image"]
+    assert mount_targets(trainer)["/data/models"] == mount_targets(backend)["/data/models"]
+    assert mount_targets(trainer)["/data/files"] == mount_targets(backend)["/data/files"]
+    t_env, b_env = env_of(trainer), env_of(backend)
+    for name in (
+        "SESSION_STORE",
+        "MODEL_DIR",
+        "LABEL_STUDIO_URL",
+        "LABEL_STUDIO_API_KEY",
+        "MODEL_CHECKPOINT",
+        "LOCAL_FILES_DOCUMENT_ROOT",
+    ):
+        assert t_env[name] == b_env[name], name
+    sources = "".join(
+        (ROOT / path).read_text()
+        for path in ("ml_backend/config.py", "cli/backend.py", "ml_backend/finetune_worker.py")
+    )
+    for name in set(t_env) | set(b_env):
+        assert f'"{name}"' in sources, f"{name} is not read by ml_backend"
+
+
+def test_proxy_publishes_the_one_url_and_spreads_requests(merged_scale):
+    proxy = merged_scale["services"]["adaptiveclick-proxy"]
+    assert container_ports(proxy) == {"9090"} and "${ADAPTIVECLICK_PORT" in proxy["ports"][0]
+    source = mount_targets(proxy)["/etc/nginx/nginx.conf"]
+    assert (ROOT / source).resolve() == NGINX_CONF.resolve() and proxy["volumes"][0].endswith(":ro")
+    version = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?(-[\w.]+)?", proxy["image"])
+    assert version and (int(version.group(1)), int(version.group(2))) >= (1, 27)  # `resolve` in an upstream
+    conf = re.sub(r"#.*", "", NGINX_CONF.read_text())
+    upstream = re.search(r"upstream\s+(\w[\w-]*)\s*\{([^}]*)\}", conf)
+    assert upstream, "no upstream block"
+    name, body = upstream.groups()
+    assert re.search(r"\bserver\s+adaptiveclick:9090\s+resolve\s*;", body)  # every replica, re-resolved
+    assert "zone " in body and re.search(r"\b(least_conn|random)\b", body)
+    assert re.search(rf"proxy_pass\s+http://{name}\s*;", conf)
+    assert re.search(r"resolver\s+127\.0\.0\.11\b", conf)  # Docker's embedded DNS
+    assert re.search(r"\blisten\s+9090\s*;", conf)
+    body_mb = int(re.search(r"client_max_body_size\s+(\d+)m\s*;", conf).group(1))
+    assert body_mb >= 64  # MAX_REQUEST_MB's default
+    assert int(re.search(r"proxy_read_timeout\s+(\d+)s\s*;", conf).group(1)) >= 100  # LS waits 100 s
+    assert "non_idempotent" not in conf  # a click is never sent to a second replica after the first got it
+    assert conf.count("{") == conf.count("}")
+
+
+def test_scale_override_merges_with_the_cpu_override(compose):
+    merged = merge(merge(compose, load(COMPOSE_CPU)), load(COMPOSE_SCALE))
+    backend = merged["services"]["adaptiveclick"]
+    assert "deploy" not in backend and "ports" not in backend
+    assert env_of(backend)["DEVICE"] == "cpu" and env_of(backend)["SESSION_STORE"].startswith("redis://")
+
+
+def test_docker_compose_config_accepts_the_scale_override():
+    cmd = _compose_command()
+    if cmd is None:
+        pytest.skip("no Docker Compose >= 2.24 installed (set COMPOSE_BIN to one to run this check)")
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": "adaptiveclick-test"}
+    out = subprocess.run(
+        [*cmd, "-f", str(COMPOSE), "-f", str(COMPOSE_SCALE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert not services["adaptiveclick"].get("ports")
+    assert services["adaptiveclick"]["environment"]["SESSION_STORE"] == "redis://redis:6379/0"
+
+
+def test_image_installs_the_redis_extra():
+    """The replicas' SESSION_STORE and the trainer's RQ queue need the redis extra inside the image."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["redis"]
+    assert {re.split(r"[<>=!~ \[]", r)[0] for r in extra} >= {"redis", "rq"}
+    requirements = [r for r in args_of("RUN") if "/tmp/requirements.txt" in r and "tomllib" in r]
+    assert requirements and "['optional-dependencies']['redis']" in requirements[0]
