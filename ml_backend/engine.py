@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+from .model_store import BASE, served_checkpoint
 
 if TYPE_CHECKING:
     from model.interactive import InteractivePredictor
@@ -55,12 +56,6 @@ def base_version_name(settings: Settings, engine: str | None = None) -> str:
     return engine.replace(":", ".")
 
 
-def _served_version(settings: Settings) -> tuple[str, Path] | None:
-    from .model_store import resolve_served
-
-    return resolve_served(settings)
-
-
 class Engine:
     """Builds predictors for sessions; ``lock`` serialises all model work of this process."""
 
@@ -83,22 +78,23 @@ class Engine:
         self.model_class = "AdaptiveClick" if self.name == "adaptiveclick" else self.name
         self.load_seconds = 0.0
         self.generation = 0  # bumped by every hot swap (sessions of an older generation are dropped)
-        # A fine-tuned version from MODEL_DIR (ml_backend.model_store): (version, checkpoint) or None = the base model.
-        self._active = None if factory is not None else _served_version(settings)
+        # What is served (model_store.served_checkpoint): (a fine-tuned version from MODEL_DIR, or BASE, checkpoint).
+        self._served = (BASE, settings.base_checkpoint) if factory is not None else served_checkpoint(settings)
         if factory is not None:
             self.ready.set()
         self.base_version = self._version or base_version_name(settings, self.name)
-        if self._active is not None and not version:
-            self._version = self._active[0]
-        if not self._version:
-            self._version = self.base_version
+        if not version:
+            self._version = self._version_of(self._served)
+
+    def _version_of(self, served: tuple[str, Path]) -> str:
+        return self.base_version if served[0] == BASE else served[0]
 
     @property
     def model_version(self) -> str:
         return self._version
 
     def _checkpoint_path(self) -> Path:
-        return self._active[1] if self._active is not None else self.settings.base_checkpoint
+        return self._served[1]
 
     def load(self) -> None:
         """Build the predictor factory (loads the network once). Safe to call from a background thread."""
@@ -125,19 +121,19 @@ class Engine:
         current model kept. Returns True when the served model changed."""
         if self.name != "adaptiveclick" or not self.ready.is_set() or self._factory is None:
             return False
-        target = _served_version(self.settings)
-        if target == self._active:
+        target = served_checkpoint(self.settings)
+        if target == self._served:
             return False
-        previous = self._active
+        previous = self._served
         t0 = time.perf_counter()
         try:
-            self._active = target
+            self._served = target
             factory = self._build_factory()
         except Exception as exc:
-            self._active = previous
+            self._served = previous
             log.error(
                 "could not load model version %s (%s: %s): still serving %s",
-                target[0] if target else self.base_version,
+                self._version_of(target),
                 type(exc).__name__,
                 exc,
                 self._version,
@@ -145,7 +141,7 @@ class Engine:
             return False
         with self.lock:
             self._factory = factory
-            self._version = target[0] if target else self.base_version
+            self._version = self._version_of(target)
             self.generation += 1
         log.info("now serving model version %s (loaded in %.1f s)", self._version, time.perf_counter() - t0)
         return True

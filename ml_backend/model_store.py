@@ -302,11 +302,11 @@ def served_checkpoint(settings: Settings, store: ModelStore | None = None) -> tu
     fine-tuned version, else :data:`BASE` and ``Settings.base_checkpoint`` (MODEL_CHECKPOINT, else the starter).
 
     The one answer to "which checkpoint" for the server, the fine-tuning worker and the command line."""
-    served = resolve_served(settings, store)
+    served = _fine_tuned_version(settings, store)
     return served if served is not None else (BASE, settings.base_checkpoint)
 
 
-def resolve_served(settings: Settings, store: ModelStore | None = None) -> tuple[str, Path] | None:
+def _fine_tuned_version(settings: Settings, store: ModelStore | None = None) -> tuple[str, Path] | None:
     """(version, checkpoint) of the fine-tuned version to serve, or None for the base model.
 
     ``MODEL_VERSION_PIN`` wins over ``current`` ("base" pins the base model); an unknown pin is reported and

@@ -36,6 +36,7 @@ from ml_backend.finetune_worker import (
     worker_loop,
 )
 from ml_backend.model_store import (
+    BASE,
     DONE,
     FAILED,
     HOLD_PARTIAL_WRITE_ENV,
@@ -43,7 +44,7 @@ from ml_backend.model_store import (
     QUEUED,
     SKIPPED,
     ModelStore,
-    resolve_served,
+    served_checkpoint,
 )
 from ml_backend.rle import mask2rle
 from testkit.standins import DiskPredictor
@@ -272,7 +273,7 @@ def test_promotion_rule_worse_is_not_promoted_and_ties_are(base_settings):
     tie, _ = store.enqueue("1", "START_TRAINING")
     record = run_job(store, tie, base_settings, JobConfig(), fake_steps(before=3.0, after=3.0))
     assert record["promoted"] is True and store.current() == record["version"]
-    assert resolve_served(base_settings)[0] == record["version"]
+    assert served_checkpoint(base_settings)[0] == record["version"]
 
 
 def test_manifest_contents(base_settings):
@@ -603,19 +604,19 @@ def test_rollback_and_pin(tiny_store, capsys):
 
     base, store, (v1, v2) = tiny_store
     settings = settings_for(store.root, model_checkpoint=str(base))
-    assert resolve_served(settings) is None  # no pointer: the base model
+    assert served_checkpoint(settings)[0] == BASE  # no pointer: the base model
     store.set_current(v2)
-    assert resolve_served(settings)[0] == v2
+    assert served_checkpoint(settings)[0] == v2
     assert main(["versions", "rollback", v1, "--model-dir", str(store.root)]) == 0
-    assert store.current() == v1 and resolve_served(settings)[0] == v1
+    assert store.current() == v1 and served_checkpoint(settings)[0] == v1
     assert main(["versions", "rollback", "nope", "--model-dir", str(store.root)]) == 2  # unknown: refused
     assert store.current() == v1
     settings.model_version_pin = v2
-    assert resolve_served(settings)[0] == v2  # the pin wins over current
+    assert served_checkpoint(settings)[0] == v2  # the pin wins over current
     settings.model_version_pin = "base"
-    assert resolve_served(settings) is None
+    assert served_checkpoint(settings)[0] == BASE
     settings.model_version_pin = "missing-version"
-    assert resolve_served(settings)[0] == v1  # an unknown pin is reported and ignored
+    assert served_checkpoint(settings)[0] == v1  # an unknown pin is reported and ignored
     assert main(["versions", "rollback", "base", "--model-dir", str(store.root)]) == 0
     assert store.current() == "base"
     capsys.readouterr()
@@ -673,7 +674,7 @@ def test_worker_killed_mid_write_leaves_the_served_model_intact(tiny_store, tmp_
         stub.stop()
     settings = settings_for(store.root, model_checkpoint=str(base))
     # The served version, its files and the pointer are untouched; the job record says "running" until a restart.
-    assert store.current() == v1 and resolve_served(settings)[0] == v1
+    assert store.current() == v1 and served_checkpoint(settings)[0] == v1
     assert {k: v for k, v in tree_digest(store.versions_dir).items() if not k.startswith(".staging-")} == served_files
     assert len(store.versions()) == 2  # the half-written one is not listed
     assert store.read_job(job["id"])["state"] == "running"
@@ -695,7 +696,6 @@ def test_every_consumer_gets_the_same_served_checkpoint(tiny_store, tmp_path, mo
 
     from cli import main
     from ml_backend.finetune_worker import _served
-    from ml_backend.model_store import BASE, served_checkpoint
 
     base, store, (v1, _) = tiny_store
     base = Path(shutil.copy(base, store.root / "base.safetensors"))
