@@ -20,20 +20,14 @@ from model.evaluation.report import (
 )
 from model.evaluation.runner import evaluate_dataset
 from model.interactive import InteractivePredictor
-from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP, Refinement
+from model.refine import Refinement
 
-from .predict import default_checkpoint
+from .predictor_options import add_predictor_arguments, build_predictor, checkpoint
 
 METHODS = ("adaptiveclick", "grabcut")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="model checkpoint (default: what serve serves: "
-        "MODEL_CHECKPOINT or MODEL_DIR's current version, else the starter in weights/)",
-    )
     parser.add_argument(
         "--datasets",
         default="GrabCut,Berkeley",
@@ -56,31 +50,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the robot stops clicking an instance once its IoU reaches this; keep it at the highest "
         "--iou threshold (default %(default)s)",
     )
-    parser.add_argument(
-        "--threshold",
-        "--pred-threshold",
-        dest="threshold",
-        type=float,
-        default=None,
-        help="probability -> mask threshold (default: the predictor's own, 0.49 for AdaptiveClick)",
-    )
-    parser.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_FLIP,
-        help="horizontal-flip test-time augmentation: a second forward per click (default: "
-        "%(default)s, what serve uses)",
-    )
-    parser.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in crop")
-    parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="inference precision")
-    parser.add_argument(
-        "--target-size",
-        type=int,
-        default=None,
-        help="network input side (default: the model's own, e.g. 448; 672 for DAVIS)",
-    )
+    add_predictor_arguments(parser)
     parser.add_argument(
         "--method",
         choices=METHODS,
@@ -125,36 +95,13 @@ def parse_thresholds(text: str) -> list[float]:
     return thresholds
 
 
-def checkpoint(args: argparse.Namespace) -> Path:
-    return Path(args.checkpoint) if args.checkpoint else default_checkpoint()[1]
-
-
-def build_predictor(args: argparse.Namespace) -> InteractivePredictor:
-    predictor = _build_predictor(args)
+def build(args: argparse.Namespace) -> InteractivePredictor:
+    if args.method == "adaptiveclick":
+        return build_predictor(args)
+    predictor = GrabCutPredictor()
     if args.threshold is not None:
         predictor.threshold = args.threshold
     return predictor
-
-
-def _build_predictor(args: argparse.Namespace) -> InteractivePredictor:
-    if args.method == "grabcut":
-        return GrabCutPredictor()
-    import torch
-
-    from model.checkpoint import load_model
-    from model.predictor import Predictor
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = load_model(checkpoint(args), device=device)
-    return Predictor(
-        net,
-        device=device,
-        dtype=args.dtype,
-        flip=args.flip,
-        zoom_in=not args.no_zoom_in,
-        target_size=args.target_size,
-        refine=args.refine,
-    )
 
 
 def _settings(args: argparse.Namespace, predictor: InteractivePredictor) -> dict[str, Any]:
@@ -197,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if not names:
         raise ValueError("--datasets: give at least one dataset name")
     datasets: dict[str, InteractiveDataset] = {name: load_dataset(name, data_root(args)) for name in names}
-    predictor = build_predictor(args)  # a bad checkpoint is reported before any work
+    predictor = build(args)  # a bad checkpoint is reported before any work
     per_dataset = {}
     for name, dataset in datasets.items():
         per_dataset[name] = evaluate_dataset(

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP
-
 from . import CommandError
+from .predictor_options import add_predictor_arguments, build_predictor, checkpoint
 
 
 def parse_click(text: str) -> tuple[int, int, bool]:
@@ -26,15 +25,6 @@ def parse_click(text: str) -> tuple[int, int, bool]:
     if kind not in ("pos", "neg", "+", "-"):
         raise argparse.ArgumentTypeError(f"click {text!r}: the third field must be 'pos' or 'neg'")
     return row, col, kind in ("pos", "+")
-
-
-def default_checkpoint() -> tuple[str, Path]:
-    """(version, weights) that ``serve`` would serve with this environment: what ``predict`` and ``evaluate`` use
-    when no ``--checkpoint`` is given."""
-    from ml_backend.config import Settings
-    from ml_backend.model_store import served_checkpoint
-
-    return served_checkpoint(Settings.from_env())
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, clicks: list[tuple[int, int, bool]]) -> np.ndarray:
@@ -70,34 +60,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="ROW,COL[,neg]",
         help="a click in pixels; repeat for more; ',neg' marks a background click",
     )
-    parser.add_argument(
-        "--checkpoint",
-        help="weights file (default: what serve serves: MODEL_CHECKPOINT or "
-        "MODEL_DIR's current version, else the starter in weights/)",
-    )
-    parser.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_FLIP,
-        help="horizontal-flip test-time augmentation: a second forward per click (default: "
-        "%(default)s, what serve uses)",
-    )
-    parser.add_argument(
-        "--no-zoom-in",
-        "--no-zoom",
-        dest="no_zoom_in",
-        action="store_true",
-        help="always run on the whole image (no zoom-in crop)",
-    )
-    parser.add_argument("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="probability threshold of the mask (default: the predictor's, 0.49)",
-    )
+    add_predictor_arguments(parser)
     parser.add_argument("--out", required=True, help="output mask PNG (0/255)")
     parser.add_argument("--prob", help="also save the final float32 probability map (.npy)")
     parser.add_argument("--overlay", help="also save the image with the mask and clicks drawn on it")
@@ -107,22 +70,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from model.checkpoint import load_model
     from model.images import read_rgb
-    from model.predictor import Predictor
 
     image = read_rgb(args.image)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()[1]
-    options = {} if args.threshold is None else {"threshold": args.threshold}
-    predictor = Predictor(
-        load_model(checkpoint, args.device),
-        device=args.device,
-        dtype=args.dtype,
-        flip=args.flip,
-        zoom_in=not args.no_zoom_in,
-        refine=args.refine,
-        **options,
-    )
+    predictor = build_predictor(args)
     predictor.set_image(image)
     for row, col, positive in args.click:
         predictor.add_click(row, col, positive)
@@ -136,5 +87,5 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay:
         drawn = overlay(predictor.image, mask, args.click)
         cv2.imwrite(str(args.overlay), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-    print(f"{out}: {int(mask.sum())} of {mask.size} pixels after {len(args.click)} click(s) ({checkpoint})")
+    print(f"{out}: {int(mask.sum())} of {mask.size} pixels after {len(args.click)} click(s) ({checkpoint(args)})")
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import http.server
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +61,47 @@ def make_app(engine_factory=DiskPredictor, image=None, name="disk", **overrides)
     engine = Engine(settings, factory=engine_factory, name=name) if engine_factory else Engine(settings)
     fetcher = ImageFetcher(settings, synthetic_image() if image is None else image)
     return create_app(settings, engine=engine, fetcher=fetcher)
+
+
+# The labeling config of the recorded project (a BrushLabels + KeyPointLabels project).
+LABEL_CONFIG = recorded("webhook_start_training")["project"]["label_config"]
+
+
+class StubLabelStudio:
+    """Serves /api/projects/{id}, /api/projects/{id}/export and /data/upload/... like Label Studio 1.23."""
+
+    def __init__(self, tasks: dict[int, list[dict]], images: dict[str, bytes]):
+        self.tasks, self.images, self.requests = tasks, images, []
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                stub.requests.append((self.path, self.headers.get("Authorization")))
+                path = self.path.split("?")[0]
+                parts = path.strip("/").split("/")
+                if path.startswith("/data/upload/") and path in stub.images:
+                    return self._send(200, stub.images[path], "image/png")
+                if parts[:2] == ["api", "projects"] and len(parts) >= 3 and int(parts[2]) in stub.tasks:
+                    if len(parts) == 3:
+                        return self._send(200, json.dumps({"id": int(parts[2]), "label_config": LABEL_CONFIG}))
+                    if parts[3:] == ["export"]:
+                        return self._send(200, json.dumps(stub.tasks[int(parts[2])]))
+                self._send(404, b'{"detail": "not found"}')
+
+            def _send(self, status, body, ctype="application/json"):
+                body = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -49,13 +48,9 @@ from ml_backend.model_store import (
 from ml_backend.rle import mask2rle
 from testkit.standins import DiskPredictor
 
+from backend_helpers import StubLabelStudio, recorded
+
 REPO = Path(__file__).resolve().parents[1]
-RECORDED = json.loads((REPO / "tests" / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
-LABEL_CONFIG = next(r["body"] for r in RECORDED if r["name"] == "webhook_start_training")["project"]["label_config"]
-
-
-def recorded(name: str) -> dict:
-    return copy.deepcopy(next(r["body"] for r in RECORDED if r["name"] == name))
 
 
 def settings_for(model_dir: Path, **overrides) -> Settings:
@@ -365,46 +360,6 @@ def _brush(mask: np.ndarray, rid: str) -> dict:
         "image_rotation": 0,
         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]},
     }
-
-
-class StubLabelStudio:
-    """Serves /api/projects/{id}, /api/projects/{id}/export and /data/upload/... like Label Studio 1.23."""
-
-    def __init__(self, tasks: dict[int, list[dict]], images: dict[str, bytes]):
-        self.tasks, self.images, self.requests = tasks, images, []
-        stub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                stub.requests.append((self.path, self.headers.get("Authorization")))
-                path = self.path.split("?")[0]
-                parts = path.strip("/").split("/")
-                if path.startswith("/data/upload/") and path in stub.images:
-                    return self._send(200, stub.images[path], "image/png")
-                if parts[:2] == ["api", "projects"] and len(parts) >= 3 and int(parts[2]) in stub.tasks:
-                    if len(parts) == 3:
-                        return self._send(200, json.dumps({"id": int(parts[2]), "label_config": LABEL_CONFIG}))
-                    if parts[3:] == ["export"]:
-                        return self._send(200, json.dumps(stub.tasks[int(parts[2])]))
-                self._send(404, b'{"detail": "not found"}')
-
-            def _send(self, status, body, ctype="application/json"):
-                body = body.encode() if isinstance(body, str) else body
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
 
 
 def _stub_project(n_tasks: int = 2) -> StubLabelStudio:

@@ -5,12 +5,9 @@ loses no job."""
 from __future__ import annotations
 
 import copy
-import http.server
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,37 +21,10 @@ from ml_backend.job_queue import QUEUE_NAME, queue_kind, rq_job_id
 from ml_backend.model_store import QUEUED, SKIPPED, ModelStore
 from testkit.standins import DiskPredictor
 
+from backend_helpers import StubLabelStudio, recorded
+
 REPO = Path(__file__).resolve().parents[1]
-RECORDED = json.loads((REPO / "tests" / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
-START_TRAINING = next(r["body"] for r in RECORDED if r["name"] == "webhook_start_training")
-
-
-class EmptyProject:
-    """A stub Label Studio whose project 1 has no annotations (the job then ends "skipped", without training)."""
-
-    def __init__(self):
-        config = START_TRAINING["project"]["label_config"]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                path = self.path.split("?")[0].rstrip("/")
-                body = {"/api/projects/1": {"id": 1, "label_config": config}, "/api/projects/1/export": []}.get(path)
-                data = json.dumps(body if body is not None else {"detail": "not found"}).encode()
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
+START_TRAINING = recorded("webhook_start_training")
 
 
 def _wait(predicate, timeout: float) -> bool:
@@ -92,7 +62,7 @@ def test_a_job_queued_through_the_server_runs_on_a_separate_worker_and_survives_
     store = ModelStore(model_dir)
     redis = redis_server.client()
     queue = Queue(QUEUE_NAME, connection=redis)
-    stub = EmptyProject()
+    stub = StubLabelStudio({1: []}, {})  # project 1 has no annotations: the job ends skipped, untrained
     env = dict(
         os.environ,
         MODEL_DIR=str(model_dir),
