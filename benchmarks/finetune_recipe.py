@@ -2,7 +2,8 @@
 
 Same data choice as ``finetune_camvid.py`` (frames spread over ``splits.json``'s ``finetune`` / ``heldout``
 sequences, the ``--limit-instances`` largest instances per frame); fine-tunes with :func:`model.finetune.finetune`
-and measures NoC on the held-out frames with :func:`model.finetune.evaluate_noc` (robot clicker, zoom-in + flip).
+and measures NoC on the held-out frames with :func:`model.finetune.evaluate_noc` (robot clicker, the predictor
+options ``serve`` uses by default, as the fine-tuning job measures).
 Use it to choose ``FINETUNE_*`` defaults; the product's number comes from ``finetune_camvid.py``.
 
     python benchmarks/finetune_recipe.py --limit-frames 48 --steps 600 --lr 1e-5 --zoom-in-prob 0.5 --out results/r1
@@ -41,10 +42,12 @@ def load_frames(data: Path, frames: list[str], k: int) -> list[tuple[np.ndarray,
 
 
 def measure(net, heldout: list[tuple[np.ndarray, np.ndarray, str]]) -> dict:
-    """NoC@85/90 overall and NoC@85 per class (robot clicker, 20 clicks, zoom-in + flip)."""
+    """NoC@85/90 overall and NoC@85 per class (robot clicker, 20 clicks, the served predictor options)."""
     from model.finetune import evaluate_noc
+    from model.refine import DEFAULT_FLIP, DEFAULT_REFINE
 
-    result = evaluate_noc(net, [(image, mask) for image, mask, _ in heldout]).to_dict()
+    samples = [(image, mask) for image, mask, _ in heldout]
+    result = evaluate_noc(net, samples, flip=DEFAULT_FLIP, refine=DEFAULT_REFINE).to_dict()
     by_class: dict[str, list[int]] = {}
     for noc, (_, _, name) in zip(result.pop("noc85_per_instance"), heldout):
         by_class.setdefault(name, []).append(noc)
@@ -63,9 +66,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=600, help="0: only measure --checkpoint on the held-out frames")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr-milestones", default="1.0", help="fractions of --steps where lr x0.1 (1.0: constant)")
     p.add_argument("--zoom-in-prob", type=float, default=0.0)
     p.add_argument("--max-extra-clicks", type=int, default=3)
-    p.add_argument("--amp", default="bf16", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: fp32 on CPU (bf16 is emulated, ~6x slower, without AVX-512 BF16)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-before", action="store_true", help="also measure the starting checkpoint")
     p.add_argument(
@@ -115,6 +124,7 @@ def main(argv=None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_milestones=tuple(float(m) for m in args.lr_milestones.split(",")),
         amp=args.amp,
         max_extra_clicks=args.max_extra_clicks,
         threads=args.threads,
