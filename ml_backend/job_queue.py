@@ -1,6 +1,6 @@
 """Where fine-tuning jobs wait for a worker: the file queue under ``MODEL_DIR`` (default) or RQ on Redis.
 
-The job *records* always stay in ``MODEL_DIR/jobs`` (``finetune.ModelStore``: states, history, metrics), and
+The job *records* always stay in ``MODEL_DIR/jobs`` (``model_store.ModelStore``: states, history, metrics), and
 versions and the ``current`` pointer keep their atomic rules there, so ``adaptiveclick versions``, recovery of
 a dead worker's job and the hot swap work the same with either queue. What RQ adds (``FINETUNE_QUEUE=rq``, or
 ``auto`` with ``SESSION_STORE`` on Redis) is delivery: the server puts each queued job on the RQ queue
