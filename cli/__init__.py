@@ -14,9 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
-class CommandError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from .errors import CommandError
 
 
 def _package_version() -> str:

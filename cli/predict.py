@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CommandError
+from .errors import CommandError
 from .predictor_options import add_predictor_arguments, build_predictor, checkpoint
 
 

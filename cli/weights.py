@@ -28,7 +28,7 @@ from model.weights import (
     sha256_file,
 )
 
-from . import CommandError
+from .errors import CommandError
 
 
 def weights_dir() -> Path:

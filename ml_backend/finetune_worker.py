@@ -38,7 +38,18 @@ import numpy as np
 
 from .config import Settings, env_choice, env_float, env_int, env_probability
 from .engine import base_version_name
-from .model_store import BASE, DONE, FAILED, INTERRUPTED, RUNNING, SKIPPED, ModelStore, now_iso, served_checkpoint
+from .model_store import (
+    BASE,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    SKIPPED,
+    ModelStore,
+    now_iso,
+    served_checkpoint,
+)
 
 if TYPE_CHECKING:
     from model.training import TrainConfig
@@ -559,6 +570,26 @@ def worker_loop(
         if once:
             return ran
         time.sleep(poll_s)
+
+
+def run_rq_job(job_id: str) -> str:
+    """What an RQ worker runs for a job: wait for the ``MODEL_DIR`` worker lock, then run the record if it is
+    still queued (``finetune_worker.run_job``). Returns the record's final state."""
+    settings = Settings.from_env()
+    cfg = JobConfig.from_env()
+    store = ModelStore(settings.model_dir)
+    while True:
+        with store.worker_lock() as got:
+            if got:
+                for stale in store.recover():
+                    log.warning("job %s had been interrupted (its worker died): marked so", stale)
+                job = store.read_job(job_id)
+                if job is None or job.get("state") != QUEUED:
+                    state = "missing" if job is None else job.get("state")
+                    log.info("job %s is %s, not queued: nothing to run", job_id, state)
+                    return str(state)
+                return str(run_job(store, job, settings, cfg).get("state"))
+        time.sleep(1.0)  # another worker runs a job on this MODEL_DIR
 
 
 def main_worker(once: bool, poll_s: float) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +26,8 @@ from .model_store import QUEUED, ModelStore
 
 log = logging.getLogger("adaptiveclick.finetune")
 QUEUE_NAME = "adaptiveclick-finetune"
-RQ_FUNCTION = "ml_backend.job_queue.run_rq_job"
+RQ_FUNCTION = "ml_backend.finetune_worker.run_rq_job"  # by name: this module never imports the worker
 RECONCILE_S = 30.0
-LOCK_POLL_S = 1.0
 RESULT_TTL_S = 7 * 24 * 3600  # RQ's own bookkeeping of finished jobs; the records in MODEL_DIR stay forever
 # RQ statuses under which a job will still run (anything else: finished, failed, stopped, canceled, gone).
 _PENDING = ("created", "queued", "started", "deferred", "scheduled", "rate_limited")
@@ -140,28 +138,6 @@ class RQJobs:
         worker = Worker([self.queue], connection=self.connection)
         worker.work(burst=once, with_scheduler=False)
         return int(getattr(worker, "successful_job_count", 0) or 0)
-
-
-def run_rq_job(job_id: str) -> str:
-    """What an RQ worker runs for a job: wait for the ``MODEL_DIR`` worker lock, then run the record if it is
-    still queued (``finetune_worker.run_job``). Returns the record's final state."""
-    from .finetune_worker import JobConfig, run_job
-
-    settings = Settings.from_env()
-    cfg = JobConfig.from_env()
-    store = ModelStore(settings.model_dir)
-    while True:
-        with store.worker_lock() as got:
-            if got:
-                for stale in store.recover():
-                    log.warning("job %s had been interrupted (its worker died): marked so", stale)
-                job = store.read_job(job_id)
-                if job is None or job.get("state") != QUEUED:
-                    state = "missing" if job is None else job.get("state")
-                    log.info("job %s is %s, not queued: nothing to run", job_id, state)
-                    return str(state)
-                return str(run_job(store, job, settings, cfg).get("state"))
-        time.sleep(LOCK_POLL_S)  # another worker runs a job on this MODEL_DIR
 
 
 def job_queue(settings: Settings) -> RQJobs | None:

@@ -57,6 +57,56 @@ def test_each_layer_imports_only_the_layers_below_it():
         assert not upward, f"{path.relative_to(REPO)} imports {sorted(upward)}"
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its code (imports inside functions included)."""
+    modules: dict[str, Path] = {}
+    for path in _sources(*SHIPPED):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+                    break
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle of any length among model/, ml_backend/ and cli/ (lazy imports inside functions count)."""
+    graph = _import_graph()
+    assert graph["cli.backend"] >= {"ml_backend.model_store"} and "model.weights" in graph["ml_backend.config"]
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        visiting.append(name)
+        for target in sorted(graph[name]):
+            assert target not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(target) :] + [target])
+            if target not in done:
+                visit(target)
+        visiting.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name)
+
+
 def test_only_the_command_line_parses_arguments():
     offenders = [p.relative_to(REPO) for p in _sources("model", "ml_backend") if "argparse" in _imported_modules(p)]
     assert not offenders, f"argument parsing outside cli/: {offenders}"
