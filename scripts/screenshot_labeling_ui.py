@@ -41,7 +41,6 @@ from testkit.ls_harness import LS_PASSWORD, LS_USER, Backend, LabelStudio, LSCli
 GRABCUT = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared")) / "datasets" / "GrabCut" / "images"
 DEFAULT_IMAGE = GRABCUT / "llama.png"  # the e2e tests' local-files image: one llama, clear against the ruins
 DEFAULT_CLICKS = "160,260;250,200;340,190"  # head, neck, chest of the llama (row,col in image pixels)
-STARTER_WEIGHTS = REPO / "weights" / "starter.safetensors"  # model.checkpoint.DEFAULT_WEIGHTS (without torch)
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
@@ -149,10 +148,11 @@ def check_prerequisites(args: argparse.Namespace) -> None:
         problems.append(f"image not found: {args.image}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         problems.append(f"checkpoint not found: {args.checkpoint}")
-    default_weights = (
-        os.environ.get("MODEL_CHECKPOINT") or os.environ.get("ADAPTIVECLICK_CHECKPOINT") or str(STARTER_WEIGHTS)
-    )
-    if args.engine == "adaptiveclick" and args.checkpoint is None and not Path(default_weights).is_file():
+    from ml_backend.config import Settings  # torch-free
+    from ml_backend.model_store import served_checkpoint
+
+    default_weights = served_checkpoint(Settings.from_env())[1]  # what the backend it starts will serve
+    if args.engine == "adaptiveclick" and args.checkpoint is None and not default_weights.is_file():
         problems.append(
             f"no AdaptiveClick weights at {default_weights}: pass --checkpoint PATH "
             "(or use --engine grabcut for the classical baseline)"

@@ -2,7 +2,7 @@
 
 Used by the end-to-end tests (tests/e2e) and usable by hand:
 
-    python tests/e2e/ls_harness.py   # starts LS + backend, prints the URLs, Ctrl-C stops both
+    python testkit/ls_harness.py   # starts LS + backend, prints the URLs, Ctrl-C stops both
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Each layer imports only the ones below it; the command line is the only place th
 reads no environment variable, and nothing shipped imports the test support (``testkit``) or the tests."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,16 @@ def test_tests_and_tools_do_not_import_each_other_or_patch_the_path_into_tests()
     for path in _sources("benchmarks", "scripts"):
         text = path.read_text()
         assert '"tests"' not in text and "from tests" not in text, f"{path.relative_to(REPO)} reaches into tests/"
+
+
+def test_which_checkpoint_is_decided_in_one_place():
+    """MODEL_CHECKPOINT / ADAPTIVECLICK_CHECKPOINT are read by ml_backend.config only; everyone else asks
+    ml_backend.model_store.served_checkpoint (the fallback used to be written four times)."""
+    readers = []
+    for path in _sources(*SHIPPED, "scripts", "benchmarks"):
+        text = path.read_text()
+        if re.search(r"environ(\.get)?\(?\[?\s*[\"'](MODEL_CHECKPOINT|ADAPTIVECLICK_CHECKPOINT)[\"']", text):
+            readers.append(str(path.relative_to(REPO)))
+        if re.search(r"env\.get\(\s*[\"'](MODEL_CHECKPOINT|ADAPTIVECLICK_CHECKPOINT)[\"']", text):
+            readers.append(str(path.relative_to(REPO)))
+    assert sorted(set(readers)) == ["ml_backend/config.py"]
