@@ -85,19 +85,19 @@ class JobConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobConfig:
-        from model.finetune import FINETUNE_DEFAULTS, finetune_config
+        from model.finetune import finetune_config
 
         env = os.environ if env is None else env
         defaults = finetune_config()
-        # The TrainConfig fields a job takes from FINETUNE_<NAME>; the rest keep FINETUNE_DEFAULTS.
+        # The TrainConfig fields a job takes from FINETUNE_<NAME>; the rest keep model.finetune's defaults.
         train: dict[str, Any] = {
-            "steps": max(1, env_int(env, "FINETUNE_STEPS", FINETUNE_DEFAULTS["steps"])),
-            "batch_size": max(1, env_int(env, "FINETUNE_BATCH_SIZE", FINETUNE_DEFAULTS["batch_size"])),
-            "lr": env_float(env, "FINETUNE_LR", FINETUNE_DEFAULTS["lr"]),
+            "steps": max(1, env_int(env, "FINETUNE_STEPS", defaults.steps)),
+            "batch_size": max(1, env_int(env, "FINETUNE_BATCH_SIZE", defaults.batch_size)),
+            "lr": env_float(env, "FINETUNE_LR", defaults.lr),
             "max_extra_clicks": max(0, env_int(env, "FINETUNE_MAX_EXTRA_CLICKS", defaults.max_extra_clicks)),
             "seed": env_int(env, "FINETUNE_SEED", defaults.seed),
             "amp": env_choice(env, "FINETUNE_AMP", defaults.amp, ("auto", "fp32", "bf16", "fp16")),
-            "zoom_in_prob": env_probability(env, "FINETUNE_ZOOM_IN_PROB", FINETUNE_DEFAULTS["zoom_in_prob"]),
+            "zoom_in_prob": env_probability(env, "FINETUNE_ZOOM_IN_PROB", defaults.zoom_in_prob),
             # Half the cores by default: serving keeps the rest.
             "threads": max(1, env_int(env, "FINETUNE_THREADS", max(1, (os.cpu_count() or 2) // 2))),
         }

@@ -677,7 +677,7 @@ def test_a_jobs_training_settings_are_a_train_config_with_the_fine_tuning_defaul
 
     cfg = JobConfig.from_env({"FINETUNE_STEPS": "7", "FINETUNE_LR": "1e-4", "FINETUNE_THREADS": "1"}).train
     assert isinstance(cfg, TrainConfig) and (cfg.steps, cfg.lr, cfg.threads) == (7, 1e-4, 1)
-    assert cfg.batch_size == FINETUNE_DEFAULTS["batch_size"] and JobConfig().train == finetune_config()
+    assert cfg.batch_size == TrainConfig().batch_size and JobConfig().train == finetune_config()
     # The fine-tuning defaults are declared once: where finetune_config() departs from TrainConfig is exactly
     # FINETUNE_DEFAULTS (and the in-memory data).
     plain, tuned = TrainConfig(), finetune_config()
