@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from model.interactive import PortableStatePredictor  # torch-free
+
 from .config import Settings
 from .sessions import Click, RunStats, Session
 
@@ -203,8 +205,6 @@ class SharedStates:
         self._unsupported: set[str] = set()
 
     def _namespace(self, session: Session, version: str) -> str | None:
-        from model.interactive import PortableStatePredictor  # torch-free
-
         predictor = session.predictor
         if not isinstance(predictor, PortableStatePredictor):
             name = type(predictor).__name__

@@ -17,12 +17,11 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from model.interactive import InteractivePredictor
+from model.interactive import InteractivePredictor, StatefulPredictor  # torch-free
 
 Click = tuple[int, int, bool]  # (row, col, positive) in the session frame's pixels
 MAX_STATES_PER_SESSION = 256
@@ -87,8 +86,6 @@ class Session:
         generation: int = 0,
         own_image: bool = False,
     ):
-        from model.interactive import StatefulPredictor  # torch-free
-
         self.key = key
         self.image = image
         self.predictor = predictor

@@ -118,6 +118,9 @@ class Predictor:
         self._grey: torch.Tensor | None = None  # (1, 1, H, W): the guide of edge-aware upsampling
         self._rgb: np.ndarray | None = None
         self._state = PredictorState()
+        # The host copy of the current map: add_click returns it and prediction() thresholds it, one device->host
+        # copy per click (8 MB at 2 MP on CUDA), not one per reader.
+        self._host_probs: tuple[PredictorState | None, np.ndarray | None] = (None, None)
 
     # -- image and state --------------------------------------------------------------------
 
@@ -149,7 +152,11 @@ class Predictor:
     @property
     def probs(self) -> np.ndarray | None:
         """Probability map after the last click (float32 HxW), or ``None`` before any click."""
-        return self._state.probs
+        state, probs = self._host_probs
+        if state is not self._state:
+            probs = self._state.probs
+            self._host_probs = (self._state, probs)
+        return probs
 
     @property
     def mask(self) -> np.ndarray | None:
