@@ -14,7 +14,7 @@
    the fine-tuned one (promoted, or kept as a rejected candidate: ``FINETUNE_KEEP_REJECTED``), and the GrabCut
    baseline (``--method grabcut``), in the same run.
 
-    python benchmarks/finetune_camvid.py --limit-frames 16 --limit-instances 3 --steps 60 --out results/ft_camvid
+    python benchmarks/finetune_camvid.py --limit-frames 48 --heldout-frames 12 --out results/ft_camvid
 
 Writes ``report.json`` and ``report.md`` to ``--out``. The default checkpoint is a snapshot of
 ``runs/starter/model_last.safetensors`` when present (else ``weights/starter.safetensors``).
@@ -56,14 +56,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--heldout-frames", type=int, default=None, help="held-out frames measured (default: --limit-frames)"
     )
     p.add_argument("--limit-instances", type=int, default=3, help="largest instances per frame (annotated / measured)")
-    p.add_argument("--steps", type=int, default=60, help="fine-tuning steps (FINETUNE_STEPS)")
-    p.add_argument("--batch-size", type=int, default=4, help="FINETUNE_BATCH_SIZE")
-    p.add_argument("--lr", type=float, default=3e-5, help="FINETUNE_LR")
+    # Unset recipe options leave the backend on its own defaults (model.finetune.FINETUNE_DEFAULTS), so the
+    # demonstration measures what a user gets.
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (FINETUNE_STEPS; default: the job's)")
+    p.add_argument("--batch-size", type=int, default=None, help="FINETUNE_BATCH_SIZE (default: the job's)")
+    p.add_argument("--lr", type=float, default=None, help="FINETUNE_LR (default: the job's)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="FINETUNE_VAL_FRACTION (the job's own split)")
     p.add_argument("--max-clicks", type=int, default=20, help="robot clicks per instance (job and held-out)")
     p.add_argument("--max-extra-clicks", type=int, default=3, help="FINETUNE_MAX_EXTRA_CLICKS (iterative rounds 0..N)")
     p.add_argument("--amp", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="FINETUNE_AMP")
-    p.add_argument("--zoom-in-prob", type=float, default=0.5, help="FINETUNE_ZOOM_IN_PROB (share of zoom-in crops)")
+    p.add_argument(
+        "--zoom-in-prob", type=float, default=None, help="FINETUNE_ZOOM_IN_PROB (share of zoom-in crops; the job's)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads of the worker and of the measurements")
     p.add_argument("--job-timeout-min", type=float, default=60.0)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (Label Studio data, MODEL_DIR)")
@@ -107,6 +111,27 @@ def brush_region(mask: np.ndarray, i: int) -> dict:
         "image_rotation": 0,
         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]},
     }
+
+
+RECIPE_ENV = {
+    "steps": "FINETUNE_STEPS",
+    "batch_size": "FINETUNE_BATCH_SIZE",
+    "lr": "FINETUNE_LR",
+    "zoom_in_prob": "FINETUNE_ZOOM_IN_PROB",
+}
+
+
+def recipe_env(args: argparse.Namespace) -> dict[str, str]:
+    """The backend variables of the recipe options given on the command line (the rest: the job's defaults)."""
+    return {var: str(getattr(args, name)) for name, var in RECIPE_ENV.items() if getattr(args, name) is not None}
+
+
+def recipe(args: argparse.Namespace) -> dict:
+    """The recipe the job trains with: the options given, else the job's defaults."""
+    from model.finetune import finetune_config
+
+    cfg = finetune_config()
+    return {name: getattr(args, name) if getattr(args, name) is not None else getattr(cfg, name) for name in RECIPE_ENV}
 
 
 def start_evaluation(
@@ -239,20 +264,17 @@ def main(argv=None) -> int:
                 "LABEL_STUDIO_URL": ls.url,
                 "LABEL_STUDIO_API_KEY": LS_LEGACY_TOKEN,
                 "LOCAL_FILES_DOCUMENT_ROOT": str(root),
-                "FINETUNE_STEPS": str(args.steps),
-                "FINETUNE_BATCH_SIZE": str(args.batch_size),
-                "FINETUNE_LR": str(args.lr),
                 "FINETUNE_VAL_FRACTION": str(args.val_fraction),
                 "FINETUNE_MAX_CLICKS": str(args.max_clicks),
                 "FINETUNE_THREADS": str(args.threads),
                 "FINETUNE_MAX_MINUTES": str(args.job_timeout_min),
                 "FINETUNE_AMP": args.amp,
                 "FINETUNE_MAX_EXTRA_CLICKS": str(args.max_extra_clicks),
-                "FINETUNE_ZOOM_IN_PROB": str(args.zoom_in_prob),
                 "FINETUNE_KEEP_REJECTED": "true",
                 "WORKERS": "1",
                 "THREADS": "2",
                 "NO_TRAFFIC_WARNING_S": "0",
+                **recipe_env(args),
             },
             tmp / "backend.log",
         ).start()
@@ -316,6 +338,7 @@ def main(argv=None) -> int:
         )
         phases["heldout_eval_s"] = round(time.perf_counter() - t0, 1)
         phases["total_s"] = round(time.perf_counter() - t_start, 1)
+        used = recipe(args)
         report = {
             "settings": {
                 k: getattr(args, k)
@@ -335,6 +358,7 @@ def main(argv=None) -> int:
                     "threads",
                 )
             },
+            "recipe": used,
             "start_checkpoint_train_steps": meta.get("train_steps"),
             "base_version": base_version,
             "finetune_frames": finetune_frames,
@@ -364,7 +388,8 @@ def main(argv=None) -> int:
             (
                 f"Start: `{args.checkpoint}` ({meta.get('train_steps', '?')} steps), {len(finetune_frames)} fine-tune "
                 f"frames / {sum(map(len, annotations.values()))} instances annotated through Label Studio, "
-                f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, zoom-in crops {args.zoom_in_prob:.0%}, "
+                f"{used['steps']} steps x batch {used['batch_size']}, lr {used['lr']}, "
+                f"zoom-in crops {used['zoom_in_prob']:.0%}, "
                 f"autocast {args.amp}, {args.threads} thread(s)."
             ),
             f"Job {job['id']}: {job['message']}",
