@@ -32,7 +32,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--datasets",
         default="GrabCut,Berkeley",
         help="comma-separated dataset names or folders; NAME:val is a training folder's validation "
-        "split (default %(default)s)",
+        "split, NAME:train the rest (default %(default)s)",
     )
     parser.add_argument(
         "--data-root",

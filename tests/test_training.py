@@ -430,6 +430,8 @@ def test_validation_split_is_held_out_of_training_and_is_what_is_evaluated(tmp_p
     assert 4 <= len(val_names) <= 16  # about a quarter of 40
     assert val_names == {n for n in train_names | val_names if in_validation_split("blobs", n, 0.25)}
     assert hold_out_validation(source, 0.25).records == kept.records  # the same split every time
+    trained_on = validation_dataset(data, 0.25, part="train")  # what `evaluate --datasets blobs:train` measures
+    assert {name for name, _, _ in trained_on.items} == train_names and trained_on.name == "blobs:train"
 
     cfg = _micro_config(tmp_path, data, steps=2, eval_every=2, eval_limit=2, holdout=["blobs"], holdout_fraction=0.25)
     trainer = Trainer(cfg)

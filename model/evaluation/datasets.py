@@ -312,26 +312,34 @@ def resolve_dataset_path(name: str, data_root: str | Path | None = None) -> Path
 
 def load_dataset(name: str, data_root: str | Path | None = None, split: str = "val") -> InteractiveDataset:
     """Resolve `name` under the data root and open it; ``NAME:val`` is the validation share that training with
-    ``--holdout NAME`` (default fraction) keeps out of a training folder."""
+    ``--holdout NAME`` (default fraction) keeps out of a training folder, ``NAME:train`` the rest (what such a run
+    trains on: measuring both tells fitting from generalising)."""
     from ..data import DEFAULT_HOLDOUT_FRACTION
 
-    if name.endswith(":val"):
-        return validation_dataset(resolve_dataset_path(name[:-4], data_root), DEFAULT_HOLDOUT_FRACTION, name[:-4])
+    base, _, part = name.rpartition(":")
+    if base and part in ("val", "train"):
+        return validation_dataset(resolve_dataset_path(base, data_root), DEFAULT_HOLDOUT_FRACTION, base, part)
     return open_dataset(resolve_dataset_path(name, data_root), name=name, split=split)
 
 
-def validation_dataset(root: str | Path, fraction: float, name: str | None = None) -> InteractiveDataset:
-    """The objects of a training folder (``images/`` + ``masks/``) that training holds out as validation.
+def validation_dataset(
+    root: str | Path, fraction: float, name: str | None = None, part: str = "val"
+) -> InteractiveDataset:
+    """The objects of a training folder (``images/`` + ``masks/``) that training holds out as validation
+    (``part="val"``), or the ones it trains on (``part="train"``).
 
     Same split as :func:`model.data.hold_out_validation`, so a run never trains on what it selects on.
     """
     from ..data import in_validation_split
 
+    if part not in ("val", "train"):
+        raise ValueError(f"part must be 'val' or 'train', not {part!r}")
     dataset = open_dataset(root, name=name)
     if not isinstance(dataset, MaskFolderDataset):
         raise DatasetError(f"{root}: a validation split needs an images/ + masks/ folder")
     source = Path(root).name
-    dataset.items = [item for item in dataset.items if in_validation_split(source, item[0], fraction)]
-    dataset.name = f"{dataset.name}:val"
+    keep = part == "val"
+    dataset.items = [item for item in dataset.items if in_validation_split(source, item[0], fraction) == keep]
+    dataset.name = f"{dataset.name}:{part}"
     dataset._check_not_empty()
     return dataset
