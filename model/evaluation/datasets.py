@@ -310,6 +310,9 @@ def resolve_dataset_path(name: str, data_root: str | Path | None = None) -> Path
     )
 
 
+HOLDOUT_PARTS = ("val", "train")  # NAME:val / NAME:train, the two sides of a training folder's --holdout split
+
+
 def load_dataset(name: str, data_root: str | Path | None = None, split: str = "val") -> InteractiveDataset:
     """Resolve `name` under the data root and open it; ``NAME:val`` is the validation share that training with
     ``--holdout NAME`` (default fraction) keeps out of a training folder, ``NAME:train`` the rest (what such a run
@@ -317,7 +320,7 @@ def load_dataset(name: str, data_root: str | Path | None = None, split: str = "v
     from ..data import DEFAULT_HOLDOUT_FRACTION
 
     base, _, part = name.rpartition(":")
-    if base and part in ("val", "train"):
+    if base and part in HOLDOUT_PARTS:
         return validation_dataset(resolve_dataset_path(base, data_root), DEFAULT_HOLDOUT_FRACTION, base, part)
     return open_dataset(resolve_dataset_path(name, data_root), name=name, split=split)
 
@@ -332,8 +335,8 @@ def validation_dataset(
     """
     from ..data import in_validation_split
 
-    if part not in ("val", "train"):
-        raise ValueError(f"part must be 'val' or 'train', not {part!r}")
+    if part not in HOLDOUT_PARTS:
+        raise ValueError(f"part must be one of {', '.join(HOLDOUT_PARTS)}, not {part!r}")
     dataset = open_dataset(root, name=name)
     if not isinstance(dataset, MaskFolderDataset):
         raise DatasetError(f"{root}: a validation split needs an images/ + masks/ folder")
