@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import random
 import signal
 import sys
@@ -751,6 +752,11 @@ class Trainer:
 def _worker_init(_: int) -> None:
     import cv2
 
+    # A worker leaves the trainer's process group, so a Ctrl-C or a `kill -- -PGID` reaches only the trainer, which
+    # finishes its step, saves and then shuts the workers down; a worker killed first would make the next batch
+    # raise and the run die unsaved. The DataLoader still ends its workers by pid.
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 

@@ -410,6 +410,45 @@ def test_resume_continues_bit_identically(tmp_path):
     assert load_checkpoint(tmp_path / "halves" / "final.safetensors").image_size == (64, 64)
 
 
+def test_stopping_the_process_group_saves_the_run(tmp_path):
+    """`kill -- -PGID` (or Ctrl-C in a terminal) reaches the DataLoader workers too; the run must still save."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_mask_dataset(tmp_path / "blobs", count=3)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(asdict(_micro_config(tmp_path, data, steps=100_000, workers=1))))
+    script = (
+        "import json, sys; from model.training import TrainConfig, train; "
+        "train(TrainConfig(**json.load(open(sys.argv[1]))))"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, str(config)],
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "run" / "log.csv"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 4):
+            assert run.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGTERM)
+        _, errors = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, errors[-2000:]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] >= 3
+
+
 def test_periodic_evaluation_writes_noc(tmp_path):
     data = make_mask_dataset(tmp_path / "blobs", count=2)
     evaluation = make_mask_dataset(tmp_path / "heldout", count=2, seed=5)
