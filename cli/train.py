@@ -65,7 +65,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-eval-data",
         action="store_true",
         default=None,
-        help="allow training on GrabCut/Berkeley (never do this for benchmarks)",
+        help="allow training on, or --eval-data with, GrabCut/Berkeley (never do this for benchmarks)",
     )
 
 

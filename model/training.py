@@ -55,6 +55,7 @@ from .click_sampler import MultiPointSampler, add_error_clicks
 from .criterion import build_criterion, downsample_gt, total_loss
 from .data import (
     DEFAULT_HOLDOUT_FRACTION,
+    EVALUATION_ONLY,
     AugmentConfig,
     ClickTrainDataset,
     StreamSampler,
@@ -145,6 +146,13 @@ class TrainConfig:
         if set(self.holdout) - names:
             raise ValueError(
                 f"--holdout names folders that are not in --data: {', '.join(sorted(set(self.holdout) - names))}"
+            )
+        monitored = sorted({Path(name).name.split(":")[0] for name in self.eval_data} & set(EVALUATION_ONLY))
+        if monitored and not self.allow_eval_data:
+            raise ValueError(
+                f"--eval-data {', '.join(monitored)}: evaluation sets are measured for the report, not watched while "
+                "training (a schedule or checkpoint chosen on them is tuned on them); hold a validation split out "
+                "of the training data with --holdout instead, or pass --allow-eval-data"
             )
         if any(not 0 < m <= 1 for m in self.lr_milestones):
             raise ValueError(f"lr milestones are fractions of the run in (0, 1], got {self.lr_milestones}")

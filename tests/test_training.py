@@ -480,6 +480,10 @@ def test_validation_split_is_held_out_of_training_and_is_what_is_evaluated(tmp_p
     assert rows[1].startswith("0,blobs:val,last,2,")
     with pytest.raises(ValueError, match="not in --data"):
         _micro_config(tmp_path, data, holdout=["COCO-MVal"]).validate()
+    for watched in ("GrabCut", "/data/Berkeley", "GrabCut:val"):
+        with pytest.raises(ValueError, match="evaluation sets are measured for the report"):
+            _micro_config(tmp_path, data, eval_data=[watched]).validate()
+    _micro_config(tmp_path, data, eval_data=["GrabCut"], allow_eval_data=True).validate()
 
 
 def test_ema_weights_are_saved_evaluated_and_resumed(tmp_path):
