@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     train = json.loads(meta.get("train_config", "{}"))
-    inherits = parent is not None and Path(str(train.get("init") or "")).resolve() == target.resolve()
+    init = Path(str(train.get("init") or ""))
+    init = init if init.is_absolute() else REPO / init  # the trainer runs from the repository root
+    inherits = parent is not None and init.resolve() == target.resolve()
     lineage = parent if inherits else None
     own = int(meta.get("train_wall_time_s", 0) or 0)
     before = int(lineage.get("train_wall_time_total_s") or lineage.get("train_wall_time_s") or 0) if lineage else 0
