@@ -5,11 +5,11 @@
 
 ``--run`` takes a finished training run and picks its final weights or their EMA by the run's own validation rows
 (``eval.csv`` at the last step, the ``--select-on`` sets: lower mean NoC@90, then NoC@85), never by the evaluation
-sets. The candidate, the
-shipped starter and the GrabCut baseline are then evaluated in one run on the full GrabCut and Berkeley sets with the
-settings ``serve`` uses, one CPU thread each. The candidate is published only if it beats the shipped starter: NoC@90
-lower on both sets and NoC@85 no higher on either. Publishing writes ``starter.safetensors`` (atomic, with its
-provenance), ``starter.sha256`` and ``MODEL_CARD.md`` in ``--weights-dir``; a refusal writes nothing there.
+sets. The candidate, the shipped starter and the GrabCut baseline are then evaluated in one run on the full GrabCut
+and Berkeley sets with the settings ``serve`` uses, one CPU thread each. The candidate is published only if it
+beats the shipped starter: NoC@90 lower on both sets and NoC@85 no higher on either. Publishing writes
+``starter.safetensors`` (atomic, with its provenance), ``starter.sha256`` and ``MODEL_CARD.md`` in
+``--weights-dir``; a refusal writes nothing there.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
+from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
 from model.data import DEFAULT_HOLDOUT_FRACTION  # noqa: E402
 from model.weights import sha256_file  # noqa: E402
 
@@ -92,18 +93,14 @@ def evaluate_all(checkpoints: dict[str, Path], results: Path, jobs: int) -> floa
     argv = {name: ["--method", "adaptiveclick", "--checkpoint", str(path)] for name, path in checkpoints.items()}
     argv["grabcut"] = ["--method", "grabcut"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    started, pending, running, failed = time.time(), list(argv), {}, []
-    while pending or running:
-        while pending and len(running) < jobs:
-            name = pending.pop(0)
-            command = [sys.executable, "-m", "cli", "evaluate", *argv[name], "--out", str(results / name), *common]
-            running[name] = subprocess.Popen(command, cwd=REPO, env=env)
-        for name, proc in list(running.items()):
-            if proc.poll() is not None:
-                del running[name]
-                if proc.returncode != 0:
-                    failed.append(name)
-        time.sleep(1.0)
+
+    def evaluate(name: str) -> int:
+        command = [sys.executable, "-m", "cli", "evaluate", *argv[name], "--out", str(results / name), *common]
+        return subprocess.run(command, cwd=REPO, env=env).returncode
+
+    started = time.time()
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [name for name, code in zip(argv, pool.map(evaluate, argv)) if code != 0]
     if failed:
         raise PublishError(f"evaluation failed for: {', '.join(failed)}")
     return (time.time() - started) / 60
@@ -283,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         reasons = gate(runs["candidate"], runs["shipped"]) if parent is not None else []
         if reasons:
             raise PublishError("not published, it does not beat the shipped starter: " + "; ".join(reasons))
-    except PublishError as error:
+    except (PublishError, CheckpointError) as error:
         print(f"publish_starter: {error}", file=sys.stderr)
         return 1
 
@@ -294,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     lineage = parent if inherits else None
     own = int(meta.get("train_wall_time_s", 0) or 0)
     before = int(lineage.get("train_wall_time_total_s") or lineage.get("train_wall_time_s") or 0) if lineage else 0
-    version = f"{lineage['version']}+s{meta.get('train_steps')}" if lineage else f"starter-s{meta.get('train_steps')}"
+    version = (
+        f"{lineage.get('version', 'starter')}+s{meta.get('train_steps')}"
+        if lineage
+        else f"starter-s{meta.get('train_steps')}"
+    )
     provenance = {
         key: meta.get(key, "?")
         for key in ("train_steps", "train_samples", "train_wall_time_s", "train_data", "train_config")
