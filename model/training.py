@@ -765,6 +765,9 @@ def _worker_init(_: int) -> None:
     # raise and the run die unsaved. The DataLoader still ends its workers by pid.
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
+        # Outside the terminal's foreground group, a worker printing a warning to a `stty tostop` terminal would be
+        # stopped by SIGTTOU and stall the run; with the signal ignored the write goes through.
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 

@@ -449,6 +449,22 @@ def test_stopping_the_process_group_saves_the_run(tmp_path):
     assert state["step"] >= 3
 
 
+def test_a_loader_worker_leaves_the_process_group_without_stopping_on_terminal_writes():
+    """A worker in its own group must not be stopped by SIGTTOU when it prints to a `tostop` terminal."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal; from model.training import _worker_init; _worker_init(0); "
+        "print(os.getpgid(0) == os.getpid(), signal.getsignal(signal.SIGTTOU) == signal.SIG_IGN)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_periodic_evaluation_writes_noc(tmp_path):
     data = make_mask_dataset(tmp_path / "blobs", count=2)
     evaluation = make_mask_dataset(tmp_path / "heldout", count=2, seed=5)
