@@ -12,6 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEFAULT_SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Torch's thread count as each test found it: the trainer sets it from its config, and a later test's numerics
+    (the golden replay's chaotic clicks) must not depend on which tests ran before it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The shared data folder (``../shared`` beside the repo, or ``$ADAPTIVECLICK_SHARED``); skips if absent."""
