@@ -697,8 +697,12 @@ class Trainer:
             bar.close()
             _restore_handlers(previous_handlers)
             del loader
-        self.save()
         finished = self.step >= cfg.steps
+        if finished and cfg.eval_every and self.dist.is_main and self.step not in self.validated_steps():
+            # The final weights are what a run publishes, and publishing chooses between them and their EMA on the
+            # last validation: it must be of these weights, not of a step before (8000 steps, every 750: 7500).
+            self.evaluate()
+        self.save()
         if finished and self.dist.is_main:
             save_checkpoint(self.net, self.out / "final.safetensors", self._metadata())
             if self.ema is not None:
@@ -719,6 +723,14 @@ class Trainer:
             if Path(folder).name in self.cfg.holdout:
                 sets.append(validation_dataset(folder, self.cfg.holdout_fraction))
         return sets
+
+    def validated_steps(self) -> set[int]:
+        """The steps ``eval.csv`` already holds rows for."""
+        path = self.out / "eval.csv"
+        if not path.is_file():
+            return set()
+        with open(path, newline="") as handle:
+            return {int(row["step"]) for row in csv.DictReader(handle)}
 
     def evaluate(self) -> None:
         """NoC on the first ``eval_limit`` instances of each evaluation set, for the trained weights and

@@ -474,6 +474,20 @@ def test_periodic_evaluation_writes_noc(tmp_path):
     assert rows[1].startswith("0,heldout,last,2,") and rows[2].startswith("2,heldout,last,2,")  # the start, then step 2
 
 
+def test_final_weights_are_validated_even_off_the_evaluation_schedule(tmp_path):
+    data = make_mask_dataset(tmp_path / "blobs", count=2)
+    evaluation = make_mask_dataset(tmp_path / "heldout", count=1, seed=5)
+    cfg = _micro_config(tmp_path, data, steps=3, eval_every=2, eval_data=[str(evaluation)], eval_limit=1)
+    Trainer(cfg).run()
+    eval_csv = tmp_path / "run" / "eval.csv"
+    assert [line.split(",")[0] for line in eval_csv.read_text().splitlines()[1:]] == ["0", "2", "3"]
+    # A run that finished before this rule (no row at its last step) gets one on resume, and only once.
+    eval_csv.write_text("\n".join(eval_csv.read_text().splitlines()[:-1]) + "\n")
+    Trainer(cfg, resume=True).run()
+    Trainer(cfg, resume=True).run()
+    assert [line.split(",")[0] for line in eval_csv.read_text().splitlines()[1:]] == ["0", "2", "3"]
+
+
 def test_validation_split_is_held_out_of_training_and_is_what_is_evaluated(tmp_path):
     data = make_mask_dataset(tmp_path / "blobs", count=40)
     source = open_train_source(data)
