@@ -697,12 +697,13 @@ class Trainer:
             bar.close()
             _restore_handlers(previous_handlers)
             del loader
+        self.save()
         finished = self.step >= cfg.steps
         if finished and cfg.eval_every and self.dist.is_main and self.step not in self.validated_steps():
             # The final weights are what a run publishes, and publishing chooses between them and their EMA on the
             # last validation: it must be of these weights, not of a step before (8000 steps, every 750: 7500).
+            # After the save, so a validation that fails loses no training.
             self.evaluate()
-        self.save()
         if finished and self.dist.is_main:
             save_checkpoint(self.net, self.out / "final.safetensors", self._metadata())
             if self.ema is not None:
