@@ -203,3 +203,14 @@ def predictor_options(settings: Settings) -> dict[str, Any]:
         raise ValueError(f"MODEL_REFINE={settings.refine!r}: {exc}") from None
     flip = DEFAULT_FLIP if settings.flip is None else settings.flip
     return {"flip": flip, "zoom_in": settings.zoom_in, "refine": refine}
+
+
+def watch_versions(engine: Engine, interval_s: float, stop: threading.Event, on_swap: Callable[[], None]) -> None:
+    """Serve the version ``MODEL_DIR/current`` names: check every ``interval_s`` until ``stop`` is set, and call
+    ``on_swap`` (drop the old model's sessions) after each swap. Never raises: a failed check is logged."""
+    while not stop.wait(interval_s):
+        try:
+            if engine.refresh():
+                on_swap()
+        except Exception:  # never let the watcher die
+            log.exception("checking MODEL_DIR/current failed")

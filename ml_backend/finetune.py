@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .engine import watch_versions
 from .labeling import project_id
 from .model_store import TRAIN_EVENT, UPDATE_EVENTS, ModelStore
 
@@ -83,17 +84,7 @@ class FinetuneServer:
             self.queue.stop()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.watch_s):
-            try:
-                self.refresh()
-            except Exception:  # never let the watcher die
-                log.exception("checking MODEL_DIR/current failed")
-
-    def refresh(self) -> bool:
-        swapped = self.engine.refresh()
-        if swapped and self.on_swap is not None:
-            self.on_swap()
-        return swapped
+        watch_versions(self.engine, self.watch_s, self._stop, self.on_swap or (lambda: None))
 
     # --- webhooks -------------------------------------------------------------------------------
 

@@ -184,6 +184,14 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _polarity(region: dict[str, Any], value: dict[str, Any]) -> bool:
+    """A click's polarity: the open-source editor sends ``is_positive`` on the region, the enterprise interactive
+    backend reads ``value.positive``; either is accepted (the region's first), and missing means positive."""
+    if "is_positive" in region:
+        return _as_bool(region["is_positive"])
+    return _as_bool(value.get("positive"))
+
+
 def _as_int(value: Any, what: str, minimum: int | None = None) -> int | None:
     if value is None:
         return None
@@ -243,7 +251,7 @@ def extract_clicks(context_result: Any, config: LabelConfig) -> ClickSet | None:
             RawClick(
                 x=_as_float(value.get("x"), f"{where}.value.x"),
                 y=_as_float(value.get("y"), f"{where}.value.y"),
-                positive=_as_bool(region.get("is_positive")),
+                positive=_polarity(region, value),
                 label=labels[0] if labels else "",
                 from_name=from_name or "",
                 to_name=to_name or "",

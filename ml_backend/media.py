@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import warnings
 from typing import Any
 
 import numpy as np
@@ -184,12 +185,16 @@ class DecodedImage:
         return int(self.array.shape[1]), int(self.array.shape[0])
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode with Pillow, refusing images above ``max_pixels`` before any pixel is decompressed."""
+def decode_image(data: bytes, max_pixels: int, what: str = "the task's image") -> DecodedImage:
+    """Decode with Pillow, refusing images above ``max_pixels`` before any pixel is decompressed; ``what`` names
+    the image in error messages."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # PIL's own warning threshold: the limit below is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise MediaError(
@@ -216,7 +221,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     except Image.DecompressionBombError as exc:
         raise MediaError(f"refusing a possible decompression bomb: {exc}", status=413) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise MediaError(f"the task's image could not be decoded ({exc}); is it an image file?", status=422) from None
+        raise MediaError(f"{what} could not be decoded ({exc}); is it an image file?", status=422) from None
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise MediaError(f"decoded image has an unusable shape {array.shape}", status=422)
     if not array.flags.writeable or not array.flags.c_contiguous:

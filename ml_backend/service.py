@@ -1,53 +1,36 @@
-"""What each protocol call does, independent of the HTTP framework (``app.py`` wires it to routes)."""
+"""The Label Studio adapter: what each ML-backend protocol call does (``app.py`` wires it to routes).
+
+It parses Label Studio's requests (the labeling config, the task's image URL, the smart keypoints) and formats the
+brush regions; images, sessions and the model are the platform-neutral core's (``core.py``)."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
+import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .config import Settings
+from .core import Frame, InteractiveCore, Superseded, image_key
 from .engine import Engine
-from .errors import BackendError, BadRequest, ConfigError, MediaError
+from .errors import BackendError, BadRequest, ConfigError
 from .finetune import FinetuneServer, finetune_enabled
 from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config, project_id
 from .media import DecodedImage, MediaFetcher
 from .rle import mask2rle
-from .session_store import shared_states
-from .sessions import Click, RunStats, Session, SessionCache
-
-if TYPE_CHECKING:
-    from model.interactive import InteractivePredictor
+from .session_store import SharedStates
+from .sessions import Click, RunStats, SessionCache
 
 log = logging.getLogger("adaptiveclick.backend")
 
 LS_USER_AGENT = "heartex/"
 # PIL's Image.transpose methods that undo each EXIF orientation (EXIF-shown image -> stored pixels).
 _UNDO_ORIENTATION = {2: 0, 3: 3, 4: 1, 5: 5, 6: 2, 7: 6, 8: 4}
-
-
-@dataclasses.dataclass
-class Frame:
-    """The pixel grid the clicks refer to: the image the model sees and the size the mask is returned at.
-
-    The image itself is built only when a session is created (``image()``), not on every click."""
-
-    key: str
-    size: tuple[int, int]  # (width, height) of the image the model sees
-    out_size: tuple[int, int]  # (width, height) of the returned mask
-    own_image: bool  # the frame image is a transformed copy, not the cached decoded image
-    build: Callable[[], np.ndarray]
-    note: str = ""  # logged once, when the session is created
-
-    def image(self) -> np.ndarray:
-        return self.build()
 
 
 def make_frame(
@@ -117,19 +100,14 @@ def clicks_to_pixels(clickset: ClickSet, frame: Frame) -> tuple[Click, ...]:
     return tuple(out)
 
 
-def encode_mask(mask: np.ndarray, out_size: tuple[int, int]) -> list[int]:
-    """Bool mask -> Label Studio brush RLE of a 0/255 uint8 mask at ``out_size`` (width, height)."""
+def encode_mask(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Bool mask -> Label Studio brush RLE (uint8 bytes) of a 0/255 uint8 mask at ``out_size`` (width, height)."""
     mask_u8 = mask.view(np.uint8) * np.uint8(255) if mask.dtype == np.bool_ else (mask > 0).astype(np.uint8) * 255
     if (mask_u8.shape[1], mask_u8.shape[0]) != tuple(out_size):
         import cv2
 
         mask_u8 = cv2.resize(mask_u8, tuple(int(v) for v in out_size), interpolation=cv2.INTER_NEAREST)
-    return mask2rle(mask_u8)
-
-
-def _image_key(url: Any) -> tuple[str, str]:
-    """The image cache's key for a task image URL."""
-    return "image", url if isinstance(url, str) else repr(url)
+    return np.asarray(mask2rle(mask_u8), dtype=np.uint8)
 
 
 def _image_name(clickset: ClickSet, config: LabelConfig) -> str:
@@ -150,11 +128,9 @@ class Backend:
     def __init__(self, settings: Settings, engine: Engine | None = None, fetcher: MediaFetcher | None = None):
         self.settings = settings
         self.engine = engine or Engine(settings)
+        self.core = InteractiveCore(settings, self.engine)
         self.fetcher = fetcher or MediaFetcher(settings)
-        self.cache = SessionCache(settings.session_cache_mb * 1024 * 1024, settings.session_ttl_s)
-        self.shared = shared_states(settings)  # SESSION_STORE: states shared with other workers (None: local only)
-        self._inflight: dict[Hashable, concurrent.futures.Future] = {}
-        self._inflight_lock = threading.Lock()
+        self._prefetch_lock = threading.Lock()
         self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._prefetch_pending = 0
         self._schemas: dict[str, str] = {}
@@ -163,19 +139,21 @@ class Backend:
         self.ls_requests = 0
         self.predictions = 0
         # Active-learning fine-tuning (MODEL_DIR): webhooks recorded, jobs run by a worker process, hot swap.
-        self.finetune = (
-            FinetuneServer(settings, self.engine, on_swap=self._drop_sessions) if finetune_enabled(settings) else None
-        )
+        swap = self.core.drop_sessions
+        self.finetune = FinetuneServer(settings, self.engine, on_swap=swap) if finetune_enabled(settings) else None
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
         if self.finetune is not None:
             self.finetune.stop()
 
-    def _drop_sessions(self) -> None:
-        """After a model swap: forget the sessions (their states come from the old model), keep the images."""
-        dropped = self.cache.drop(lambda k: not (isinstance(k, tuple) and k[:1] == ("image",)))
-        log.info("model swapped: dropped %d cached sessions", dropped)
+    @property
+    def cache(self) -> SessionCache:
+        return self.core.cache
+
+    @property
+    def shared(self) -> SharedStates | None:
+        return self.core.shared
 
     # --- /health, /versions --------------------------------------------------------------------
 
@@ -309,9 +287,12 @@ class Backend:
         clickset = extract_clicks(context.get("result"), config)
         if clickset is None or not clickset.clicks:
             return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
-        if len(clickset.clicks) > self.settings.max_clicks:
-            raise BadRequest(f"{len(clickset.clicks)} clicks is above MAX_CLICKS={self.settings.max_clicks}")
-        region, score = self._interactive(tasks[0], clickset, config, project, stats)
+        try:
+            region, score = self._interactive(tasks[0], clickset, config, project, stats)
+        except Superseded as exc:  # the editor shows only the reply to its newest request: nothing to compute
+            log.debug("task %s: %s", tasks[0].get("id"), exc)
+            stats.superseded = True
+            return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
         self.predictions += 1
         first = {"result": [region] if region else [], "score": score, "model_version": version}
         return {"results": [first] + [dict(empty) for _ in tasks[1:]], "model_version": version}, stats
@@ -339,28 +320,9 @@ class Backend:
         return value
 
     def _load_image(self, url: Any, task_id: int | None, stats: RunStats | None = None) -> DecodedImage:
-        """Decoded image from the cache, or fetched once even when several requests want it at the same time."""
-        key = _image_key(url)
-        cached = self.cache.get_image(key)
-        if cached is not None:
-            if stats is not None:
-                stats.image_hit = True
-            return cached
-        wait_s = self.settings.fetch_timeout_s + 5  # the fetcher's own deadline, plus decoding
-        with self._inflight_lock:
-            future = self._inflight.get(key)
-            owner = future is None
-            if owner:
-                future = concurrent.futures.Future()
-                self._inflight[key] = future
-        if not owner:  # another request (or the task-open prefetch) is fetching it
-            if stats is not None:
-                stats.image_hit = True
-            try:
-                return future.result(timeout=wait_s)
-            except concurrent.futures.TimeoutError:
-                raise MediaError(f"the task's image is still downloading after {wait_s:g} s", status=504) from None
-        try:
+        """The task's decoded image, from the core's cache or fetched once (``MediaFetcher``: limits, auth)."""
+
+        def fetch() -> DecodedImage:
             image = self.fetcher.load(url, task_id)  # bounded by FETCH_TIMEOUT_S (a deadline, see media.py)
             log.info(
                 "fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)",
@@ -369,18 +331,9 @@ class Backend:
                 image.fetch_ms,
                 image.decode_ms,
             )
-            self.cache.put_image(key, image, image.array.nbytes)
-            future.set_result(image)
-            if stats is not None:
-                stats.fetch_ms += image.fetch_ms + image.decode_ms
             return image
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved
-            raise
-        finally:
-            with self._inflight_lock:
-                self._inflight.pop(key, None)
+
+        return self.core.image(image_key(url if isinstance(url, str) else repr(url)), fetch, stats)
 
     def image_to_fetch(self, body: Any) -> tuple[Any, Any] | None:
         """``(url, task id)`` of the image a click request needs and the cache lacks, else ``None``.
@@ -402,8 +355,8 @@ class Backend:
             url = self._image_url(task, config, image_name, clickset.item_index)
         except (BackendError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
             return None
-        key = _image_key(url)
-        return None if self.cache.get_image(key) is not None else (url, task.get("id"))
+        key = image_key(url if isinstance(url, str) else repr(url))
+        return None if self.core.has_image(key) else (url, task.get("id"))
 
     def fetch_image(self, url: Any, task_id: Any) -> None:
         """Download and cache an image (errors surface again, with their status, in the request that needs it)."""
@@ -421,10 +374,10 @@ class Backend:
             url = self._image_url(task, config, next(iter(config.images)), 0)
         except BackendError:
             return
-        key = _image_key(url)
-        if self.cache.get_image(key) is not None:
+        key = image_key(url if isinstance(url, str) else repr(url))
+        if self.core.has_image(key):
             return
-        with self._inflight_lock:
+        with self._prefetch_lock:
             if self._prefetch_pending >= 4:  # the annotator cannot open tasks faster than this
                 return
             self._prefetch_pending += 1
@@ -437,7 +390,7 @@ class Backend:
             except Exception:
                 log.exception("prefetch of task %s's image failed", task.get("id"))
             finally:
-                with self._inflight_lock:
+                with self._prefetch_lock:
                     self._prefetch_pending -= 1
 
         self._prefetch.submit(run)
@@ -463,42 +416,9 @@ class Backend:
         )
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
-        session = self.cache.get_session(key)
-        if session is not None and session.generation != self.engine.generation:
-            self.cache.drop(lambda k: k == key)  # made by a model that has since been swapped out
-            session = None
-        if session is None:
-            if not self.engine.ready.wait(timeout=600):
-                raise BackendError("the model is still loading; try again in a minute", status=503)
-            t0 = time.perf_counter()
-            with self.engine.lock:
-                stats.queue_ms += (time.perf_counter() - t0) * 1000
-                new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image)
-            if frame.note:
-                log.warning("task %s: %s", task_id, frame.note)
-            session, _ = self.cache.get_or_create_session(key, lambda: new)
-        else:
-            stats.session_hit = True
-        cached = session.cached_result(clicks)
-        if cached is not None:
-            stats.result_hit = True
-            rle, score = cached.rle.tolist(), cached.score
-        else:
-            version = self.engine.model_version
-            restored = self.shared.restore(session, clicks, version, stats) if self.shared is not None else None
-            t0 = time.perf_counter()
-            with self.engine.lock:
-                stats.queue_ms += (time.perf_counter() - t0) * 1000
-                if restored is not None:
-                    session.remember_state(*restored)
-                mask, score = session.run(clicks, stats)
-            if self.shared is not None:
-                self.shared.publish(session, clicks, version, stats)
-            t1 = time.perf_counter()
-            rle = encode_mask(mask, frame.out_size)
-            stats.rle_ms += (time.perf_counter() - t1) * 1000
-            session.remember_result(clicks, rle, score)
-        self.cache.trim(keep=key)
+        encode = functools.partial(encode_mask, out_size=frame.out_size)
+        result = self.core.segment(key, frame, clicks, encode, stats, supersede=True)
+        rle, score = result.encoded.tolist(), result.score
         region = brush_region(
             rle=rle,
             from_name=brush_from,
@@ -510,18 +430,4 @@ class Backend:
             score=score,
             item_index=clickset.item_index if getattr(config.images.get(image_name), "multi", False) else None,
         )
-        log.debug(
-            "task %s: %d clicks, %d forwards (from prefix %d), score %.3f",
-            task_id,
-            len(clicks),
-            stats.forwards,
-            stats.restored_prefix,
-            score,
-        )
         return region, score
-
-    def _new_predictor(self) -> InteractivePredictor:
-        try:
-            return self.engine.new_predictor(timeout=0)
-        except RuntimeError as exc:
-            raise BackendError(str(exc), status=503) from None

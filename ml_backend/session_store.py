@@ -7,6 +7,10 @@ ROI, compressed; see ``model/state_codec.py``), and a worker whose local cache l
 reads the longest stored prefix and restores it (``import_state``), so the new click costs one forward. Decoded
 images stay per process.
 
+Platforms that send click sets without their order (CVAT) also need the order a set was run in: their publishes
+also push the click sequence onto ``ac:state:<namespace>:<session>:sequences`` (the newest 32, same TTL), which a
+worker new to the object reads to continue the longest of them (``sessions.order_clicks``).
+
 Keys: ``ac:state:<namespace>:<session>:<k>:<prefix hash>``. The namespace hashes the served model version and
 the predictor's settings (``state_tag``), so a hot-swapped model or a replica with other settings never reuses
 another's states; the session part hashes the session key (project, task, image URL, item, labels, frame).
@@ -23,6 +27,7 @@ lacks). The outage and the recovery are logged once each. A request never fails 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -36,6 +41,7 @@ from .sessions import Click, RunStats, Session
 
 log = logging.getLogger("adaptiveclick.backend")
 KEY_PREFIX = "ac:state"
+RECENT_SEQUENCES = 32  # click sequences remembered per object for platforms that send click sets
 
 
 def store_url(settings: Settings) -> str:
@@ -147,8 +153,9 @@ class RedisStates:
                 return (i, bytes(value)) if ok and value is not None else None
         return None
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> bool:
-        """Store the values with the TTL, in one round trip; False when the store is unavailable."""
+    def put_many(self, items: Sequence[tuple[str, bytes]], recent: tuple[str, bytes, int] | None = None) -> bool:
+        """Store the values with the TTL, in one round trip; ``recent`` = ``(list key, value, keep)`` also puts a
+        value first in a list kept to its newest ``keep`` entries. False when the store is unavailable."""
         if not items:
             return True
 
@@ -156,9 +163,19 @@ class RedisStates:
             pipe = self.client.pipeline(transaction=False)
             for key, value in items:
                 pipe.set(key, value, px=self.ttl_ms)
+            if recent is not None:
+                key, value, keep = recent
+                pipe.lpush(key, value)
+                pipe.ltrim(key, 0, keep - 1)
+                pipe.pexpire(key, self.ttl_ms)
             pipe.execute()
 
         return self._call(put)[0]
+
+    def recent(self, key: str) -> list[bytes]:
+        """The list ``key``, newest first ([] when absent or the store is unavailable)."""
+        ok, values = self._call(lambda: self.client.lrange(key, 0, -1))
+        return [bytes(v) for v in values] if ok and values else []
 
     def _check_memory_cap(self) -> None:
         """Warn once when Redis has no memory cap or an eviction policy that would never drop our entries."""
@@ -260,16 +277,19 @@ class SharedStates:
             self.restored += 1
         return restored
 
-    def publish(self, session: Session, clicks: tuple[Click, ...], version: str, stats: RunStats) -> None:
-        """Write the states this request computed (the prefixes after the one it started from)."""
-        if stats.forwards <= 0:
+    def publish(
+        self, session: Session, clicks: tuple[Click, ...], version: str, stats: RunStats, unordered: bool = False
+    ) -> None:
+        """Write the states this request computed; ``unordered`` (a click set whose order the platform lost): also
+        the click sequence they were computed in, for :meth:`known_sequences`."""
+        if not stats.computed:
             return
         namespace = self._namespace(session, version)
         if namespace is None:
             return
         t0 = time.perf_counter()
         items = []
-        for k in range(len(clicks) - stats.forwards + 1, len(clicks) + 1):
+        for k in stats.computed:
             entry = session.states.get(clicks[:k])
             if entry is None:  # shed by the memory budget meanwhile
                 continue
@@ -277,9 +297,24 @@ class SharedStates:
                 items.append((self._key(namespace, clicks[:k]), session.predictor.export_state(entry[0])))
             except ValueError as exc:
                 log.debug("SESSION_STORE: state not exportable (%s)", exc)
-        if self.store.put_many(items):
+        recent = (f"{namespace}:sequences", json.dumps(clicks).encode(), RECENT_SEQUENCES) if unordered else None
+        if self.store.put_many(items, recent):
             self.published += len(items)
         stats.store_ms += (time.perf_counter() - t0) * 1000
+
+    def known_sequences(self, session: Session, version: str) -> list[tuple[Click, ...]]:
+        """The click sequences other workers computed for this object (newest first), for a click set that
+        lost its order; [] when there are none or the store is unavailable."""
+        namespace = self._namespace(session, version)
+        if namespace is None:
+            return []
+        out = []
+        for raw in self.store.recent(f"{namespace}:sequences"):
+            try:
+                out.append(tuple((int(r), int(c), bool(p)) for r, c, p in json.loads(raw)))
+            except (ValueError, TypeError):  # not ours: ignore
+                continue
+        return out
 
 
 def _clicks_of(state: Any) -> list[tuple[int, int, bool]]:

@@ -7,6 +7,11 @@ removes or moves a click restarts from the longest cached prefix, and an exact r
 Predictors without ``get_state``/``set_state`` (the GrabCut baseline: not a ``StatefulPredictor``) are replayed
 from the longest prefix they currently hold.
 
+Platforms that send click *sets* without their order (CVAT: positives and negatives in separate lists) are
+ordered by :func:`order_clicks`: the longest click sequence the session already knows whose clicks are all in
+the set, then the set's other clicks in the order the adapter gives them. Such new clicks run in one forward
+(``together_from``) when the predictor has ``add_clicks``: a fast clicker's burst costs one forward, not one each.
+
 Everything is bounded: a byte budget over images + sessions (least recently used first) and a TTL.
 """
 
@@ -16,7 +21,7 @@ import collections
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,7 +53,7 @@ def nbytes_of(obj: Any) -> int:
 
 @dataclasses.dataclass
 class CachedResult:
-    rle: np.ndarray  # uint8, the encoded output mask
+    encoded: np.ndarray  # the platform adapter's encoding of the output mask (brush RLE, CVAT RLE)
     score: float
 
 
@@ -56,6 +61,7 @@ class CachedResult:
 class RunStats:
     forwards: int = 0
     restored_prefix: int = 0
+    computed: list[int] = dataclasses.field(default_factory=list)  # lengths of the click prefixes computed
     result_hit: bool = False
     session_hit: bool = False
     image_hit: bool = False
@@ -65,6 +71,7 @@ class RunStats:
     queue_ms: float = 0.0
     store_ms: float = 0.0  # SESSION_STORE (session_store.py): reading, rebuilding and writing shared states
     store_hit: bool = False  # the state this request continued from came from the shared store
+    superseded: bool = False  # answered without a forward: a newer request for the object arrived meanwhile
     # Set by the server when the client has gone: the click loop stops between forwards (states so far stay cached).
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -110,21 +117,30 @@ class Session:
                 self.last_used = time.monotonic()
             return hit
 
-    def remember_result(self, clicks: tuple[Click, ...], rle: list[int], score: float) -> None:
+    def remember_result(self, clicks: tuple[Click, ...], encoded: np.ndarray, score: float) -> None:
         with self.results_lock:
-            arr = np.asarray(rle, dtype=np.uint8)
             old = self.results.pop(clicks, None)
             if old is not None:
-                self.nbytes -= int(old.rle.nbytes)
-            self.results[clicks] = CachedResult(arr, float(score))
-            self.nbytes += int(arr.nbytes)
+                self.nbytes -= int(old.encoded.nbytes)
+            self.results[clicks] = CachedResult(encoded, float(score))
+            self.nbytes += int(encoded.nbytes)
             while len(self.results) > MAX_STATES_PER_SESSION:
                 _, dropped = self.results.popitem(last=False)
-                self.nbytes -= int(dropped.rle.nbytes)
+                self.nbytes -= int(dropped.encoded.nbytes)
 
-    def run(self, clicks: tuple[Click, ...], stats: RunStats) -> tuple[np.ndarray, float]:
+    def known_sequences(self) -> list[tuple[Click, ...]]:
+        """Every click sequence this session has a state or an answer for (for :func:`order_clicks`)."""
+        with self.results_lock:
+            return [*self.states, *self.results]
+
+    def run(
+        self, clicks: tuple[Click, ...], stats: RunStats, together_from: int | None = None
+    ) -> tuple[np.ndarray, float]:
         """(bool mask, score) after ``clicks`` (at least one), in the session frame, as the predictor thresholds
-        and scores it. Call with the engine lock held."""
+        and scores it. Call with the engine lock held.
+
+        ``together_from``: the clicks from this index on are new to the session and run in one forward when the
+        predictor can (``add_clicks``); the ones before it (a replay, when their state is gone) one per forward."""
         self.last_used = time.monotonic()
         n = len(clicks)
         p = self.predictor
@@ -147,18 +163,25 @@ class Session:
             p.reset()
         self.applied = clicks[:start]
         stats.restored_prefix = start
+        batch = together_from is not None and hasattr(p, "add_clicks")
         t0 = time.perf_counter()
-        for k in range(start, n):
+        k = start
+        while k < n:
             if stats.cancelled.is_set():
                 stats.model_ms += (time.perf_counter() - t0) * 1000
-                raise ClientGone(f"stopped after {k - start} of {n - start} forwards")
-            row, col, positive = clicks[k]
-            p.add_click(row, col, positive)
+                raise ClientGone(f"stopped after {stats.forwards} forwards, at click {k} of {n}")
+            if batch and k >= together_from and n - k > 1:
+                p.add_clicks(clicks[k:])
+                k = n
+            else:
+                row, col, positive = clicks[k]
+                p.add_click(row, col, positive)
+                k += 1
             stats.forwards += 1
-            self.applied = clicks[: k + 1]
+            stats.computed.append(k)
+            self.applied = clicks[:k]
             if self.stateful:
-                state = p.get_state()
-                self._remember_state(clicks[: k + 1], state)
+                self._remember_state(clicks[:k], p.get_state())
         stats.model_ms += (time.perf_counter() - t0) * 1000
         prediction = p.prediction()
         return prediction.mask, prediction.score
@@ -186,6 +209,21 @@ class Session:
         while len(self.states) > MAX_STATES_PER_SESSION:
             _, (_, dropped) = self.states.popitem(last=False)
             self.nbytes -= dropped
+
+
+def order_clicks(clicks: Sequence[Click], known: Iterable[tuple[Click, ...]]) -> tuple[tuple[Click, ...], int]:
+    """Order a click *set* (a platform that does not keep the order, like CVAT): ``(sequence, known)``.
+
+    The sequence is the longest ``known`` sequence whose clicks are all in ``clicks``, followed by the other
+    clicks in the order given; ``known`` is that sequence's length (the clicks after it are new). A set some
+    known sequence holds exactly is that sequence, so a repeat or a click removed and put back costs nothing."""
+    wanted = set(clicks)
+    best: tuple[Click, ...] = ()
+    for sequence in known:
+        if len(sequence) > len(best) and len(sequence) <= len(wanted) and wanted.issuperset(sequence):
+            best = sequence
+    have = set(best)
+    return best + tuple(c for c in dict.fromkeys(clicks) if c not in have), len(best)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ probability map fed back as the fourth input channel, and 0.49 as the mask thres
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -245,14 +246,26 @@ class Predictor:
 
     def add_click(self, row: float, col: float, positive: bool = True) -> np.ndarray:
         """Add a click at pixel (row, col) and return the new full-resolution probability map."""
+        return self.add_clicks([(row, col, positive)])
+
+    def add_clicks(self, clicks: Sequence[tuple[float, float, bool]]) -> np.ndarray:
+        """Add several ``(row, col, positive)`` clicks in one forward and return the new map.
+
+        The network sees them together, with the map from before them: a burst of clicks costs one forward
+        instead of one each (slightly different from adding them one by one, which feeds each click's map to
+        the next). One click is exactly :meth:`add_click`."""
         self._require_image()
+        if not clicks:
+            raise ValueError("no clicks given: at least one click is needed for a prediction")
         height, width = self.image_size
-        if not (np.isfinite(row) and np.isfinite(col)):
-            raise ValueError(f"click ({row}, {col}) is not a finite coordinate")
-        if not (0 <= row < height and 0 <= col < width):
-            raise ValueError(f"click (row={row}, col={col}) is outside the {height}x{width} image")
-        clicks = self._state.clicks + (Click(int(row), int(col), bool(positive)),)
-        self._state = self._predict(clicks)
+        new = []
+        for row, col, positive in clicks:
+            if not (np.isfinite(row) and np.isfinite(col)):
+                raise ValueError(f"click ({row}, {col}) is not a finite coordinate")
+            if not (0 <= row < height and 0 <= col < width):
+                raise ValueError(f"click (row={row}, col={col}) is outside the {height}x{width} image")
+            new.append(Click(int(row), int(col), bool(positive)))
+        self._state = self._predict(self._state.clicks + tuple(new))
         return self.probs
 
     def predict(self, clicks: list[Click] | list[tuple[float, float, bool]]) -> np.ndarray:

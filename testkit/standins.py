@@ -94,6 +94,10 @@ class DiskPredictor:
         return DiskState(clicks, np.where(mask, np.float32(0.9), np.float32(0.1)))
 
     def add_click(self, row: int, col: int, positive: bool = True) -> np.ndarray:
+        return self.add_clicks([(row, col, positive)])
+
+    def add_clicks(self, clicks) -> np.ndarray:
+        """Several clicks in one "forward" (counted once), like ``model.predictor.Predictor.add_clicks``."""
         if self._shape is None or self._grid is None:
             raise RuntimeError("set_image first")
         with DiskPredictor._count_lock:
@@ -101,14 +105,17 @@ class DiskPredictor:
         if self.cost_ms:
             time.sleep(self.cost_ms / 1000.0)
         h, w = self._shape
-        if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"click ({row}, {col}) outside {h}x{w}")
         rows, cols = self._grid
         radius = max(2.0, self.radius_ratio * min(h, w))
-        disk = (rows - row) ** 2 + (cols - col) ** 2 <= radius * radius
         prev = self._state.prev
         mask = np.zeros((h, w), bool) if prev is None else prev > 0.5
-        mask = (mask | disk) if positive else (mask & ~disk)
+        added = []
+        for row, col, positive in clicks:
+            if not (0 <= row < h and 0 <= col < w):
+                raise ValueError(f"click ({row}, {col}) outside {h}x{w}")
+            disk = (rows - row) ** 2 + (cols - col) ** 2 <= radius * radius
+            mask = (mask | disk) if positive else (mask & ~disk)
+            added.append((int(row), int(col), bool(positive)))
         prob = np.where(mask, np.float32(0.9), np.float32(0.1))
-        self._state = DiskState(self._state.clicks + ((int(row), int(col), bool(positive)),), prob)
+        self._state = DiskState(self._state.clicks + tuple(added), prob)
         return prob

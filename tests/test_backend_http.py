@@ -4,6 +4,7 @@ concurrency, and the real engines (GrabCut baseline; AdaptiveClick with the tiny
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import socket
 import threading
@@ -380,3 +381,54 @@ def test_a_model_that_failed_to_load_fails_label_studios_health_check(tmp_path):
         assert reply.status_code == 503  # Label Studio treats any 2xx as a working backend
         body = reply.json()
         assert body["status"] == "ERROR" and "missing.safetensors" in body["model_error"] and not body["model_loaded"]
+
+
+def _keypoint(x: float, y: float, positive: bool, n: int) -> dict:
+    region = copy.deepcopy(recorded("predict_interactive_1click")["params"]["context"]["result"][0])
+    region["value"]["x"], region["value"]["y"], region["id"] = x, y, f"kp{n}"
+    region["is_positive"] = positive
+    return region
+
+
+def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_one_forward():
+    """Clicks faster than the model: requests 2 and 3 queue behind request 1; request 2 is answered at once
+    without a forward (the editor shows only the reply to its newest request) and request 3 adds its two new
+    clicks in one forward: 3 clicks, 2 forwards."""
+    app = make_app(lambda: DiskPredictor(cost_ms=1200))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    clicks = [_keypoint(52.0, 48.5, True, 1), _keypoint(40.0, 45.0, True, 2), _keypoint(8.5, 10.0, False, 3)]
+    replies: dict[int, requests.Response] = {}
+
+    def send(n: int) -> None:
+        payload = recorded("predict_interactive_1click")
+        payload["params"]["context"]["result"] = clicks[:n]
+        replies[n] = requests.post(url + "/predict", json=payload, timeout=30)
+
+    try:
+        workers = []
+        for n in (1, 2, 3):
+            workers.append(threading.Thread(target=send, args=(n,)))
+            workers[-1].start()
+            time.sleep(0.3)  # arrival order 1, 2, 3; 2 and 3 while 1 is still computing
+        for worker in workers:
+            worker.join(30)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert [replies[n].status_code for n in (1, 2, 3)] == [200, 200, 200]
+    assert replies[1].headers["x-forwards"] == "1"
+    assert replies[2].headers["x-forwards"] == "0" and replies[2].headers.get("x-superseded") == "1"
+    assert replies[2].json()["results"][0]["result"] == []
+    assert replies[3].headers["x-forwards"] == "1" and "x-superseded" not in replies[3].headers
+    mask = brush_mask(replies[3].json()["results"][0]["result"][0])
+    assert mask[pixel(clicks[1])] == 255 and mask[pixel(clicks[2])] == 0

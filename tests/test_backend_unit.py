@@ -105,6 +105,21 @@ def test_is_positive_strings_and_numbers():
     assert [c.positive for c in clicks.clicks] == [False, False, True, True]
 
 
+def test_polarity_from_value_positive_as_the_enterprise_backend_reads_it():
+    def region(x, polarity):
+        r = kp(x, x, None)
+        r.pop("is_positive", None)
+        if polarity is not None:
+            r["value"]["positive"] = polarity
+        return r
+
+    both = kp(5, 5, True)
+    both["value"]["positive"] = False  # the editor's own key wins when both are there
+    config = parse_label_config(CONFIG)
+    clicks = extract_clicks([region(1, False), region(2, True), region(3, None), region(4, "false"), both], config)
+    assert [c.positive for c in clicks.clicks] == [False, True, True, False, True]
+
+
 # --- frames: size, rotation, EXIF ----------------------------------------------------------------
 
 
@@ -209,7 +224,7 @@ def test_encode_mask_matches_sdk_and_round_trips():
     rng = np.random.default_rng(0)
     mask = rng.random((37, 53)) > 0.6
     rle = encode_mask(mask, (53, 37))
-    assert rle == mask2rle(mask.astype(np.uint8) * 255)
+    assert rle.tolist() == mask2rle(mask.astype(np.uint8) * 255)
     alpha = decode_rle(rle).reshape(37, 53, 4)[..., 3]
     assert np.array_equal(alpha, mask.astype(np.uint8) * 255)
 
@@ -274,7 +289,7 @@ def test_remembered_results_answer_repeats_without_the_model():
     rle = encode_mask(mask, (80, 60))
     s.remember_result(((30, 40, True),), rle, score)
     hit = s.cached_result(((30, 40, True),))
-    assert hit is not None and hit.rle.tolist() == rle and hit.score == pytest.approx(0.9)
+    assert hit is not None and np.array_equal(hit.encoded, rle) and hit.score == pytest.approx(0.9)
     assert s.cached_result(((30, 41, True),)) is None
 
 

@@ -1,0 +1,295 @@
+"""The platform-neutral core: an image, clicks and an object key in; a mask (encoded as the platform wants) out.
+
+Label Studio (``service.py``) and CVAT (``cvat.py``) are thin adapters on it: each parses its platform's request
+into a :class:`Frame`, the clicks in that frame's pixels and an object key, and formats what :meth:`segment`
+returns. Everything that makes a click cheap and safe lives here once: the decoded-image cache (one fetch or decode
+per image, even for concurrent requests), the per-object sessions with the predictor state after every click
+prefix, the shared store (``SESSION_STORE``), ``MAX_CLICKS``, the engine's lock and hot swaps.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .config import Settings
+from .engine import Engine
+from .errors import BackendError, BadRequest, MediaError
+from .media import DecodedImage
+from .session_store import shared_states
+from .sessions import Click, RunStats, Session, SessionCache, order_clicks
+
+if TYPE_CHECKING:
+    from model.interactive import InteractivePredictor
+
+log = logging.getLogger("adaptiveclick.backend")
+
+IMAGE_KEY = "image"  # first element of every image-cache key (sessions' keys never start with it)
+
+
+def image_key(source: str) -> tuple[str, str]:
+    """The image cache's key for an image named by ``source`` (a URL, or ``sha256:<hex>`` of its bytes)."""
+    return IMAGE_KEY, source
+
+
+@dataclasses.dataclass
+class Frame:
+    """The pixel grid the clicks refer to: the image the model sees and the size the mask is returned at.
+
+    The image itself is built only when a session is created (``image()``), not on every click."""
+
+    key: str
+    size: tuple[int, int]  # (width, height) of the image the model sees
+    out_size: tuple[int, int]  # (width, height) of the returned mask
+    own_image: bool  # the frame image is a transformed copy, not the cached decoded image
+    build: Callable[[], np.ndarray]
+    note: str = ""  # logged once, when the session is created
+
+    def image(self) -> np.ndarray:
+        return self.build()
+
+    @classmethod
+    def of(cls, decoded: DecodedImage) -> Frame:
+        """The decoded image as it is (clicks in its pixels, the mask at its size)."""
+        return cls("id", decoded.size, decoded.size, False, lambda: decoded.array)
+
+
+class Superseded(Exception):
+    """A newer request for the same object arrived while this one waited for the model: nobody will show this
+    answer (Label Studio's editor applies only the reply to its newest request), so none is computed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """What :meth:`InteractiveCore.segment` answers: the encoded mask, its score and the clicks in the order run."""
+
+    encoded: np.ndarray
+    score: float
+    clicks: tuple[Click, ...]
+
+
+class InteractiveCore:
+    """Images, sessions and the model, shared by every platform adapter of one serving process."""
+
+    def __init__(self, settings: Settings, engine: Engine):
+        self.settings = settings
+        self.engine = engine
+        self.cache = SessionCache(settings.session_cache_mb * 1024 * 1024, settings.session_ttl_s)
+        self.shared = shared_states(settings)  # SESSION_STORE: states shared with other workers (None: local only)
+        self._inflight: dict[Hashable, concurrent.futures.Future] = {}
+        self._inflight_lock = threading.Lock()
+        # Requests per object, for superseding: the newest request's number, how many are waiting, and whether a
+        # request was answered as superseded since the object last ran (its newest then runs its clicks together).
+        self._queue: collections.OrderedDict[Hashable, _ObjectQueue] = collections.OrderedDict()
+        self._queue_lock = threading.Lock()
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def has_image(self, key: Hashable) -> bool:
+        return self.cache.get_image(key) is not None
+
+    def image(self, key: Hashable, load: Callable[[], DecodedImage], stats: RunStats | None = None) -> DecodedImage:
+        """The decoded image under ``key``: cached, or loaded once even when several requests want it at once.
+
+        ``load`` fetches and decodes it (bounded by the fetcher's own deadline) and raises ``BackendError``s."""
+        cached = self.cache.get_image(key)
+        if cached is not None:
+            if stats is not None:
+                stats.image_hit = True
+            return cached
+        wait_s = self.settings.fetch_timeout_s + 5  # the fetcher's own deadline, plus decoding
+        with self._inflight_lock:
+            future = self._inflight.get(key)
+            owner = future is None
+            if owner:
+                future = concurrent.futures.Future()
+                self._inflight[key] = future
+        if not owner:  # another request (or a prefetch) is loading it
+            if stats is not None:
+                stats.image_hit = True
+            try:
+                return future.result(timeout=wait_s)
+            except concurrent.futures.TimeoutError:
+                raise MediaError(f"the image is still downloading after {wait_s:g} s", status=504) from None
+        try:
+            image = load()
+            self.cache.put_image(key, image, image.array.nbytes)
+            future.set_result(image)
+            if stats is not None:
+                stats.fetch_ms += image.fetch_ms + image.decode_ms
+            return image
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved
+            raise
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def drop(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Forget the sessions and images whose key satisfies ``predicate``."""
+        return self.cache.drop(predicate)
+
+    def drop_sessions(self) -> None:
+        """After a model swap: forget the sessions (their states come from the old model), keep the images."""
+        dropped = self.cache.drop(lambda k: not (isinstance(k, tuple) and k[:1] == (IMAGE_KEY,)))
+        log.info("model swapped: dropped %d cached sessions", dropped)
+
+    def _session(self, key: Hashable, frame: Frame, stats: RunStats) -> Session:
+        session = self.cache.get_session(key)
+        if session is not None and session.generation != self.engine.generation:
+            self.cache.drop(lambda k: k == key)  # made by a model that has since been swapped out
+            session = None
+        if session is not None:
+            stats.session_hit = True
+            return session
+        if not self.engine.ready.wait(timeout=600):
+            raise BackendError("the model is still loading; try again in a minute", status=503)
+        t0 = time.perf_counter()
+        with self.engine.lock:
+            stats.queue_ms += (time.perf_counter() - t0) * 1000
+            new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image)
+        if frame.note:
+            log.warning("%s: %s", _describe(key), frame.note)
+        session, _ = self.cache.get_or_create_session(key, lambda: new)
+        return session
+
+    def _new_predictor(self) -> InteractivePredictor:
+        try:
+            return self.engine.new_predictor(timeout=0)
+        except RuntimeError as exc:
+            raise BackendError(str(exc), status=503) from None
+
+    def _order(self, session: Session, clicks: Sequence[Click], version: str) -> tuple[tuple[Click, ...], int]:
+        """A click set in the order to run it (``sessions.order_clicks``), from what this worker and, when it
+        knows less than one click short of the set, the shared store know of this object."""
+        ordered, known = order_clicks(clicks, session.known_sequences())
+        if self.shared is not None and known < len(ordered) - 1:
+            remote = self.shared.known_sequences(session, version)
+            if remote:
+                ordered, known = order_clicks(clicks, session.known_sequences() + remote)
+        return ordered, known
+
+    def segment(
+        self,
+        key: Hashable,
+        frame: Frame,
+        clicks: Sequence[Click],
+        encode: Callable[[np.ndarray], np.ndarray],
+        stats: RunStats,
+        ordered: bool = True,
+        supersede: bool = False,
+    ) -> Segmentation:
+        """The object ``key``'s mask after ``clicks`` (``(row, col, positive)`` in ``frame``'s pixels), encoded.
+
+        ``ordered=False``: ``clicks`` is a set whose order was lost (positives and negatives sent apart); it
+        continues the longest sequence already computed for this object, and its new clicks run in one forward.
+        ``supersede``: a request that waited for the model while a newer one for the same object arrived raises
+        :class:`Superseded` without a forward, and the newest runs all its new clicks in one forward.
+        ``encode`` turns the bool mask into what the platform sends; its result is cached per click sequence,
+        so a repeated request costs neither a forward nor an encoding."""
+        if not clicks:
+            raise BadRequest("no clicks: at least one click is needed for a mask")
+        if len(clicks) > self.settings.max_clicks:
+            raise BadRequest(f"{len(clicks)} clicks is above MAX_CLICKS={self.settings.max_clicks}")
+        if not supersede:
+            return self._segment(key, frame, clicks, encode, stats, ordered, None)
+        queue, number = self._arrive(key)
+        try:
+            return self._segment(key, frame, clicks, encode, stats, ordered, (queue, number))
+        finally:
+            with self._queue_lock:
+                queue.waiting -= 1
+
+    def _arrive(self, key: Hashable) -> tuple[_ObjectQueue, int]:
+        with self._queue_lock:
+            queue = self._queue.get(key)
+            if queue is None:
+                queue = self._queue[key] = _ObjectQueue()
+                while len(self._queue) > MAX_QUEUED_OBJECTS:
+                    self._queue.popitem(last=False)
+            self._queue.move_to_end(key)
+            queue.newest += 1
+            queue.waiting += 1
+            return queue, queue.newest
+
+    def _segment(
+        self,
+        key: Hashable,
+        frame: Frame,
+        clicks: Sequence[Click],
+        encode: Callable[[np.ndarray], np.ndarray],
+        stats: RunStats,
+        ordered: bool,
+        place: tuple[_ObjectQueue, int] | None,
+    ) -> Segmentation:
+        session = self._session(key, frame, stats)
+        version = self.engine.model_version
+        together_from = None
+        sequence = tuple(clicks)
+        if not ordered:
+            sequence, together_from = self._order(session, clicks, version)
+        cached = session.cached_result(sequence)
+        if cached is not None:
+            stats.result_hit = True
+            return Segmentation(cached.encoded, cached.score, sequence)
+        restored = self.shared.restore(session, sequence, version, stats) if self.shared is not None else None
+        t0 = time.perf_counter()
+        with self.engine.lock:
+            stats.queue_ms += (time.perf_counter() - t0) * 1000
+            if place is not None:
+                together_from = self._supersede(place, together_from)
+            if restored is not None:
+                session.remember_state(*restored)
+            mask, score = session.run(sequence, stats, together_from)
+        if self.shared is not None:
+            self.shared.publish(session, sequence, version, stats, unordered=not ordered)
+        t1 = time.perf_counter()
+        encoded = encode(mask)
+        stats.rle_ms += (time.perf_counter() - t1) * 1000
+        session.remember_result(sequence, encoded, score)
+        self.cache.trim(keep=key)
+        log.debug(
+            "%s: %d clicks, %d forwards (from prefix %d), score %.3f",
+            _describe(key),
+            len(sequence),
+            stats.forwards,
+            stats.restored_prefix,
+            score,
+        )
+        return Segmentation(encoded, float(score), sequence)
+
+    def _supersede(self, place: tuple[_ObjectQueue, int], together_from: int | None) -> int | None:
+        """Under the engine lock: raise :class:`Superseded` when a newer request for the object exists; the newest
+        runs its new clicks together (from index 0: whatever the session holds) when it superseded any."""
+        queue, number = place
+        with self._queue_lock:
+            if number != queue.newest:
+                queue.superseded = True
+                raise Superseded(f"request {number} was superseded by request {queue.newest} for the same object")
+            burst, queue.superseded = queue.superseded or queue.waiting > 1, False
+        return 0 if burst else together_from
+
+
+@dataclasses.dataclass
+class _ObjectQueue:
+    newest: int = 0  # number of the newest request for the object
+    waiting: int = 0  # requests for it in flight
+    superseded: bool = False  # one was answered superseded since the object last ran
+
+
+MAX_QUEUED_OBJECTS = 10_000  # objects whose request numbers are remembered (the oldest are forgotten)
+
+
+def _describe(key: Hashable) -> str:
+    return f"object {str(key)[:120]}"
