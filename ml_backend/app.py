@@ -1,7 +1,8 @@
 """The HTTP server Label Studio talks to (FastAPI).
 
 Routes: ``GET /health`` and ``GET /`` (health), ``POST /setup``, ``POST /predict``, ``POST /webhook``,
-``GET /versions`` (and ``POST /train``, which older Label Studio versions call on "Start Training").
+``GET /versions`` (and ``POST /train``, which older Label Studio versions call on "Start Training"); for CVAT, the
+nuclio dashboard's ``GET /api/functions``, ``GET /api/functions/<name>`` and ``POST /api/function_invocations``.
 
 * ``/health``, ``/setup``, ``/versions`` and ``/webhook`` run on the event loop and never wait for the model;
   ``/predict`` runs in a worker thread, and model work is serialised by ``Engine.lock``.
@@ -18,7 +19,6 @@ import base64
 import contextlib
 import json
 import logging
-import re
 import secrets
 import threading
 import time
@@ -32,11 +32,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
+from .cvat import FUNCTION_NAME, CvatInteractor, function_info
 from .engine import Engine
 from .errors import BackendError, BadRequest
+from .jsonbody import parse_json
 from .media import MediaFetcher, in_container, is_loopback_host
 from .service import LS_USER_AGENT, Backend
-from .sessions import ClientGone
+from .sessions import ClientGone, RunStats
 
 log = logging.getLogger("adaptiveclick.backend")
 try:
@@ -44,7 +46,6 @@ try:
 except PackageNotFoundError:
     __version__ = "0+unknown"
 INLINE_JSON_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -129,30 +130,9 @@ async def _json_body(request: Request, limit: int) -> Any:
         chunks += chunk
         if len(chunks) > limit:
             raise BackendError(f"request body above MAX_REQUEST_MB={limit // 2**20}", status=413)
-    if not chunks.strip():
-        raise BadRequest("empty request body: a JSON object is expected", status=400)
-
-    def parse() -> Any:
-        try:
-            body = json.loads(bytes(chunks))
-        except UnicodeDecodeError:
-            raise BadRequest("request body is not UTF-8 JSON", status=400) from None
-        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}", status=400) from None
-        if _SURROGATE_ESCAPE.search(chunks):
-            try:  # JSON may escape lone UTF-16 surrogates (\ud800) that no text can hold: refuse them here, once
-                json.dumps(body, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadRequest(
-                    "request body holds a lone UTF-16 surrogate escape (such as \\ud800) in a "
-                    "string: it is not valid Unicode text",
-                    status=400,
-                ) from None
-        return body
-
     if len(chunks) > INLINE_JSON_BYTES:
-        return await run_in_threadpool(parse)
-    return parse()
+        return await run_in_threadpool(parse_json, bytes(chunks))
+    return parse_json(bytes(chunks))
 
 
 def _warn_if_no_traffic(backend: Backend, delay: float, stop: threading.Event) -> None:
@@ -238,6 +218,7 @@ def create_app(
     settings = settings or Settings.from_env()
     _configure_logging(settings.log_level)
     backend = Backend(settings, engine, fetcher)
+    cvat = CvatInteractor(backend.core)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -272,6 +253,7 @@ def create_app(
         default_response_class=AsciiJSONResponse,
     )
     app.state.backend = backend
+    app.state.cvat = cvat
     limiters: dict[str, anyio.CapacityLimiter] = {}  # made on the event loop, at the first request
     app.add_middleware(GuardMiddleware, settings=settings, backend=backend)
 
@@ -354,19 +336,59 @@ def create_app(
             raise failure
         # Rendering a large batch reply is CPU work: off the event loop, so /health keeps answering.
         response = await run_in_threadpool(AsciiJSONResponse, reply)
-        total = (time.perf_counter() - t0) * 1000
-        response.headers["Server-Timing"] = (
-            f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
-            f"rle;dur={stats.rle_ms:.2f}, store;dur={stats.store_ms:.2f}, total;dur={total:.2f}"
-        )
-        response.headers["X-Forwards"] = str(stats.forwards)
-        hits = (
-            ("image", stats.image_hit),
-            ("session", stats.session_hit),
-            ("result", stats.result_hit),
-            ("store", stats.store_hit),
-        )
-        response.headers["X-Cache"] = ",".join(k for k, v in hits if v) or "miss"
+        _timing_headers(response, stats, t0)
+        return response
+
+    # --- CVAT: the three calls CVAT's lambda manager makes to a nuclio dashboard (CVAT_NUCLIO_HOST/PORT, with
+    # CVAT_NUCLIO_INVOKE_METHOD=dashboard), answered by this server: no nuclio needed. Behind the same basic auth.
+
+    def _our_function(name: str) -> None:
+        if name != FUNCTION_NAME:
+            raise BackendError(f"no function {name[:100]!r} here: this backend serves {FUNCTION_NAME!r}", status=404)
+
+    @app.get("/api/functions")
+    async def cvat_functions() -> dict[str, Any]:
+        return {FUNCTION_NAME: function_info(cvat.state())}
+
+    @app.get("/api/functions/{name}")
+    async def cvat_function(name: str) -> dict[str, Any]:
+        _our_function(name)
+        return function_info(cvat.state())
+
+    @app.post("/api/function_invocations")
+    async def cvat_invoke(request: Request) -> Response:
+        t0 = time.perf_counter()
+        name = request.headers.get("x-nuclio-function-name")
+        if not name:
+            raise BadRequest("the x-nuclio-function-name header is missing (CVAT sends the function's name)", 400)
+        _our_function(name)
+        path = request.headers.get("x-nuclio-path", "/")
+        if path not in ("", "/"):
+            raise BackendError(f"the function answers x-nuclio-path '/', not {path[:100]!r}", status=404)
+        body = await _json_body(request, settings.max_request_bytes)
+        stats = RunStats()
+        reply = await run_in_threadpool(cvat.invoke, body, stats)
+        response = await run_in_threadpool(AsciiJSONResponse, reply)
+        _timing_headers(response, stats, t0)
         return response
 
     return app
+
+
+def _timing_headers(response: Response, stats: RunStats, t0: float) -> None:
+    """Where a click's time went (``Server-Timing``), its forwards (``X-Forwards``) and cache hits (``X-Cache``)."""
+    total = (time.perf_counter() - t0) * 1000
+    response.headers["Server-Timing"] = (
+        f"fetch;dur={stats.fetch_ms:.2f}, queue;dur={stats.queue_ms:.2f}, model;dur={stats.model_ms:.2f}, "
+        f"rle;dur={stats.rle_ms:.2f}, store;dur={stats.store_ms:.2f}, total;dur={total:.2f}"
+    )
+    response.headers["X-Forwards"] = str(stats.forwards)
+    hits = (
+        ("image", stats.image_hit),
+        ("session", stats.session_hit),
+        ("result", stats.result_hit),
+        ("store", stats.store_hit),
+    )
+    response.headers["X-Cache"] = ",".join(k for k, v in hits if v) or "miss"
+    if stats.superseded:
+        response.headers["X-Superseded"] = "1"

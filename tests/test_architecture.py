@@ -49,6 +49,19 @@ def test_model_package_imports_no_web_code():
     assert result.stdout.strip() == "", f"model/ pulled in web modules: {result.stdout.strip()}"
 
 
+def test_the_cvat_function_is_a_thin_adapter_on_the_ml_backend():
+    """serverless/ (CVAT's nuclio function) sits above ml_backend/: it imports the backend and nothing of the
+    model, the command line or the tests directly, and no model code imports it."""
+    sources = sorted((REPO / "serverless").rglob("*.py"))
+    assert sources, "the CVAT function is missing"
+    for path in sources:
+        imported = _imported_modules(path) - {"serverless"}
+        project = imported & {"model", "ml_backend", "cli", "testkit", "tests"}
+        assert project == {"ml_backend"}, f"{path.relative_to(REPO)} imports {sorted(project)}"
+    for path in _sources(*SHIPPED):
+        assert "serverless" not in _imported_modules(path), f"{path.relative_to(REPO)} imports serverless/"
+
+
 def test_each_layer_imports_only_the_layers_below_it():
     allowed_above = {"model": {"ml_backend", "cli"}, "ml_backend": {"cli"}, "cli": set()}
     for path in _sources(*SHIPPED):
