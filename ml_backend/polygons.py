@@ -3,9 +3,10 @@
 Conventions (docs/export.md):
 
 * A polygon is an ``(N, 2)`` float array of ``(x, y)`` in continuous image coordinates: pixel ``(row, col)``
-  covers ``[col, col + 1) x [row, row + 1)``. Vertices sit on the centres of the part's boundary pixels
-  (``x = col + 0.5``), so rasterising by pixel centres (``polygons_to_mask``) gives the mask back exactly at
-  tolerance 0.
+  covers ``[col, col + 1) x [row, row + 1)``, as Label Studio (percent of the image) and COCO read them. The
+  outline runs along the outer edges of the boundary pixels (the centre-line contour moved out by half a pixel),
+  so the polygon's area is the mask's: a centre-line polygon would shrink every object by half a pixel all round
+  in those readers. Rasterising by pixel centres (``polygons_to_mask``) gives the mask back at tolerance 0.
 * One polygon per 8-connected part of at least ``min_area_px`` pixels; smaller specks are dropped.
 * Holes are filled: a polygon is its part's outer boundary, because neither Label Studio polygons nor YOLO
   segmentation lines can carry a hole (a ring comes back as a disc). ``hole_pixels`` tells when that happened,
@@ -21,8 +22,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-_SUBPIXEL_BITS = 8  # cv2.fillPoly fixed-point precision: 1/256 px
 
 
 def _parts(mask: np.ndarray, min_area_px: int) -> list[np.ndarray]:
@@ -51,22 +50,64 @@ def mask_to_polygons(mask: np.ndarray, *, tolerance_px: float, min_area_px: int)
             simplified = outline
         if len(simplified) < 3:
             continue
-        points = simplified.reshape(-1, 2).astype(np.float64) + 0.5
+        centres = simplified.reshape(-1, 2).astype(np.float64) + 0.5
+        points = np.clip(_grow(centres, 0.5), 0.0, np.array([mask.shape[1], mask.shape[0]], np.float64))
         polygons.append((int(part.sum()), points))
     polygons.sort(key=lambda item: -item[0])
     return [points for _, points in polygons]
 
 
+def _grow(points: np.ndarray, distance: float) -> np.ndarray:
+    """Move every edge of a closed polygon ``distance`` outwards; vertices where the moved edges meet (mitred).
+
+    A right-angle corner moves by ``distance`` along both axes, so a centre-line contour lands on the pixel edges;
+    at a turn sharper than 120 degrees (a spike) the mitre is capped at twice ``distance``."""
+    edges = np.roll(points, -1, axis=0) - points
+    lengths = np.maximum(np.hypot(edges[:, 0], edges[:, 1]), 1e-12)
+    x, y = points[:, 0], points[:, 1]
+    signed_area = float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    # With y pointing down, a positive shoelace sum means clockwise on screen: outside is left of each edge.
+    side = 1.0 if signed_area > 0 else -1.0
+    normals = side * np.stack([edges[:, 1], -edges[:, 0]], axis=1) / lengths[:, None]
+    before, after = np.roll(normals, 1, axis=0), normals
+    cosine = np.sum(before * after, axis=1, keepdims=True)
+    return points + distance * (before + after) / np.maximum(1.0 + cosine, 0.5)
+
+
 def polygons_to_mask(polygons: list[np.ndarray], height: int, width: int) -> np.ndarray:
     """Rasterise polygons (continuous coordinates) into a bool ``height x width`` mask: a pixel is in when its
-    centre is inside or on a polygon. Overlapping polygons are united."""
-    canvas = np.zeros((height, width), np.uint8)
-    scale = 1 << _SUBPIXEL_BITS
-    fixed = [np.round((np.asarray(p, np.float64) - 0.5) * scale).astype(np.int32).reshape(-1, 1, 2) for p in polygons]
-    for points in fixed:
+    centre is inside a polygon (even-odd rule per polygon; polygons are united).
+
+    Exact scanlines rather than ``cv2.fillPoly``, which also paints every pixel an edge passes through and so
+    grows a polygon by up to a pixel."""
+    mask = np.zeros((height, width), bool)
+    for polygon in polygons:
+        points = np.asarray(polygon, np.float64).reshape(-1, 2)
         if len(points) >= 3:
-            cv2.fillPoly(canvas, [points], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    return canvas.astype(bool)
+            mask |= _scanline_fill(points, height, width)
+    return mask
+
+
+def _scanline_fill(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    x0, y0 = points[:, 0], points[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    # Row r's centre line y = r + 0.5 crosses an edge when it lies in [min y, max y) (half-open: a vertex counts once).
+    first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, height).astype(np.int64)
+    last = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, height).astype(np.int64)
+    counts = np.maximum(last - first, 0)
+    edge = np.repeat(np.arange(len(points)), counts)
+    rows = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    centre_y = rows + 0.5
+    xs = x0[edge] + (centre_y - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    order = np.lexsort((xs, rows))
+    rows, xs = rows[order].reshape(-1, 2), xs[order].reshape(-1, 2)  # crossings pair up within each row
+    # Pixel c is in a span [a, b) when its centre c + 0.5 is: c from ceil(a - 0.5) to ceil(b - 0.5) - 1.
+    starts = np.clip(np.ceil(xs[:, 0] - 0.5), 0, width).astype(np.int64)
+    stops = np.clip(np.ceil(xs[:, 1] - 0.5), 0, width).astype(np.int64)
+    coverage = np.zeros((height, width + 1), np.int32)
+    np.add.at(coverage, (rows[:, 0], starts), 1)
+    np.add.at(coverage, (rows[:, 0], stops), -1)
+    return np.cumsum(coverage, axis=1)[:, :width] > 0
 
 
 def hole_pixels(mask: np.ndarray) -> int:

@@ -18,6 +18,8 @@ from ml_backend.export import ExportError, export_dataset, parse_export, uncompr
 from ml_backend.polygons import polygons_to_mask
 from ml_backend.rle import mask2rle
 
+from prerequisites import missing
+
 H, W = 120, 160
 
 
@@ -362,3 +364,33 @@ def test_bad_options_get_one_clear_line(tmp_path, capsys):
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
     with pytest.raises(ExportError, match="unknown format"):
         export_dataset([], tmp_path / "f", fmt="voc", settings=Settings.from_env({}))
+
+
+def test_coco_output_reads_back_in_pycocotools(tmp_path):
+    """The reference COCO reader: loads the file, and its own rasteriser gives the masks back."""
+    try:
+        from pycocotools.coco import COCO
+    except ImportError:
+        missing("pycocotools is not installed (pip install -e '.[test]')")
+    two_parts = _disc((30, 30), 20) | _disc((120, 80), 24)
+    ring = _disc((80, 60), 40) & ~_disc((80, 60), 16)
+    polygon_mask = polygons_to_mask([np.array(POLYGON)], H, W)
+    results = [_brush(two_parts, "A"), _brush(ring, "B"), _polygon(POLYGON, "C")]
+    tasks = parse_export(json.dumps([_task(3, "a.png", results)]).encode())
+    export_dataset(tasks, tmp_path / "coco", fmt="coco", settings=Settings.from_env({}))
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    masks = [coco.annToMask(a).astype(bool) for a in coco.loadAnns(coco.getAnnIds(imgIds=[3]))]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["A", "B", "C"]
+    assert _iou(masks[0], two_parts) >= 0.98
+    assert np.array_equal(masks[1], ring)
+    assert _iou(masks[2], polygon_mask) >= 0.99
+
+
+def test_data_yaml_reads_back_with_odd_label_names(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    names = ['person: "adult"', "#tag", "Ünïcode"]
+    tasks = parse_export(json.dumps([_task(1, "a.png", [_polygon(POLYGON, n) for n in names])]).encode())
+    export_dataset(tasks, tmp_path / "y", fmt="yolo-seg", settings=Settings.from_env({}), classes=names)
+    data = yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())
+    assert data["names"] == dict(enumerate(names)) and data["train"] == data["val"] == "images/train"
+    assert data["path"] == str((tmp_path / "y").resolve())
