@@ -21,6 +21,8 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,13 +95,17 @@ def parse_export(data: bytes, image_key: str | None = None) -> list[Task]:
         raise ExportError(
             f"the export must be a list of tasks (Label Studio's 'JSON' export), got a JSON {type(raw).__name__}"
         )
-    tasks = []
+    tasks: list[Task] = []
+    seen: set[int] = set()
     for position, task in enumerate(raw):
         if not isinstance(task, dict):
             raise ExportError(f"task at position {position} must be an object, got {type(task).__name__}")
         task_id = task.get("id")
         if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
             raise ExportError(f"task at position {position} has no integer 'id' (is this the 'JSON' export?)")
+        if task_id in seen:  # output file names and COCO image ids are per task
+            raise ExportError(f"task {task_id} appears twice in the export (position {position})")
+        seen.add(task_id)
         where = f"task {task_id}"
         results = _chosen_results(task, where)
         if results is None:
@@ -161,9 +167,12 @@ def _result_labels(task: Task) -> Iterator[str]:
                 yield labels[0]
 
 
-def regions_of(task: Task, *, tolerance_px: float, min_area_px: int, max_pixels: int) -> tuple[list[Region], dict]:
+def regions_of(
+    task: Task, *, tolerance_px: float, min_area_px: int, max_pixels: int
+) -> tuple[list[Region], dict[str, int]]:
     """The task's brush and polygon results as regions, and a count of the result types left out."""
-    regions, skipped = [], {}
+    regions: list[Region] = []
+    skipped: dict[str, int] = {}
     for i, result in enumerate(task.results):
         rtype = str(result.get("type", "")).lower()
         if rtype not in RESULT_TYPES:
@@ -273,18 +282,21 @@ def local_images(root: str | Path, max_bytes: int) -> Callable[[Task], bytes]:
     return read
 
 
-def image_extension(data: bytes) -> str:
-    """The file extension of an image's format; ``ExportError`` when the bytes are not an image we copy."""
+def image_format(data: bytes) -> tuple[str, tuple[int, int]]:
+    """The file extension and the (width, height) as shown (EXIF orientation applied) of an image we copy;
+    ``ExportError`` when the bytes are not an image in a format training code reads."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            fmt = image.format
+            fmt, (width, height) = image.format, image.size
+            orientation = image.getexif().get(0x0112, 1)
     except (UnidentifiedImageError, OSError):
-        fmt = None
+        fmt, width, height, orientation = None, 0, 0, 1
     if fmt not in _IMAGE_EXTENSIONS:
         raise ExportError(f"not an image in a format training code reads ({fmt or 'unknown'})")
-    return _IMAGE_EXTENSIONS[fmt]
+    transposed = orientation in (5, 6, 7, 8)  # Label Studio's original_width/height are after this rotation
+    return _IMAGE_EXTENSIONS[fmt], (height, width) if transposed else (width, height)
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
@@ -302,8 +314,9 @@ def export_dataset(
 ) -> Summary:
     """Write ``tasks`` as a YOLO segmentation dataset or a COCO instance segmentation file under ``out``.
 
-    ``out`` must be absent or empty. ``read_image`` returns a task's image bytes (``local_images`` or a
-    ``MediaFetcher``); without it only labels are written."""
+    ``out`` must be absent or empty; it is written in a sibling temporary folder and moved into place at the end,
+    so an export that fails half-way leaves nothing behind. ``read_image`` returns a task's image bytes
+    (``local_images``, ``fetched_images``); without it only labels are written."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -314,13 +327,35 @@ def export_dataset(
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise ExportError(f"labels {unknown} are not in the class list {classes}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        summary = _write(tasks, staging, out.resolve(), fmt, settings, classes, read_image, tolerance_px)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _write(
+    tasks: list[Task],
+    folder: Path,
+    final: Path,
+    fmt: str,
+    settings: Settings,
+    classes: list[str],
+    read_image: Callable[[Task], bytes] | None,
+    tolerance_px: float | None,
+) -> Summary:
     index = {name: i for i, name in enumerate(classes)}
     tolerance = settings.polygon_tolerance_px if tolerance_px is None else tolerance_px
-    image_dir = out / ("images/train" if fmt == "yolo-seg" else "images")
-    label_dir = out / "labels/train"
-    image_dir.mkdir(parents=True, exist_ok=True)
+    image_dir = folder / ("images/train" if fmt == "yolo-seg" else "images")
+    label_dir = folder / "labels/train"
+    image_dir.mkdir(parents=True)
     if fmt == "yolo-seg":
-        label_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True)
     summary = Summary(classes=list(classes))
     coco: dict[str, list] = {"images": [], "annotations": [], "categories": []}
     coco["categories"] = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
@@ -333,15 +368,14 @@ def export_dataset(
         )
         for rtype, count in skipped.items():
             summary.skipped_results[rtype] = summary.skipped_results.get(rtype, 0) + count
-        stem = output_stem(task)
-        file_name, size = _copy_image(task, stem, image_dir, read_image, summary)
-        size = size or ((regions[0].width, regions[0].height) if regions else None)
+        file_name, image_size = _copy_image(task, image_dir, read_image, summary)
+        size = (regions[0].width, regions[0].height) if regions else image_size
         summary.tasks += 1
         if fmt == "yolo-seg":
             lines = [_yolo_line(index[r.label], p, r.width, r.height) for r in regions for p in r.polygons]
-            (label_dir / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+            (label_dir / f"{output_stem(task)}.txt").write_text("".join(f"{line}\n" for line in lines))
             summary.objects += len(lines)
-        elif size is not None:
+        elif size is not None:  # a task with no region and no image cannot be sized: COCO leaves it out
             coco["images"].append({"id": task.id, "file_name": file_name, "width": size[0], "height": size[1]})
             for region in regions:
                 annotation = _coco_annotation(region, settings.polygon_min_area_px)
@@ -349,32 +383,30 @@ def export_dataset(
                     annotation.update(id=len(coco["annotations"]) + 1, image_id=task.id)
                     annotation["category_id"] = index[region.label] + 1
                     coco["annotations"].append(annotation)
-        else:
-            summary.missing_images.append(f"{task.where}: left out of COCO (no regions and no image to size it)")
     if fmt == "yolo-seg":
-        (out / "data.yaml").write_text(_data_yaml(out, classes))
+        (folder / "data.yaml").write_text(_data_yaml(final, classes))
     else:
         summary.objects = len(coco["annotations"])
-        (out / "annotations.json").write_text(json.dumps(coco))
+        (folder / "annotations.json").write_text(json.dumps(coco))
     return summary
 
 
 def _copy_image(
-    task: Task, stem: str, image_dir: Path, read_image: Callable[[Task], bytes] | None, summary: Summary
+    task: Task, image_dir: Path, read_image: Callable[[Task], bytes] | None, summary: Summary
 ) -> tuple[str, tuple[int, int] | None]:
-    """Copy the task's image as ``<stem><ext>``; its file name and size, or the name it would have and None."""
+    """Copy the task's image as ``<stem><ext>``: its file name and shown size; when it cannot be copied, the
+    name it would have (the reference's extension) and None."""
+    stem = output_stem(task)
+    guessed = os.path.splitext(_file_names(task.image_ref)[-1])[1].lower()
+    guessed = guessed if guessed in set(_IMAGE_EXTENSIONS.values()) | {".jpeg", ".tiff"} else ".jpg"
     if read_image is None:
-        return f"{stem}.jpg", None
-    from PIL import Image
-
+        return f"{stem}{guessed}", None
     try:
         data = read_image(task)
-        extension = image_extension(data)
-        with Image.open(io.BytesIO(data)) as image:
-            size = image.size
+        extension, size = image_format(data)
     except (OSError, ExportError, BackendError) as exc:
         summary.missing_images.append(f"{task.where}: {getattr(exc, 'message', None) or exc}")
-        return f"{stem}.jpg", None
+        return f"{stem}{guessed}", None
     (image_dir / f"{stem}{extension}").write_bytes(data)
     summary.images += 1
     return f"{stem}{extension}", size

@@ -161,7 +161,7 @@ def test_two_part_brush_gives_one_line_per_part_and_a_hole_is_filled_in_yolo_but
     assert _iou(back, two_parts) >= 0.98
     assert np.array_equal(_decode_coco_rle(ring_annotation["segmentation"]), ring)  # holes kept exactly
     assert ring_annotation["bbox"] == [40, 20, 81, 81] and ring_annotation["category_id"] == 2
-    assert coco["images"] == [{"id": 7, "file_name": "7_a.jpg", "width": W, "height": H}]
+    assert coco["images"] == [{"id": 7, "file_name": "7_a.png", "width": W, "height": H}]
 
 
 def test_uncompressed_rle_is_column_major_and_starts_with_background():
@@ -271,6 +271,7 @@ def test_project_export_is_downloaded_with_the_label_studio_token(tmp_path, caps
         (b'{"id": 1}', "must be a list of tasks"),
         (b"[[" * 100000, "nested too deeply"),
         (json.dumps([{"data": {"image": "a.png"}}]).encode(), "task at position 0 has no integer 'id'"),
+        (json.dumps([_task(1, "a.png", []), _task(1, "b.png", [])]).encode(), "task 1 appears twice"),
         (
             json.dumps([{"id": 1, "data": {"a": "x", "b": "y"}, "annotations": [{"result": []}]}]).encode(),
             "--image-key",
@@ -281,7 +282,12 @@ def test_project_export_is_downloaded_with_the_label_studio_token(tmp_path, caps
             "original_width must be a positive integer",
         ),
         (
-            json.dumps([_task(1, "a.png", [{**_brush(BRUSH_MASK, "C"), "original_width": 161}])]).encode(),
+            json.dumps(  # after a good task: the failure comes half-way through writing
+                [
+                    _task(1, "a.png", [_brush(BRUSH_MASK, "C")]),
+                    _task(2, "b.png", [{**_brush(BRUSH_MASK, "C"), "original_width": 161}]),
+                ]
+            ).encode(),
             "value.rle holds 19200 pixels",
         ),
         (
@@ -344,6 +350,7 @@ def test_malformed_exports_get_one_clear_line(tmp_path, capsys, content, expecte
     err = capsys.readouterr().err.strip()
     assert err.startswith("adaptiveclick export: error: ") and "\n" not in err and "Traceback" not in err
     assert expected in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json"]  # no partial output, no staging folder
 
 
 def test_bad_options_get_one_clear_line(tmp_path, capsys):
