@@ -28,18 +28,21 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument(
         "--project", type=int, metavar="ID", help="download the export of project ID (LABEL_STUDIO_URL/_API_KEY)"
     )
-    parser.add_argument("--format", required=True, choices=("yolo-seg", "coco"), dest="fmt")
-    parser.add_argument("--out", required=True, help="output folder (new or empty)")
+    parser.add_argument("--format", required=True, choices=("yolo-seg", "coco"), dest="fmt", help="output format")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     images = parser.add_mutually_exclusive_group()
     images.add_argument("--images", metavar="DIR", help="copy images found by file name in DIR (only there)")
     images.add_argument(
         "--download", action="store_true", help="download images from Label Studio (default with --project)"
     )
-    parser.add_argument("--classes", help="class order, comma-separated (default: label names sorted)")
-    parser.add_argument("--image-key", help="the task data key of the image (default: 'image' or the only one)")
+    parser.add_argument("--classes", metavar="A,B", help="class order, comma-separated (default: label names sorted)")
+    parser.add_argument(
+        "--image-key", metavar="KEY", help="the task data key of the image (default: 'image' or the only one)"
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
+        metavar="PX",
         help="polygon simplification in pixels for brush masks (default POLYGON_TOLERANCE_PX)",
     )
     parser.set_defaults(handler=run)
