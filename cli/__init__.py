@@ -3,6 +3,7 @@
     adaptiveclick predict | evaluate | train | weights     model commands (cli/predict.py, evaluate.py, train.py,
                                                           weights.py): the library in model/
     adaptiveclick serve | worker | versions               the Label Studio ML backend (cli/backend.py): ml_backend/
+    adaptiveclick export                                  Label Studio exports -> YOLO / COCO (cli/export.py)
 
 This package is the only place that parses arguments; ``model/`` and ``ml_backend/`` never import it, and
 ``model/`` reads no environment variable (the backend's settings come from ``ml_backend.config``).
@@ -28,7 +29,7 @@ def _package_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``adaptiveclick`` parser with every command registered."""
-    from . import backend, evaluate, predict, train, weights
+    from . import backend, evaluate, export, predict, train, weights
 
     parser = argparse.ArgumentParser(prog="adaptiveclick", description="AdaptiveClick interactive segmentation")
     parser.add_argument("--version", action="version", version=f"adaptiveclick {_package_version()}")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(subparsers)
     weights.add_parser(subparsers)
     backend.add_parsers(subparsers)
+    export.add_parser(subparsers)
     return parser
 
 

@@ -9,6 +9,11 @@ from pathlib import Path
 
 from model.weights import PROJECT_WEIGHTS_DIR, STARTER_WEIGHTS
 
+# The largest tolerance whose 10th-percentile IoU with the mask stays >= 0.98 on the training data's validation
+# splits (benchmarks/polygon_tolerance.py, docs/export.md).
+POLYGON_TOLERANCE_PX = 0.75
+POLYGON_MIN_AREA_PX = 16  # parts smaller than a 4x4 speck get no polygon
+
 
 def _bool(value: str | None, default: bool | None) -> bool | None:
     if value is None or value.strip() == "":
@@ -42,6 +47,13 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
+
+
+def env_non_negative(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env_float(env, name, default)
+    if not value >= 0.0:  # also refuses nan
+        raise ValueError(f"environment variable {name}={value} must be a number >= 0")
+    return value
 
 
 def env_probability(env: Mapping[str, str], name: str, default: float) -> float:
@@ -99,6 +111,10 @@ class Settings:
     zoom_in: bool = True
     refine: str = ""  # MODEL_REFINE: a model.refine spec; empty = model.refine.DEFAULT_REFINE
     mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
+    # --- polygon answers and exports (ml_backend/polygons.py, docs/export.md) ---
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
+    polygon_min_area_px: int = POLYGON_MIN_AREA_PX
+    output_shape: str = "brush"  # OUTPUT_SHAPE: what to answer when the config offers both brush and polygon
     # --- per-session cache ---
     session_cache_mb: int = 2048
     session_ttl_s: float = 1800.0
@@ -149,6 +165,9 @@ class Settings:
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
             refine=env.get("MODEL_REFINE", "").strip(),
             mask_threshold=env_optional_probability(env, "MASK_THRESHOLD"),
+            polygon_tolerance_px=env_non_negative(env, "POLYGON_TOLERANCE_PX", POLYGON_TOLERANCE_PX),
+            polygon_min_area_px=max(1, env_int(env, "POLYGON_MIN_AREA_PX", POLYGON_MIN_AREA_PX)),
+            output_shape=env_choice(env, "OUTPUT_SHAPE", "brush", ("brush", "polygon")),
             session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
             session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),
             max_clicks=env_int(env, "MAX_CLICKS", 100),

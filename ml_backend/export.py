@@ -1,0 +1,494 @@
+"""Label Studio's JSON export -> YOLO segmentation or COCO instance segmentation (``adaptiveclick export``).
+
+Label Studio cannot export brush masks to YOLO, and a config with a ``KeyPointLabels`` tag (ours) exports no YOLO
+lines at all; this converts its plain JSON export instead (docs/export.md):
+
+* Per task, the newest annotation that was not cancelled; ``brushlabels`` (RLE) and ``polygonlabels`` results.
+  Other result types (keypoints, choices, ...) are counted and left out.
+* Brush masks become polygons with ``ml_backend.polygons`` (one per part, holes filled, specks dropped);
+  Label Studio's polygons keep their own vertices.
+* YOLO: one line per polygon (a two-part region gives two lines); COCO: one annotation per region, its parts as
+  polygons, or uncompressed RLE when a brush mask has holes (polygons would fill them).
+* The export file is untrusted: image references only name a file to look up inside ``--images`` (never a path
+  to follow) or a URL fetched through the hardened ``MediaFetcher``; output names are built from the task id and
+  a sanitised stem, so nothing is read or written outside the folders given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from .config import Settings
+from .errors import BackendError
+from .polygons import hole_pixels, mask_to_polygons, polygons_to_mask
+
+FORMATS = ("yolo-seg", "coco")
+RESULT_TYPES = ("brushlabels", "polygonlabels")
+_IMAGE_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")  # Label Studio names uploads "<8 hex>-<original name>"
+
+
+class ExportError(ValueError):
+    """The export (or an option) cannot be converted; the message names what is wrong and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One brush or polygon result, in pixels of its image."""
+
+    label: str
+    kind: str  # "brush" | "polygon"
+    width: int
+    height: int
+    polygons: tuple[np.ndarray, ...]  # (N, 2) x, y; holes filled; empty when every part was a speck
+    mask: np.ndarray  # bool, as annotated (a brush keeps its holes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task of the export with the result list of its chosen annotation."""
+
+    id: int
+    where: str  # "task 12" for messages
+    image_ref: str
+    results: tuple[dict[str, Any], ...]
+
+
+@dataclasses.dataclass
+class Summary:
+    """What an export wrote and what it left out (printed by the command line)."""
+
+    classes: list[str]
+    tasks: int = 0
+    objects: int = 0  # YOLO lines or COCO annotations
+    images: int = 0
+    missing_images: list[str] = dataclasses.field(default_factory=list)  # "task 3: why"
+    skipped_results: dict[str, int] = dataclasses.field(default_factory=dict)  # result type -> count
+
+
+# --- reading the export ----------------------------------------------------------------------------------------
+
+
+def parse_export(data: bytes, image_key: str | None = None) -> list[Task]:
+    """Tasks of a Label Studio JSON export (``exportType=JSON``) that have an annotation that was not cancelled."""
+    try:
+        raw = json.loads(data)
+    except RecursionError:
+        raise ExportError("the export is nested too deeply to be Label Studio's JSON export") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"the export is not JSON ({exc}); export the project as 'JSON' from Label Studio") from None
+    if not isinstance(raw, list):
+        raise ExportError(
+            f"the export must be a list of tasks (Label Studio's 'JSON' export), got a JSON {type(raw).__name__}"
+        )
+    tasks: list[Task] = []
+    seen: set[int] = set()
+    for position, task in enumerate(raw):
+        if not isinstance(task, dict):
+            raise ExportError(f"task at position {position} must be an object, got {type(task).__name__}")
+        task_id = task.get("id")
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
+            raise ExportError(f"task at position {position} has no integer 'id' (is this the 'JSON' export?)")
+        if task_id in seen:  # output file names and COCO image ids are per task
+            raise ExportError(f"task {task_id} appears twice in the export (position {position})")
+        seen.add(task_id)
+        where = f"task {task_id}"
+        results = _chosen_results(task, where)
+        if results is None:
+            continue
+        tasks.append(Task(task_id, where, _image_ref(task.get("data"), image_key, where), results))
+    return tasks
+
+
+def _chosen_results(task: dict[str, Any], where: str) -> tuple[dict[str, Any], ...] | None:
+    """The results of the newest annotation that was not cancelled; None when there is none."""
+    annotations = task.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise ExportError(f"{where}: 'annotations' must be a list")
+    kept = []
+    for i, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            raise ExportError(f"{where}: annotations[{i}] must be an object")
+        if annotation.get("was_cancelled"):
+            continue
+        result = annotation.get("result", [])
+        if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+            raise ExportError(f"{where}: annotations[{i}].result must be a list of objects")
+        updated = annotation.get("updated_at") or annotation.get("created_at") or ""
+        number = annotation.get("id") if isinstance(annotation.get("id"), int) else -1
+        kept.append((str(updated), number, i, result))
+    if not kept:
+        return None
+    return tuple(max(kept, key=lambda k: k[:3])[3])
+
+
+def _image_ref(data: Any, image_key: str | None, where: str) -> str:
+    if not isinstance(data, dict):
+        raise ExportError(f"{where}: 'data' must be an object")
+    if image_key is None:
+        strings = [k for k, v in data.items() if isinstance(v, str)]
+        image_key = "image" if "image" in data else strings[0] if len(strings) == 1 else None
+        if image_key is None:
+            raise ExportError(
+                f"{where}: cannot tell which of the data keys {sorted(data)} is the image: pass --image-key"
+            )
+    value = data.get(image_key)
+    if not isinstance(value, str) or not value.strip():
+        raise ExportError(f"{where}: data.{image_key} must be the image's URL or path")
+    return value.strip()
+
+
+def labels_of(tasks: list[Task]) -> list[str]:
+    """The label names of all brush and polygon results, sorted (the class order when none is given)."""
+    return sorted({label for task in tasks for label in _result_labels(task)})
+
+
+def _result_labels(task: Task) -> Iterator[str]:
+    for result in task.results:
+        rtype = str(result.get("type", "")).lower()
+        value = result.get("value")
+        if rtype in RESULT_TYPES and isinstance(value, dict):
+            labels = value.get(rtype)
+            if isinstance(labels, list) and labels and isinstance(labels[0], str):
+                yield labels[0]
+
+
+def regions_of(
+    task: Task, *, tolerance_px: float, min_area_px: int, max_pixels: int
+) -> tuple[list[Region], dict[str, int]]:
+    """The task's brush and polygon results as regions, and a count of the result types left out."""
+    regions: list[Region] = []
+    skipped: dict[str, int] = {}
+    for i, result in enumerate(task.results):
+        rtype = str(result.get("type", "")).lower()
+        if rtype not in RESULT_TYPES:
+            skipped[rtype or "untyped"] = skipped.get(rtype or "untyped", 0) + 1
+            continue
+        regions.append(_region(result, rtype, f"{task.where} result[{i}]", tolerance_px, min_area_px, max_pixels))
+    return regions, skipped
+
+
+def _region(result: dict, rtype: str, where: str, tolerance_px: float, min_area_px: int, max_pixels: int) -> Region:
+    value = result.get("value")
+    if not isinstance(value, dict):
+        raise ExportError(f"{where}: 'value' must be an object")
+    labels = value.get(rtype)
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise ExportError(f"{where}: value.{rtype} must be a list with the region's label")
+    width, height = (_dimension(result.get(k), f"{where}.{k}") for k in ("original_width", "original_height"))
+    if width * height > max_pixels:
+        raise ExportError(f"{where}: a {width}x{height} image is above the limit (MAX_IMAGE_MEGAPIXELS)")
+    if rtype == "brushlabels":
+        mask = _brush_mask(value, width, height, where)
+        polygons = mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
+        return Region(labels[0], "brush", width, height, tuple(polygons), mask)
+    points = _polygon_points(value.get("points"), width, height, where)
+    return Region(labels[0], "polygon", width, height, (points,), polygons_to_mask([points], height, width))
+
+
+def _dimension(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExportError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _brush_mask(value: dict, width: int, height: int, where: str) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    rle = value.get("rle")
+    if value.get("format", "rle") != "rle" or not isinstance(rle, list) or not rle:
+        raise ExportError(f"{where}: a brush result needs value.format 'rle' and a non-empty value.rle list")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
+        raise ExportError(f"{where}: value.rle must be a list of bytes (integers 0..255)")
+    try:
+        rgba = decode_rle(rle)
+    except Exception as exc:  # the SDK's bit reader fails in several ways on a corrupt stream
+        raise ExportError(f"{where}: value.rle is not a valid brush RLE ({type(exc).__name__})") from None
+    if rgba.size != width * height * 4:
+        raise ExportError(
+            f"{where}: value.rle holds {rgba.size // 4} pixels, but original_width x original_height is "
+            f"{width}x{height} = {width * height}"
+        )
+    return rgba.reshape(height, width, 4)[..., 3] > 127
+
+
+def _polygon_points(points: Any, width: int, height: int, where: str) -> np.ndarray:
+    ok = isinstance(points, list) and len(points) >= 3
+    ok = ok and all(isinstance(p, list) and len(p) == 2 for p in points)
+    ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for p in points for c in p)
+    array = np.asarray(points, np.float64) if ok else None
+    if array is None or not np.isfinite(array).all():
+        raise ExportError(f"{where}: value.points must be at least 3 [x, y] pairs of finite numbers (percent)")
+    return np.clip(array, 0.0, 100.0) / 100.0 * np.array([width, height], np.float64)
+
+
+# --- images -------------------------------------------------------------------------------------------------------
+
+
+def output_stem(task: Task) -> str:
+    """``<task id>_<file name>``: unique per task and made only of ``[A-Za-z0-9._-]``, whatever the export says."""
+    name = _file_names(task.image_ref)[-1]
+    stem = _UNSAFE.sub("_", os.path.splitext(name)[0]).strip("._-")[:80]
+    return f"{task.id}_{stem}" if stem else str(task.id)
+
+
+def _file_names(image_ref: str) -> list[str]:
+    """Names to look an image up by, most specific first: local-files ``?d=`` path, file name, upload name."""
+    try:
+        parts = urllib.parse.urlsplit(image_ref) if not image_ref.startswith("data:") else None
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        parts = None
+    if parts is None:
+        return ["image"]
+    local = urllib.parse.parse_qs(parts.query).get("d", [""])[0]
+    base = (local or urllib.parse.unquote(parts.path)).replace("\\", "/").rsplit("/", 1)[-1]
+    upload = _UPLOAD_PREFIX.match(base)
+    names = [local, base, upload.group(1) if upload else ""]
+    return [n for n in dict.fromkeys(names) if n] or ["image"]
+
+
+def local_images(root: str | Path, max_bytes: int) -> Callable[[Task], bytes]:
+    """Reads a task's image from inside ``root`` only: the export's reference is a name to look up there."""
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise ExportError(f"--images {root}: not a folder")
+
+    def read(task: Task) -> bytes:
+        for name in _file_names(task.image_ref):
+            if "\x00" in name:
+                continue
+            path = os.path.realpath(os.path.join(real_root, name.lstrip("/")))
+            if os.path.commonpath([real_root, path]) != real_root or not os.path.isfile(path):
+                continue
+            if os.path.getsize(path) > max_bytes:
+                raise ExportError(f"{task.where}: {name} is larger than MAX_IMAGE_MB")
+            return Path(path).read_bytes()
+        raise FileNotFoundError(f"no file named {_file_names(task.image_ref)[-1]!r} in {root}")
+
+    return read
+
+
+def image_format(data: bytes) -> tuple[str, tuple[int, int]]:
+    """The file extension and the (width, height) as shown (EXIF orientation applied) of an image we copy;
+    ``ExportError`` when the bytes are not an image in a format training code reads."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height) = image.format, image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError):
+        fmt, width, height, orientation = None, 0, 0, 1
+    if fmt not in _IMAGE_EXTENSIONS:
+        raise ExportError(f"not an image in a format training code reads ({fmt or 'unknown'})")
+    transposed = orientation in (5, 6, 7, 8)  # Label Studio's original_width/height are after this rotation
+    return _IMAGE_EXTENSIONS[fmt], (height, width) if transposed else (width, height)
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+
+def export_dataset(
+    tasks: list[Task],
+    out: str | Path,
+    *,
+    fmt: str,
+    settings: Settings,
+    classes: list[str] | None = None,
+    read_image: Callable[[Task], bytes] | None = None,
+    tolerance_px: float | None = None,
+) -> Summary:
+    """Write ``tasks`` as a YOLO segmentation dataset or a COCO instance segmentation file under ``out``.
+
+    ``out`` must be absent or empty; it is written in a sibling temporary folder and moved into place at the end,
+    so an export that fails half-way leaves nothing behind. ``read_image`` returns a task's image bytes
+    (``local_images``, ``fetched_images``); without it only labels are written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--out {out} exists and is not an empty folder: give a new or empty folder")
+    found = labels_of(tasks)
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ExportError(f"labels {unknown} are not in the class list {classes}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        summary = _write(tasks, staging, out.resolve(), fmt, settings, classes, read_image, tolerance_px)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _write(
+    tasks: list[Task],
+    folder: Path,
+    final: Path,
+    fmt: str,
+    settings: Settings,
+    classes: list[str],
+    read_image: Callable[[Task], bytes] | None,
+    tolerance_px: float | None,
+) -> Summary:
+    index = {name: i for i, name in enumerate(classes)}
+    tolerance = settings.polygon_tolerance_px if tolerance_px is None else tolerance_px
+    image_dir = folder / ("images/train" if fmt == "yolo-seg" else "images")
+    label_dir = folder / "labels/train"
+    image_dir.mkdir(parents=True)
+    if fmt == "yolo-seg":
+        label_dir.mkdir(parents=True)
+    summary = Summary(classes=list(classes))
+    coco: dict[str, list] = {"images": [], "annotations": [], "categories": []}
+    coco["categories"] = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
+    for task in tasks:
+        regions, skipped = regions_of(
+            task,
+            tolerance_px=tolerance,
+            min_area_px=settings.polygon_min_area_px,
+            max_pixels=settings.max_image_pixels,
+        )
+        for rtype, count in skipped.items():
+            summary.skipped_results[rtype] = summary.skipped_results.get(rtype, 0) + count
+        file_name, image_size = _copy_image(task, image_dir, read_image, summary)
+        size = (regions[0].width, regions[0].height) if regions else image_size
+        summary.tasks += 1
+        if fmt == "yolo-seg":
+            lines = [_yolo_line(index[r.label], p, r.width, r.height) for r in regions for p in r.polygons]
+            (label_dir / f"{output_stem(task)}.txt").write_text("".join(f"{line}\n" for line in lines))
+            summary.objects += len(lines)
+        elif size is not None:  # a task with no region and no image cannot be sized: COCO leaves it out
+            coco["images"].append({"id": task.id, "file_name": file_name, "width": size[0], "height": size[1]})
+            for region in regions:
+                annotation = _coco_annotation(region, settings.polygon_min_area_px)
+                if annotation is not None:
+                    annotation.update(id=len(coco["annotations"]) + 1, image_id=task.id)
+                    annotation["category_id"] = index[region.label] + 1
+                    coco["annotations"].append(annotation)
+    if fmt == "yolo-seg":
+        (folder / "data.yaml").write_text(_data_yaml(final, classes))
+    else:
+        summary.objects = len(coco["annotations"])
+        (folder / "annotations.json").write_text(json.dumps(coco))
+    return summary
+
+
+def _copy_image(
+    task: Task, image_dir: Path, read_image: Callable[[Task], bytes] | None, summary: Summary
+) -> tuple[str, tuple[int, int] | None]:
+    """Copy the task's image as ``<stem><ext>``: its file name and shown size; when it cannot be copied, the
+    name it would have (the reference's extension) and None."""
+    stem = output_stem(task)
+    guessed = os.path.splitext(_file_names(task.image_ref)[-1])[1].lower()
+    guessed = guessed if guessed in set(_IMAGE_EXTENSIONS.values()) | {".jpeg", ".tiff"} else ".jpg"
+    if read_image is None:
+        return f"{stem}{guessed}", None
+    try:
+        data = read_image(task)
+        extension, size = image_format(data)
+    except (OSError, ExportError, BackendError) as exc:
+        summary.missing_images.append(f"{task.where}: {getattr(exc, 'message', None) or exc}")
+        return f"{stem}{guessed}", None
+    (image_dir / f"{stem}{extension}").write_bytes(data)
+    summary.images += 1
+    return f"{stem}{extension}", size
+
+
+def _yolo_line(class_index: int, points: np.ndarray, width: int, height: int) -> str:
+    normalised = np.clip(points / np.array([width, height], np.float64), 0.0, 1.0)
+    return f"{class_index} " + " ".join(f"{x:.6f} {y:.6f}" for x, y in normalised)
+
+
+def _coco_annotation(region: Region, min_area_px: int) -> dict[str, Any] | None:
+    """Segmentation (polygons, or RLE for a brush mask with holes), bbox and area; None for an empty region."""
+    rows, cols = np.nonzero(region.mask)
+    if not rows.size:
+        return None
+    if region.kind == "brush" and hole_pixels(region.mask) >= min_area_px:
+        segmentation: Any = {"size": [region.height, region.width], "counts": uncompressed_rle(region.mask)}
+    elif region.polygons:
+        segmentation = [[round(float(c), 2) for c in p.reshape(-1)] for p in region.polygons]
+    else:
+        return None
+    x0, y0 = int(cols.min()), int(rows.min())
+    bbox = [x0, y0, int(cols.max()) + 1 - x0, int(rows.max()) + 1 - y0]
+    return {"segmentation": segmentation, "bbox": bbox, "area": int(rows.size), "iscrowd": 0}
+
+
+def uncompressed_rle(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE: run lengths over the column-major pixels, starting with a (maybe empty) 0 run."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    return [0, *runs] if flat.size and flat[0] else runs
+
+
+def _data_yaml(out: Path, classes: list[str]) -> str:
+    # JSON strings are valid YAML double-quoted scalars: label names with ':' or quotes stay intact.
+    names = "".join(f"  {i}: {json.dumps(name)}\n" for i, name in enumerate(classes))
+    return (
+        f"path: {json.dumps(str(out.resolve()))}\n"
+        "train: images/train\n"
+        "val: images/train  # one split: hold some images out yourself\n"
+        f"names:\n{names}"
+    )
+
+
+# --- Label Studio's API -------------------------------------------------------------------------------------------
+
+
+def download_project_export(settings: Settings, project: int, timeout_s: float = 600.0) -> bytes:
+    """``GET /api/projects/{id}/export?exportType=JSON`` from ``LABEL_STUDIO_URL`` with ``LABEL_STUDIO_API_KEY``."""
+    from .media import MediaFetcher
+
+    fetcher = MediaFetcher(settings)
+    try:
+        base = fetcher.ls_url
+        if not settings.label_studio_api_key:
+            raise ExportError("--project needs LABEL_STUDIO_API_KEY (Account & Settings > Personal Access Token)")
+        url = f"{base}/api/projects/{int(project)}/export?exportType=JSON&download_all_tasks=false"
+        response = fetcher.session.get(
+            url, headers=fetcher.auth.headers(base), timeout=(settings.fetch_timeout_s, timeout_s)
+        )
+    except BackendError as exc:
+        raise ExportError(exc.message) from None
+    except requests.RequestException as exc:
+        raise ExportError(f"could not reach Label Studio at {settings.label_studio_url}: {exc}") from None
+    if response.status_code in (401, 403):
+        raise ExportError(
+            f"Label Studio refused LABEL_STUDIO_API_KEY ({response.status_code}): check the token and its access "
+            f"to project {project}"
+        )
+    if response.status_code == 404:
+        raise ExportError(f"Label Studio has no project {project} (404 from {url})")
+    if response.status_code != 200:
+        raise ExportError(f"Label Studio answered {response.status_code} to {url}")
+    return response.content
+
+
+def fetched_images(settings: Settings) -> Callable[[Task], bytes]:
+    """Reads a task's image through ``MediaFetcher``: Label Studio's media with its auth, other hosts only as
+    ``MEDIA_ALLOWED_HOSTS`` allows (the export's URLs are untrusted)."""
+    from .media import MediaFetcher
+
+    fetcher = MediaFetcher(settings)
+    return lambda task: fetcher.fetch(task.image_ref, task.id)

@@ -1,0 +1,159 @@
+"""Masks <-> polygons, for Label Studio's ``PolygonLabels`` and for YOLO / COCO exports.
+
+Conventions (docs/export.md):
+
+* A polygon is an ``(N, 2)`` float array of ``(x, y)`` in continuous image coordinates: pixel ``(row, col)``
+  covers ``[col, col + 1) x [row, row + 1)``, as Label Studio (percent of the image) and COCO read them. The
+  outline runs along the outer edges of the boundary pixels (the centre-line contour moved out by half a pixel),
+  so the polygon's area is the mask's: a centre-line polygon would shrink every object by half a pixel all round
+  in those readers. Rasterising by pixel centres (``polygons_to_mask``) gives the mask back at tolerance 0.
+* One polygon per 8-connected part of at least ``min_area_px`` pixels; smaller specks are dropped.
+* Holes are filled: a polygon is its part's outer boundary, because neither Label Studio polygons nor YOLO
+  segmentation lines can carry a hole (a ring comes back as a disc). ``hole_pixels`` tells when that happened,
+  so the COCO export can keep such a mask as RLE instead.
+* Simplification is Douglas-Peucker with ``tolerance_px``: no vertex of the outline is further than that from the
+  simplified polygon. The default (``POLYGON_TOLERANCE_PX``) was measured by ``benchmarks/polygon_tolerance.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def _parts(mask: np.ndarray, min_area_px: int) -> list[np.ndarray]:
+    """The 8-connected parts of ``mask`` with at least ``min_area_px`` pixels, each as its own uint8 mask."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return [
+        (labels == i).astype(np.uint8) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(1, min_area_px)
+    ]
+
+
+def mask_to_polygons(mask: np.ndarray, *, tolerance_px: float, min_area_px: int) -> list[np.ndarray]:
+    """One simplified outer polygon per part of ``mask`` (2-D, nonzero = object), largest part first.
+
+    A part whose outline has fewer than 3 distinct vertices (a one-pixel-wide line) has no area as a polygon
+    and is left out."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    polygons: list[tuple[int, np.ndarray]] = []
+    for part in _parts(mask, min_area_px):
+        # CHAIN_APPROX_SIMPLE keeps only the ends of straight runs: still the exact outline.
+        contours, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=len)
+        simplified = cv2.approxPolyDP(outline, float(tolerance_px), True) if tolerance_px > 0 else outline
+        if len(simplified) < 3:
+            # Douglas-Peucker can collapse a thin part to a segment; the exact outline may still be a polygon.
+            simplified = outline
+        if len(simplified) < 3:
+            continue
+        centres = simplified.reshape(-1, 2).astype(np.float64) + 0.5
+        points = np.clip(_grow(centres, 0.5), 0.0, np.array([mask.shape[1], mask.shape[0]], np.float64))
+        polygons.append((int(part.sum()), points))
+    polygons.sort(key=lambda item: -item[0])
+    return [points for _, points in polygons]
+
+
+def _grow(points: np.ndarray, distance: float) -> np.ndarray:
+    """Move every edge of a closed polygon ``distance`` outwards; vertices where the moved edges meet (mitred).
+
+    A right-angle corner moves by ``distance`` along both axes, so a centre-line contour lands on the pixel edges;
+    at a turn sharper than 120 degrees (a spike) the mitre is capped at twice ``distance``."""
+    edges = np.roll(points, -1, axis=0) - points
+    lengths = np.maximum(np.hypot(edges[:, 0], edges[:, 1]), 1e-12)
+    x, y = points[:, 0], points[:, 1]
+    signed_area = float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    # With y pointing down, a positive shoelace sum means clockwise on screen: outside is left of each edge.
+    side = 1.0 if signed_area > 0 else -1.0
+    normals = side * np.stack([edges[:, 1], -edges[:, 0]], axis=1) / lengths[:, None]
+    before, after = np.roll(normals, 1, axis=0), normals
+    cosine = np.sum(before * after, axis=1, keepdims=True)
+    return points + distance * (before + after) / np.maximum(1.0 + cosine, 0.5)
+
+
+def polygons_to_mask(polygons: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Rasterise polygons (continuous coordinates) into a bool ``height x width`` mask: a pixel is in when its
+    centre is inside a polygon (even-odd rule per polygon; polygons are united).
+
+    Exact scanlines rather than ``cv2.fillPoly``, which also paints every pixel an edge passes through and so
+    grows a polygon by up to a pixel."""
+    mask = np.zeros((height, width), bool)
+    for polygon in polygons:
+        points = np.asarray(polygon, np.float64).reshape(-1, 2)
+        if len(points) >= 3:
+            mask |= _scanline_fill(points, height, width)
+    return mask
+
+
+def _scanline_fill(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    x0, y0 = points[:, 0], points[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    # Row r's centre line y = r + 0.5 crosses an edge when it lies in [min y, max y) (half-open: a vertex counts once).
+    first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, height).astype(np.int64)
+    last = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, height).astype(np.int64)
+    counts = np.maximum(last - first, 0)
+    edge = np.repeat(np.arange(len(points)), counts)
+    rows = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    centre_y = rows + 0.5
+    xs = x0[edge] + (centre_y - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    order = np.lexsort((xs, rows))
+    rows, xs = rows[order].reshape(-1, 2), xs[order].reshape(-1, 2)  # crossings pair up within each row
+    # Pixel c is in a span [a, b) when its centre c + 0.5 is: c from ceil(a - 0.5) to ceil(b - 0.5) - 1.
+    starts = np.clip(np.ceil(xs[:, 0] - 0.5), 0, width).astype(np.int64)
+    stops = np.clip(np.ceil(xs[:, 1] - 0.5), 0, width).astype(np.int64)
+    coverage = np.zeros((height, width + 1), np.int32)
+    np.add.at(coverage, (rows[:, 0], starts), 1)
+    np.add.at(coverage, (rows[:, 0], stops), -1)
+    return np.cumsum(coverage, axis=1)[:, :width] > 0
+
+
+def hole_pixels(mask: np.ndarray) -> int:
+    """How many background pixels are enclosed by the mask (what filling its outer boundaries adds)."""
+    binary = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(binary)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return int(np.count_nonzero(filled & (binary == 0)))
+
+
+def polygon_regions(
+    *,
+    mask: np.ndarray,
+    from_name: str,
+    to_name: str,
+    label: str,
+    rotation: int,
+    score: float,
+    tolerance_px: float,
+    min_area_px: int,
+    item_index: int | None = None,
+) -> list[dict[str, Any]]:
+    """Label Studio ``polygonlabels`` results for ``mask``: one region per part (holes filled, specks dropped),
+    points in percent of the image, largest part first. The counterpart of ``labeling.brush_region``."""
+    height, width = mask.shape
+    regions = []
+    for points in mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px):
+        percent = points / np.array([width, height], np.float64) * 100.0
+        region: dict[str, Any] = {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "polygonlabels",
+            "original_width": int(width),
+            "original_height": int(height),
+            "image_rotation": int(rotation),
+            "value": {
+                "points": [[round(float(x), 4), round(float(y), 4)] for x, y in percent],
+                "closed": True,
+                "polygonlabels": [label],
+            },
+            "score": float(score),
+            "readonly": False,
+        }
+        if item_index is not None:  # multi-image tasks only
+            region["item_index"] = int(item_index)
+        regions.append(region)
+    return regions
