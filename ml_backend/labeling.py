@@ -1,4 +1,4 @@
-"""The labeling config and the regions: which tags to read clicks from and to write brush masks to.
+"""The labeling config and the regions: which tags to read clicks from and to write masks (brush or polygon) to.
 
 Parsing uses ``label_studio_sdk.label_interface.LabelInterface``; parsed configs are cached by their text.
 """
@@ -33,34 +33,47 @@ class ControlTag:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputTag:
+    """The control tag a click's answer is written to: its kind (``brush`` or ``polygon``), name and label."""
+
+    kind: str
+    from_name: str
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
 class LabelConfig:
     images: dict[str, ImageTag]
     keypoints: dict[str, ControlTag]
     brushes: dict[str, ControlTag]
+    polygons: dict[str, ControlTag] = dataclasses.field(default_factory=dict)
 
-    def brush_for(self, image_name: str, label: str) -> tuple[str, str]:
-        """(from_name, brush label) of the BrushLabels tag on ``image_name`` that has ``label``.
+    def output_for(self, image_name: str, label: str, prefer: str = "brush") -> OutputTag:
+        """The BrushLabels or PolygonLabels tag on ``image_name`` with ``label`` (exactly, else ignoring case):
+        the answer's type follows the tag the clicked label belongs to; ``prefer`` decides when both have it.
 
         Raises ``ConfigError`` with what to add to the config when none matches."""
-        candidates = [b for b in self.brushes.values() if image_name in b.to_name]
-        for brush in candidates:
-            if label in brush.labels:
-                return brush.name, label
-        # Case-insensitive match as a courtesy ("object" vs "Object").
-        for brush in candidates:
-            for brush_label in brush.labels:
-                if brush_label.strip().lower() == label.strip().lower():
-                    return brush.name, brush_label
-        if not candidates:
+        tags = [("brush", b) for b in self.brushes.values() if image_name in b.to_name]
+        tags += [("polygon", g) for g in self.polygons.values() if image_name in g.to_name]
+        found = []
+        for kind, tag in tags:
+            exact = [x for x in tag.labels if x == label]
+            loose = [x for x in tag.labels if x.strip().lower() == label.strip().lower()]  # "object" for "Object"
+            if exact or loose:
+                found.append(OutputTag(kind, tag.name, (exact or loose)[0]))
+        if found:
+            return next((t for t in found if t.kind == prefer), found[0])
+        if not tags:
             raise ConfigError(
-                f'the labeling config has no <BrushLabels toName="{image_name}">: add '
+                f'the labeling config has no <BrushLabels toName="{image_name}"> (or PolygonLabels): add '
                 f'<BrushLabels name="tag" toName="{image_name}"><Label value="{label}"/></BrushLabels> '
-                "so the backend has a brush tag to answer with"
+                "(or the same PolygonLabels tag, for polygons) so the backend has a tag to answer with"
             )
-        names = ", ".join(f"{b.name}: {list(b.labels)}" for b in candidates)
+        names = ", ".join(f"{tag.name}: {list(tag.labels)}" for _, tag in tags)
+        kind = "BrushLabels" if tags[0][0] == "brush" else "PolygonLabels"
         raise ConfigError(
-            f'the keypoint label "{label}" has no BrushLabels label of the same name on image "{image_name}" '
-            f'({names}); add <Label value="{label}"/> to the BrushLabels tag'
+            f'the keypoint label "{label}" has no BrushLabels or PolygonLabels label of the same name on image '
+            f'"{image_name}" ({names}); add <Label value="{label}"/> to the {kind} tag'
         )
 
     def problems(self) -> list[str]:
@@ -73,13 +86,13 @@ class LabelConfig:
             out.append('the labeling config has no <KeyPointLabels smart="true"> tag to click with')
         elif not smart:
             out.append('no KeyPointLabels tag has smart="true": the labeling UI will not send clicks to the backend')
-        if not self.brushes:
-            out.append("the labeling config has no <BrushLabels> tag for the masks")
+        if not self.brushes and not self.polygons:
+            out.append("the labeling config has no <BrushLabels> or <PolygonLabels> tag for the masks")
         for kp in self.keypoints.values():
             for image_name in kp.to_name:
                 for label in kp.labels:
                     try:
-                        self.brush_for(image_name, label)
+                        self.output_for(image_name, label)
                     except ConfigError as exc:
                         out.append(exc.message)
         return out
@@ -125,9 +138,10 @@ def parse_label_config(config: str) -> LabelConfig:
         images[obj.name] = ImageTag(obj.name, str(value).lstrip("$"), multi)
     keypoints: dict[str, ControlTag] = {}
     brushes: dict[str, ControlTag] = {}
+    polygons: dict[str, ControlTag] = {}
     for control in interface.controls:
         tag = control.tag.lower()
-        if tag not in ("keypointlabels", "brushlabels"):
+        if tag not in ("keypointlabels", "brushlabels", "polygonlabels"):
             continue
         labels = tuple(getattr(control, "labels", None) or ())
         to_name = tuple(control.to_name or ())
@@ -138,8 +152,9 @@ def parse_label_config(config: str) -> LabelConfig:
             )
             keypoints[control.name] = ControlTag(control.name, to_name, labels, smart)
         else:
-            brushes[control.name] = ControlTag(control.name, to_name, labels, False)
-    return LabelConfig(images, keypoints, brushes)
+            outputs = brushes if tag == "brushlabels" else polygons
+            outputs[control.name] = ControlTag(control.name, to_name, labels, False)
+    return LabelConfig(images, keypoints, brushes, polygons)
 
 
 @dataclasses.dataclass(frozen=True)

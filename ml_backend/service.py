@@ -22,6 +22,7 @@ from .errors import BackendError, BadRequest, ConfigError
 from .finetune import FinetuneServer, finetune_enabled
 from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config, project_id
 from .media import DecodedImage, MediaFetcher
+from .polygons import polygon_regions
 from .rle import mask2rle
 from .session_store import SharedStates
 from .sessions import Click, RunStats, SessionCache
@@ -288,13 +289,13 @@ class Backend:
         if clickset is None or not clickset.clicks:
             return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
         try:
-            region, score = self._interactive(tasks[0], clickset, config, project, stats)
+            regions, score = self._interactive(tasks[0], clickset, config, project, stats)
         except Superseded as exc:  # the editor shows only the reply to its newest request: nothing to compute
             log.debug("task %s: %s", tasks[0].get("id"), exc)
             stats.superseded = True
             return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
         self.predictions += 1
-        first = {"result": [region] if region else [], "score": score, "model_version": version}
+        first = {"result": regions, "score": score, "model_version": version}
         return {"results": [first] + [dict(empty) for _ in tasks[1:]], "model_version": version}, stats
 
     def _image_url(self, task: dict[str, Any], config: LabelConfig, image_name: str, item_index: int) -> Any:
@@ -397,13 +398,15 @@ class Backend:
 
     def _interactive(
         self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str, stats: RunStats
-    ) -> tuple[dict[str, Any] | None, float]:
+    ) -> tuple[list[dict[str, Any]], float]:
+        """The regions answering the clicks: one brush mask, or one polygon per part of the mask, as the clicked
+        label's output tag is BrushLabels or PolygonLabels (``OUTPUT_SHAPE`` decides when the config has both)."""
         image_name = _image_name(clickset, config)
         try:
-            brush_from, brush_label = config.brush_for(image_name, clickset.label)
+            output = config.output_for(image_name, clickset.label, self.settings.output_shape)
         except ConfigError as exc:
             log.error("cannot answer the click on task %s: %s", task.get("id"), exc.message)
-            return None, 0.0
+            return [], 0.0
         task_id = task.get("id")
         url = self._image_url(task, config, image_name, clickset.item_index)
         decoded = self._load_image(url, task_id, stats)
@@ -416,18 +419,28 @@ class Backend:
         )
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
-        encode = functools.partial(encode_mask, out_size=frame.out_size)
+        # The cached answer per click sequence: the brush RLE, or the mask's bits (polygons are made from it).
+        encode = functools.partial(encode_mask, out_size=frame.out_size) if output.kind == "brush" else np.packbits
         result = self.core.segment(key, frame, clicks, encode, stats, supersede=True)
-        rle, score = result.encoded.tolist(), result.score
-        region = brush_region(
-            rle=rle,
-            from_name=brush_from,
-            to_name=image_name,
-            label=brush_label,
-            width=frame.out_size[0],
-            height=frame.out_size[1],
-            rotation=clickset.image_rotation,
-            score=score,
-            item_index=clickset.item_index if getattr(config.images.get(image_name), "multi", False) else None,
+        multi = getattr(config.images.get(image_name), "multi", False)
+        common = {
+            "from_name": output.from_name,
+            "to_name": image_name,
+            "label": output.label,
+            "rotation": clickset.image_rotation,
+            "score": result.score,
+            "item_index": clickset.item_index if multi else None,
+        }
+        width, height = frame.out_size
+        if output.kind == "brush":
+            return [brush_region(rle=result.encoded.tolist(), width=width, height=height, **common)], result.score
+        mask = np.unpackbits(result.encoded, count=frame.size[0] * frame.size[1]).reshape(frame.size[::-1])
+        regions = polygon_regions(
+            mask=mask.view(bool),
+            tolerance_px=self.settings.polygon_tolerance_px,
+            min_area_px=self.settings.polygon_min_area_px,
+            **common,
         )
-        return region, score
+        for region in regions:  # points are in percent; the size is the one the labeling UI reported
+            region["original_width"], region["original_height"] = width, height
+        return regions, result.score

@@ -432,3 +432,28 @@ def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_
     assert replies[3].headers["x-forwards"] == "1" and "x-superseded" not in replies[3].headers
     mask = brush_mask(replies[3].json()["results"][0]["result"][0])
     assert mask[pixel(clicks[1])] == 255 and mask[pixel(clicks[2])] == 0
+
+
+def test_a_polygon_project_is_answered_with_closed_percent_polygons_that_match_the_mask():
+    """The clicked label's output tag is PolygonLabels: one polygonlabels region per part, points in percent; the
+    polygon rasterised back is the brush mask the same clicks give (IoU >= 0.98, the tolerance's measured floor)."""
+    from ml_backend.polygons import polygons_to_mask
+
+    image = synthetic_image()
+    two = recorded("predict_interactive_2click")
+    with TestClient(make_app(image=image)) as client:
+        brush = brush_mask(client.post("/predict", json=two).json()["results"][0]["result"][0]) > 0
+    polygon_body = recorded("predict_interactive_2click")
+    polygon_body["label_config"] = polygon_body["label_config"].replace("BrushLabels", "PolygonLabels")
+    with TestClient(make_app(image=image)) as client:
+        reply = client.post("/predict", json=polygon_body)
+    assert reply.status_code == 200
+    regions = reply.json()["results"][0]["result"]
+    assert regions and all(r["type"] == "polygonlabels" and r["value"]["closed"] for r in regions)
+    assert all(r["value"]["polygonlabels"] == ["Object"] and r["from_name"] == "tag" for r in regions)
+    h, w = regions[0]["original_height"], regions[0]["original_width"]
+    assert (w, h) == (481, 321)
+    points = [np.array(r["value"]["points"]) / 100.0 * [w, h] for r in regions]
+    assert all(0 <= p.min() and p[:, 0].max() <= w and p[:, 1].max() <= h for p in points)
+    drawn = polygons_to_mask(points, h, w)
+    assert (drawn & brush).sum() / (drawn | brush).sum() >= 0.98

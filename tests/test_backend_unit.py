@@ -12,7 +12,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 from ml_backend.errors import BadRequest, ConfigError, MediaError
-from ml_backend.labeling import extract_clicks, parse_label_config
+from ml_backend.labeling import OutputTag, extract_clicks, parse_label_config
 from ml_backend.media import decode_image
 from ml_backend.rle import mask2rle as fast_mask2rle
 from ml_backend.service import clicks_to_pixels, encode_mask, make_frame
@@ -51,18 +51,30 @@ def test_parse_label_config_finds_tags():
     cfg = parse_label_config(CONFIG)
     assert set(cfg.images) == {"image"} and cfg.images["image"].data_key == "image"
     assert cfg.keypoints["tag2"].smart and cfg.keypoints["tag2"].labels == ("Object",)
-    assert cfg.brush_for("image", "Object") == ("tag", "Object")
+    assert cfg.output_for("image", "Object") == OutputTag("brush", "tag", "Object")
     assert cfg.problems() == []
 
 
 def test_config_without_matching_brush_label_explains_the_fix():
     cfg = parse_label_config(CONFIG.replace('<Label value="Object"/><Label value="Other"/>', '<Label value="Car"/>'))
     with pytest.raises(ConfigError, match='add <Label value="Object"/> to the BrushLabels'):
-        cfg.brush_for("image", "Object")
+        cfg.output_for("image", "Object")
     assert any("Object" in p for p in cfg.problems())
     no_brush = parse_label_config(CONFIG.replace("BrushLabels", "RectangleLabels"))
     with pytest.raises(ConfigError, match="no <BrushLabels"):
-        no_brush.brush_for("image", "Object")
+        no_brush.output_for("image", "Object")
+
+
+def test_the_answer_follows_the_clicked_labels_output_tag():
+    polygon_only = parse_label_config(CONFIG.replace("BrushLabels", "PolygonLabels"))
+    assert polygon_only.output_for("image", "Object") == OutputTag("polygon", "tag", "Object")
+    assert polygon_only.problems() == []
+    poly = '<PolygonLabels name="poly" toName="image"><Label value="object"/></PolygonLabels>'
+    both = parse_label_config(CONFIG.replace("</View>", poly + "</View>"))
+    assert both.output_for("image", "Object") == OutputTag("brush", "tag", "Object")  # OUTPUT_SHAPE's default
+    assert both.output_for("image", "Object", prefer="polygon") == OutputTag("polygon", "poly", "object")
+    # only the brush tag has "Other"
+    assert both.output_for("image", "Other", prefer="polygon") == OutputTag("brush", "tag", "Other")
 
 
 def test_invalid_label_config_is_a_bad_request():
