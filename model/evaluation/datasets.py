@@ -317,7 +317,7 @@ def load_dataset(name: str, data_root: str | Path | None = None, split: str = "v
     """Resolve `name` under the data root and open it; ``NAME:val`` is the validation share that training with
     ``--holdout NAME`` (default fraction) keeps out of a training folder, ``NAME:train`` the rest (what such a run
     trains on: measuring both tells fitting from generalising)."""
-    from ..data import DEFAULT_HOLDOUT_FRACTION
+    from ..training.data import DEFAULT_HOLDOUT_FRACTION
 
     base, _, part = name.rpartition(":")
     if base and part in HOLDOUT_PARTS:
@@ -331,9 +331,9 @@ def validation_dataset(
     """The objects of a training folder (``images/`` + ``masks/``) that training holds out as validation
     (``part="val"``), or the ones it trains on (``part="train"``).
 
-    Same split as :func:`model.data.hold_out_validation`, so a run never trains on what it selects on.
+    Same split as :func:`model.training.data.hold_out_validation`, so a run never trains on what it selects on.
     """
-    from ..data import in_validation_split
+    from ..training.data import in_validation_split
 
     if part not in HOLDOUT_PARTS:
         raise ValueError(f"part must be one of {', '.join(HOLDOUT_PARTS)}, not {part!r}")
