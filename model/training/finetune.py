@@ -104,9 +104,10 @@ class MemoryTrainer(Trainer):
         pass
 
 
-# Where a fine-tuning job departs from TrainConfig's defaults (batch 8, Adam lr 5e-5, x0.1 after 2/3 of the steps:
-# the trainer's recipe, which on CamVid cut NoC@85 3.7x more than 100 steps of 4 at a constant 3e-5 did; see the
-# README): a short run from a trained checkpoint on in-memory annotations, with no checkpoints of its own.
+# Where a fine-tuning job departs from TrainConfig's defaults (batch 8, Adam lr 5e-5, x0.1 after 2/3 of the
+# steps: the trainer's recipe, which on CamVid cut NoC@85 3.7x more than 100 steps of 4 at a constant 3e-5 did;
+# see benchmarks/HISTORY.md): a short run from a trained checkpoint on in-memory annotations, with no checkpoints
+# of its own.
 FINETUNE_DEFAULTS: dict[str, Any] = {
     "steps": 300,
     "clip_grad": 1.0,
