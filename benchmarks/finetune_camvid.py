@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--heldout-frames", type=int, default=None, help="held-out frames measured (default: --limit-frames)"
     )
     p.add_argument("--limit-instances", type=int, default=3, help="largest instances per frame (annotated / measured)")
-    # Unset recipe options leave the backend on its own defaults (model.finetune.FINETUNE_DEFAULTS), so the
+    # Unset recipe options leave the backend on its own defaults (model.training.finetune.FINETUNE_DEFAULTS), so the
     # demonstration measures what a user gets.
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (FINETUNE_STEPS; default: the job's)")
     p.add_argument("--batch-size", type=int, default=None, help="FINETUNE_BATCH_SIZE (default: the job's)")
@@ -128,7 +128,7 @@ def recipe_env(args: argparse.Namespace) -> dict[str, str]:
 
 def recipe(args: argparse.Namespace) -> dict:
     """The recipe the job trains with: the options given, else the job's defaults."""
-    from model.finetune import finetune_config
+    from model.training.finetune import finetune_config
 
     cfg = finetune_config()
     return {name: getattr(args, name) if getattr(args, name) is not None else getattr(cfg, name) for name in RECIPE_ENV}

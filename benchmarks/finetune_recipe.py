@@ -1,9 +1,10 @@
 """Compare fine-tuning recipes on CamVid quickly, without Label Studio (the model code the backend's job runs).
 
 Same data choice as ``finetune_camvid.py`` (frames spread over ``splits.json``'s ``finetune`` / ``heldout``
-sequences, the ``--limit-instances`` largest instances per frame); fine-tunes with :func:`model.finetune.finetune`
-and measures NoC on the held-out frames with :func:`model.finetune.evaluate_noc` (robot clicker, the predictor
-options ``serve`` uses by default, as the fine-tuning job measures).
+sequences, the ``--limit-instances`` largest instances per frame); fine-tunes with
+:func:`model.training.finetune.finetune` and measures NoC on the held-out frames with
+:func:`model.training.finetune.evaluate_noc` (robot clicker, the predictor options ``serve`` uses by default, as the
+fine-tuning job measures).
 Use it to choose ``FINETUNE_*`` defaults; the product's number comes from ``finetune_camvid.py``.
 
     python benchmarks/finetune_recipe.py --limit-frames 48 --steps 600 --lr 1e-5 --zoom-in-prob 0.5 --out results/r1
@@ -43,8 +44,8 @@ def load_frames(data: Path, frames: list[str], k: int) -> list[tuple[np.ndarray,
 
 def measure(net, heldout: list[tuple[np.ndarray, np.ndarray, str]]) -> dict:
     """NoC@85/90 overall and NoC@85 per class (robot clicker, 20 clicks, the served predictor options)."""
-    from model.finetune import evaluate_noc
     from model.refine import DEFAULT_FLIP, DEFAULT_REFINE
+    from model.training.finetune import evaluate_noc
 
     samples = [(image, mask) for image, mask, _ in heldout]
     result = evaluate_noc(net, samples, flip=DEFAULT_FLIP, refine=DEFAULT_REFINE).to_dict()
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     import torch
 
     from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.finetune import finetune, finetune_config, memory_source
+    from model.training.finetune import finetune, finetune_config, memory_source
 
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)

@@ -1,4 +1,4 @@
-"""Seconds per fine-tuning step of the backend's job (``model.finetune``), one autocast mode after another.
+"""Seconds per fine-tuning step of the backend's job (``model.training.finetune``), one autocast mode after another.
 
     python benchmarks/finetune_step.py [--checkpoint weights/starter.safetensors] [--amp fp32,bf16] [--steps 20]
 
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from model.finetune import finetune, finetune_config, memory_source
     from model.images import read_label_map, read_rgb
+    from model.training.finetune import finetune, finetune_config, memory_source
 
     torch.set_num_threads(args.threads)
     data = Path(args.data)

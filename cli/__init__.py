@@ -12,6 +12,7 @@ This package is the only place that parses arguments; ``model/`` and ``ml_backen
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
 
@@ -27,11 +28,42 @@ def _package_version() -> str:
         return "0+unknown"
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose commands report a misspelled option by name, with its nearest match, in their
+    own usage. ``add_subparsers`` gives every command parser its parent's class, so each command gets this.
+
+    Plain argparse reports ``--clik`` as a missing ``--click`` (its required check runs first), and an unknown
+    option after a command in the top-level usage (the command passes unknown arguments up)."""
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._subparsers is not None:  # the options after a subcommand are its parser's to judge
+            return super().parse_known_args(args, namespace)
+        tokens = list(sys.argv[1:] if args is None else args)
+        for token in tokens[: tokens.index("--")] if "--" in tokens else tokens:
+            self._reject_unknown_option(token)
+        namespace, extras = super().parse_known_args(tokens, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def _reject_unknown_option(self, token: str) -> None:
+        if not token.startswith("-") or token == "-" or self._negative_number_matcher.match(token):
+            return
+        name = token.split("=", 1)[0]
+        known = list(self._option_string_actions)
+        if name in known or (name.startswith("--") and any(option.startswith(name) for option in known)):
+            return  # argparse accepts a unique prefix of a long option (and reports an ambiguous one itself)
+        near = difflib.get_close_matches(name, known, n=1)
+        self.error(f"unrecognized option {name}" + (f" (did you mean {near[0]}?)" if near else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``adaptiveclick`` parser with every command registered."""
     from . import backend, evaluate, export, predict, train, weights
 
-    parser = argparse.ArgumentParser(prog="adaptiveclick", description="AdaptiveClick interactive segmentation")
+    parser = CommandParser(prog="adaptiveclick", description="AdaptiveClick interactive segmentation")
     parser.add_argument("--version", action="version", version=f"adaptiveclick {_package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     predict.add_parser(subparsers)

@@ -6,7 +6,7 @@
 
 ``serve`` runs gunicorn with uvicorn workers when gunicorn is installed (never with ``--preload``: each worker
 loads the model itself, so CUDA is never initialised before a fork), else uvicorn directly. The backend is
-configured by environment variables (the README's Environment section); HOST, PORT, WORKERS and THREADS give the
+configured by environment variables (docs/configuration.md); HOST, PORT, WORKERS and THREADS give the
 defaults of ``--host``, ``--port``, ``--workers`` and ``--threads``.
 """
 
@@ -48,7 +48,7 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
         help="run the Label Studio ML backend (HTTP server)",
         description="Run the Label Studio ML backend. Configuration comes from the environment: LABEL_STUDIO_URL, "
         "LABEL_STUDIO_API_KEY, LOCAL_FILES_DOCUMENT_ROOT, BASIC_AUTH_USER/PASS, MODEL_ENGINE, MODEL_CHECKPOINT, "
-        "DEVICE, SESSION_CACHE_MB, SESSION_TTL_S, LOG_LEVEL (see the README).",
+        "DEVICE, SESSION_CACHE_MB, SESSION_TTL_S, LOG_LEVEL (see docs/configuration.md).",
     )
     serve.add_argument(
         "--host",
@@ -86,7 +86,8 @@ def add_finetune_commands(subparsers: Any) -> None:
         help="run the queued fine-tuning jobs of MODEL_DIR (one at a time)",
         description="Run the fine-tuning jobs queued under $MODEL_DIR/jobs, one at a time, in this process. The "
         "server starts `worker --once` itself after queueing a job (FINETUNE_WORKER=spawn, the default); with "
-        "FINETUNE_WORKER=external run `adaptiveclick worker` yourself. Settings: FINETUNE_* (see the README).",
+        "FINETUNE_WORKER=external run `adaptiveclick worker` yourself. Settings: FINETUNE_* "
+        "(see docs/configuration.md).",
     )
     worker.add_argument("--once", action="store_true", help="drain the queue and exit (default: keep polling)")
     worker.add_argument("--poll", type=float, default=5.0, help="seconds between queue checks (default 5)")

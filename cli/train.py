@@ -15,8 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # model.training imports torch: only when a training command runs
-    from model.training import DistInfo, TrainConfig
+if TYPE_CHECKING:  # model.training.trainer imports torch: only when a training command runs
+    from model.training.trainer import DistInfo, TrainConfig
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +74,7 @@ _LIST_FLAGS = {"data": str, "eval_data": str, "holdout": str, "lr_milestones": f
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """Merge ``--config`` / the resumed run's settings with the flags given; returns (config, resume)."""
-    from model.training import TrainConfig, resume_settings
+    from model.training.trainer import TrainConfig, resume_settings
 
     resume = bool(getattr(args, "resume", False))
     settings: dict[str, Any] = {}
@@ -99,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 def launch_from_env() -> DistInfo:
     """What ``torchrun`` tells each process it starts (WORLD_SIZE, RANK, LOCAL_RANK); one process without it."""
-    from model.training import DistInfo
+    from model.training.trainer import DistInfo
 
     return DistInfo(
         int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``adaptiveclick train``."""
     import torch.distributed as dist
 
-    from model.training import STATE_FILE, train
+    from model.training.trainer import STATE_FILE, train
 
     cfg, resume = config_from_args(args)
     cfg.validate()

@@ -274,9 +274,13 @@ def create_app(
     @app.get("/")
     async def health() -> AsciiJSONResponse:
         status = backend.health()
-        # A model that failed to load answers 503, so Label Studio's connection check shows the error instead of
-        # a working backend that returns nothing (Label Studio accepts any 2xx as healthy).
-        return AsciiJSONResponse(status, status_code=503 if status.get("model_error") else 200)
+        if status["status"] == "UP":
+            return AsciiJSONResponse(status)
+        # Label Studio accepts any 2xx as a working backend and shows only the status line of anything else, so a
+        # model still loading (or one that failed to) answers 503: its connection check then says "503 Service
+        # Unavailable" instead of connecting a backend whose clicks would wait or return nothing.
+        headers = {"Retry-After": "5"} if status["status"] == "LOADING" else None
+        return AsciiJSONResponse(status, status_code=503, headers=headers)
 
     @app.get("/versions")
     async def versions() -> dict[str, Any]:

@@ -12,7 +12,7 @@ A job (:func:`run_job`):
    as the predictor fetches them (``ml_backend.media.MediaFetcher``);
 2. holds out a validation split, deterministic by task id (``FINETUNE_VAL_FRACTION``, at least one task);
 3. measures NoC@85/90 on it with the served model (robot clicker), fine-tunes from the served checkpoint with
-   the training recipe (AFL, click simulation; ``model.finetune``), measures again;
+   the training recipe (AFL, click simulation; ``model.training.finetune``), measures again;
 4. promotes the new checkpoint only when NoC@85 is not worse (ties allowed): ``versions/<version>/`` with
    ``model.safetensors`` and ``manifest.json``, written atomically, then ``current`` is replaced.
 
@@ -52,7 +52,7 @@ from .model_store import (
 )
 
 if TYPE_CHECKING:
-    from model.training import TrainConfig
+    from model.training.trainer import TrainConfig
 
 log = logging.getLogger("adaptiveclick.finetune")
 
@@ -64,7 +64,7 @@ class JobSkipped(Exception):
 @dataclasses.dataclass
 class JobConfig:
     """A fine-tuning job's settings (environment ``FINETUNE_*``): the training run (a ``model.training.TrainConfig``
-    from ``model.finetune.finetune_config``) and what the worker does around it."""
+    from ``model.training.finetune.finetune_config``) and what the worker does around it."""
 
     train: TrainConfig | None = None  # None: finetune_config() (imported on use: it pulls in torch)
     max_minutes: float = 60.0  # wall-time cap of the training run (0: none)
@@ -79,17 +79,17 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         if self.train is None:
-            from model.finetune import finetune_config
+            from model.training.finetune import finetune_config
 
             self.train = finetune_config()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobConfig:
-        from model.finetune import finetune_config
+        from model.training.finetune import finetune_config
 
         env = os.environ if env is None else env
         defaults = finetune_config()
-        # The TrainConfig fields a job takes from FINETUNE_<NAME>; the rest keep model.finetune's defaults.
+        # The TrainConfig fields a job takes from FINETUNE_<NAME>; the rest keep model.training.finetune's defaults.
         train: dict[str, Any] = {
             "steps": max(1, env_int(env, "FINETUNE_STEPS", defaults.steps)),
             "batch_size": max(1, env_int(env, "FINETUNE_BATCH_SIZE", defaults.batch_size)),
@@ -330,7 +330,7 @@ class JobSteps:
 
 
 def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobConfig, settings: Settings) -> dict:
-    from model.finetune import evaluate_noc
+    from model.training.finetune import evaluate_noc
 
     from .engine import predictor_options
 
@@ -347,7 +347,7 @@ def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobCo
 
 
 def _train(init: Path, train: list[TaskData], cfg: JobConfig, settings: Settings, work: Path) -> tuple[Any, dict]:
-    from model.finetune import finetune, memory_source
+    from model.training.finetune import finetune, memory_source
 
     samples = [(t.image, [m for m in t.masks if int(m.sum()) >= cfg.min_instance_px]) for t in train]
     source = memory_source(samples, names=[str(t.task_id) for t in train])

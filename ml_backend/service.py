@@ -159,12 +159,15 @@ class Backend:
     # --- /health, /versions --------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        """``status``: ``UP`` (the model answers clicks), ``LOADING`` (the first seconds after a start) or ``ERROR``
+        (the model could not be loaded: ``model_error`` says why); ``model_loaded`` is true exactly when ``UP``."""
         engine = self.engine
+        loaded = engine.ready.is_set() and engine.error is None
         status = {
-            "status": "UP",
+            "status": "UP" if loaded else "LOADING",
             "model_class": engine.model_class,
             "model_version": engine.model_version,
-            "model_loaded": engine.ready.is_set() and engine.error is None,
+            "model_loaded": loaded,
         }
         if engine.error:
             status["status"] = "ERROR"

@@ -192,7 +192,7 @@ class RedisStates:
         if maxmemory <= 0 or policy == "noeviction":
             log.warning(
                 "SESSION_STORE: Redis has maxmemory=%d and maxmemory-policy=%s: click states are bounded "
-                "only by their TTL; set a memory cap with maxmemory-policy volatile-lru (see the README)",
+                "only by their TTL; set a memory cap with maxmemory-policy volatile-lru (see docs/deployment.md)",
                 maxmemory,
                 policy or "?",
             )

@@ -1,5 +1,6 @@
-"""AdaptiveClick in plain PyTorch: network (``modeling``), configs (``build``), checkpoints, the
-stateful ``Predictor``, losses, training and the NoC evaluation protocol. Never imports web code.
+"""AdaptiveClick in plain PyTorch. Network: ``modeling`` and its configs (``build``, ``checkpoint``); inference:
+the stateful ``Predictor`` (``predictor``, ``refine``, ``zoom_in``); training: ``training``; the NoC protocol:
+``evaluation``. Never imports web code, and inference never imports training.
 
     from model.checkpoint import load_model
     from model.predictor import Predictor

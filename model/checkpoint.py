@@ -93,11 +93,26 @@ class _RestrictedPickleModule:
     load = staticmethod(lambda f, **kw: _RestrictedUnpickler(f, **kw).load())
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def require_checkpoint_file(path: Path) -> None:
+    """Raise a :class:`CheckpointError` that says what ``path`` is when it is not a file: missing, or a folder
+    (then naming the checkpoints in it, so the user can pick one)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        inside = sorted(child.name for child in path.iterdir() if child.suffix in CHECKPOINT_SUFFIXES)
+        listed = ", ".join(inside[:8]) + (f" and {len(inside) - 8} more" if len(inside) > 8 else "")
+        hint = f"; checkpoints in it: {listed}" if inside else "; it holds no checkpoint file"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
+    raise CheckpointError(f"checkpoint not found: {path}")
+
+
 def safe_torch_load(path: str | os.PathLike) -> Any:
     """Read a ``torch.save`` file without executing code from it; tensors are mapped to the CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    require_checkpoint_file(path)
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as handle:
             head = handle.read(2)
@@ -343,8 +358,7 @@ def _check_config_fits_tensors(config: AdaptiveClickConfig, shapes: dict[str, tu
 def load_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
     """Load any supported AdaptiveClick checkpoint, choosing the reader by content."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    require_checkpoint_file(path)
     with open(path, "rb") as handle:
         head = handle.read(512)
     if len(head) < 8:

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
-from model.data import DEFAULT_HOLDOUT_FRACTION  # noqa: E402
 from model.evaluation.metrics import threshold_label  # noqa: E402
+from model.training.data import DEFAULT_HOLDOUT_FRACTION  # noqa: E402
 from model.weights import sha256_file  # noqa: E402
 
 DATASETS = ("GrabCut", "Berkeley")
@@ -227,7 +227,7 @@ AdaptiveClick architecture (plain ViT with click embedding, SimpleFPN, deformabl
   AFL set criterion with deep supervision, 0-{train.get("max_extra_clicks", "?")} iterative click rounds,
   autocast {train.get("amp", "?")}.
 - Wall time {own_h:.2f} h on a 2-core CPU (no GPU), resumed across sessions; {total_h:.2f} h with the runs it
-  continues. The run log is in `model/TRAINING.md`.
+  continues. The run log is in `model/training/TRAINING.md`.
 {validation}
 ## Evaluation
 Standard protocol ({protocol(runs["candidate"]["settings"])}); the previous starter (the one it replaces)

@@ -155,3 +155,36 @@ def test_which_checkpoint_is_decided_in_one_place():
         if re.search(r"env\.get\(\s*[\"'](MODEL_CHECKPOINT|ADAPTIVECLICK_CHECKPOINT)[\"']", text):
             readers.append(str(path.relative_to(REPO)))
     assert sorted(set(readers)) == ["ml_backend/config.py"]
+
+
+def test_serving_needs_no_training_code():
+    """model/ reads as network / inference / training / evaluation: the network and the predictor import nothing
+    from model.training, so serving never loads the trainer, its data pipeline or its criterion."""
+    graph = _import_graph()
+    training = {name for name in graph if name == "model.training" or name.startswith("model.training.")}
+    assert {"model.training.trainer", "model.training.data", "model.training.finetune"} <= training
+    inference = {
+        name for name in graph if name.startswith("model.") and name.split(".")[1] not in ("training", "evaluation")
+    }
+    reached = set()
+    pending = sorted(inference)
+    while pending:
+        name = pending.pop()
+        for target in graph[name] - reached:
+            reached.add(target)
+            pending.append(target)
+    assert not reached & training, f"inference imports training code: {sorted(reached & training)}"
+
+
+def test_no_two_tracked_paths_differ_only_in_case():
+    """A clone on a case-insensitive file system (macOS, Windows) would fold them into one (model/TRAINING.md
+    beside the model/training/ package did)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    prefixes = {
+        str(Path(*Path(name).parts[:depth])) for name in tracked for depth in range(1, len(Path(name).parts) + 1)
+    }
+    folded: dict[str, set[str]] = {}
+    for prefix in prefixes:
+        folded.setdefault(prefix.lower(), set()).add(prefix)
+    clashes = sorted(sorted(names) for names in folded.values() if len(names) > 1)
+    assert not clashes, f"paths that differ only in case: {clashes}"

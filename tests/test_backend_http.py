@@ -17,11 +17,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 from label_studio_sdk.converter.brush import decode_rle
 
+from ml_backend.app import create_app
 from ml_backend.config import Settings
+from ml_backend.engine import Engine
 from ml_backend.media import decode_image
 from testkit.standins import SEGMENTATION_ENGINE, DiskPredictor
 
-from backend_helpers import RECORDED, make_app, recorded, synthetic_image
+from backend_helpers import RECORDED, ImageFetcher, make_app, recorded, synthetic_image
 from prerequisites import missing
 
 
@@ -368,6 +370,32 @@ def test_served_inference_options_default_to_the_models_and_bad_ones_name_the_va
     assert options["flip"] is True and options["refine"] == Refinement()
     with pytest.raises(ValueError, match="MODEL_REFINE='sharp': unknown refinement 'sharp'"):
         predictor_options(Settings.from_env({"MODEL_REFINE": "sharp"}))
+
+
+def test_health_says_loading_and_fails_label_studios_check_until_the_model_answers():
+    """Label Studio connects any backend whose /health answers 2xx and shows only the status line of anything else:
+    while the model loads, its connection check must say 503 (and the body, for scripts, LOADING)."""
+    loaded = threading.Event()
+
+    class LoadingEngine(Engine):
+        def _build_factory(self):
+            loaded.wait(30)
+            return DiskPredictor
+
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s = 0
+    app = create_app(settings, LoadingEngine(settings, name="disk"), ImageFetcher(settings, synthetic_image()))
+    with TestClient(app) as client:
+        reply = client.get("/health")
+        assert reply.status_code == 503 and reply.headers["retry-after"] == "5"
+        assert reply.json()["status"] == "LOADING" and reply.json()["model_loaded"] is False
+        loaded.set()
+        for _ in range(200):
+            reply = client.get("/health")
+            if reply.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert reply.status_code == 200 and reply.json()["status"] == "UP" and reply.json()["model_loaded"] is True
 
 
 def test_a_model_that_failed_to_load_fails_label_studios_health_check(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from model.criterion import (
+from model.training.criterion import (
     build_criterion,
     build_targets,
     downsample_gt,

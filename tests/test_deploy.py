@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
 COMPOSE_SCALE = ROOT / "docker-compose.scale.yml"
+COMPOSE_SCALE_CPU = ROOT / "docker-compose.scale-cpu.yml"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 DOCKERFILE = ROOT / "Dockerfile"
 LS_IMAGE = "heartexlabs/label-studio:1.23.2"
@@ -174,12 +175,30 @@ def test_backend_service(compose):
     assert "/health" in health and "9090" in health
 
 
+def _reserves_a_gpu(service: dict) -> bool:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return any(
+        d["driver"] == "nvidia" and "gpu" in d["capabilities"] and (d.get("count") in (1, "all") or d.get("device_ids"))
+        for d in devices
+    )
+
+
 def test_backend_gpu_reservation(compose):
-    devices = compose["services"]["adaptiveclick"]["deploy"]["resources"]["reservations"]["devices"]
-    assert len(devices) == 1
-    gpu = devices[0]
-    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    assert gpu.get("count") in (1, "all") or gpu.get("device_ids")
+    assert len(compose["services"]["adaptiveclick"]["deploy"]["resources"]["reservations"]["devices"]) == 1
+    assert _reserves_a_gpu(compose["services"]["adaptiveclick"])
+
+
+def test_the_fine_tuning_loop_is_on_in_the_compose_stack(compose):
+    """The README's loop (Start Training -> a job -> a promoted version served) runs in the default stack: its
+    MODEL_DIR turns fine-tuning on, and the server runs the jobs itself (no trainer service there)."""
+    from ml_backend.config import Settings
+    from ml_backend.finetune import finetune_enabled
+
+    env = env_of(compose["services"]["adaptiveclick"])
+    settings = Settings.from_env({"MODEL_DIR": env["MODEL_DIR"]})
+    assert finetune_enabled(settings) and settings.finetune_worker == "spawn"
+    assert "FINETUNE" not in env and "FINETUNE_WORKER" not in env
+    assert "planned" not in COMPOSE.read_text()  # the file once said the loop was not part of it yet
 
 
 def test_backend_environment_names_are_real_settings(compose):
@@ -191,7 +210,7 @@ def test_backend_environment_names_are_real_settings(compose):
 
 def test_env_example_defines_every_compose_variable():
     used = set()
-    for path in (COMPOSE, COMPOSE_CPU, COMPOSE_SCALE):
+    for path in (COMPOSE, COMPOSE_CPU, COMPOSE_SCALE, COMPOSE_SCALE_CPU):
         used |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", path.read_text()))
     lines = (ROOT / ".env.example").read_text().splitlines()
     defined = {line.split("=", 1)[0] for line in lines if re.match(r"[A-Z_][A-Z0-9_]*=", line)}
@@ -422,6 +441,7 @@ def test_dockerignore():
 
 class _Health(http.server.BaseHTTPRequestHandler):
     body = b"{}"
+    status = 200
 
     def log_message(self, *args) -> None:
         pass
@@ -429,7 +449,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         ok = self.path == "/health"
         body = type(self).body if ok else b"{}"
-        self.send_response(200 if ok else 404)
+        self.send_response(type(self).status if ok else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -458,22 +478,25 @@ def _run(code: str, env: dict | None = None) -> int:
 
 
 @pytest.mark.parametrize(
-    "body, healthy",
+    "status, body, healthy",
     [
-        (b'{"status": "UP", "model_loaded": true}', True),
-        (b'{"status": "UP", "model_loaded": false}', True),  # still loading
-        (b'{"status": "UP", "model_error": "CheckpointError: missing"}', False),
+        (200, b'{"status": "UP", "model_loaded": true}', True),
+        # still loading: unhealthy, which start_period covers (a replica that cannot answer clicks yet)
+        (503, b'{"status": "LOADING", "model_loaded": false}', False),
+        (503, b'{"status": "ERROR", "model_error": "CheckpointError: missing"}', False),
+        (200, b'{"status": "UP", "model_error": "CheckpointError: missing"}', False),  # an older backend
     ],
 )
-def test_healthchecks_run(health_server, compose, monkeypatch, body, healthy):
+def test_healthchecks_run(health_server, compose, monkeypatch, status, body, healthy):
     monkeypatch.setattr(_Health, "body", body)
+    monkeypatch.setattr(_Health, "status", status)
     port = str(health_server.server_address[1])
     docker_cmd = json.loads(re.search(r"CMD (\[.*\])", args_of("HEALTHCHECK")[-1]).group(1))
     assert (_run(_health_code(["CMD", *docker_cmd]), {"PORT": port}) == 0) is healthy
     backend = _health_code(compose["services"]["adaptiveclick"]["healthcheck"]["test"])
     assert (_run(backend.replace("127.0.0.1:9090", f"127.0.0.1:{port}")) == 0) is healthy
     ls = _health_code(compose["services"]["label-studio"]["healthcheck"]["test"])
-    assert _run(ls.replace("localhost:8080", f"127.0.0.1:{port}")) == 0  # LS: any 2xx
+    assert (_run(ls.replace("localhost:8080", f"127.0.0.1:{port}")) == 0) is (status == 200)  # LS: any 2xx
 
 
 def test_healthcheck_fails_when_nothing_listens():
@@ -581,11 +604,20 @@ def test_proxy_publishes_the_one_url_and_spreads_requests(merged_scale):
     assert conf.count("{") == conf.count("}")
 
 
-def test_scale_override_merges_with_the_cpu_override(compose):
-    merged = merge(merge(compose, load(COMPOSE_CPU)), load(COMPOSE_SCALE))
-    backend = merged["services"]["adaptiveclick"]
+def test_the_trainer_gets_the_gpu_in_the_gpu_stack(merged_scale):
+    trainer, backend = merged_scale["services"]["adaptiveclick-trainer"], merged_scale["services"]["adaptiveclick"]
+    assert _reserves_a_gpu(trainer) and env_of(trainer)["DEVICE"] == env_of(backend)["DEVICE"]
+
+
+def test_scale_override_merges_with_the_cpu_overrides(compose):
+    merged = merge(merge(merge(compose, load(COMPOSE_CPU)), load(COMPOSE_SCALE)), load(COMPOSE_SCALE_CPU))
+    backend, trainer = merged["services"]["adaptiveclick"], merged["services"]["adaptiveclick-trainer"]
     assert "deploy" not in backend and "ports" not in backend
     assert env_of(backend)["DEVICE"] == "cpu" and env_of(backend)["SESSION_STORE"].startswith("redis://")
+    assert not any(_reserves_a_gpu(service) for service in merged["services"].values())
+    assert env_of(trainer)["DEVICE"] == "cpu" and trainer["command"] == ["adaptiveclick", "worker"]
+    command = "-f docker-compose.scale.yml \\\n#       -f docker-compose.scale-cpu.yml up"
+    assert all(command in path.read_text() for path in (COMPOSE_SCALE, COMPOSE_SCALE_CPU))
 
 
 def test_docker_compose_config_accepts_the_scale_override():

@@ -179,7 +179,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(DatasetNotFoundError, match="Nope"):
         load_dataset("Nope", tmp_path)
     assert main(["--method", "grabcut", "--datasets", "Nope", "--data-root", str(tmp_path)]) == 2
-    assert str(tmp_path / "Nope") in capsys.readouterr().err
+    assert f"dataset 'Nope' not found: the data root {tmp_path} holds no dataset folder" in capsys.readouterr().err
 
 
 def test_malformed_dataset_is_a_clear_error(tmp_path):

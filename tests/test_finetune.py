@@ -1,4 +1,4 @@
-"""Active-learning fine-tuning (ml_backend/finetune.py, ml_backend/finetune_worker.py, model/finetune.py):
+"""Active-learning fine-tuning (ml_backend/finetune.py, ml_backend/finetune_worker.py, model/training/finetune.py):
 webhooks only record, the N-updates rule, the job state machine on disk, the promotion rule, manifests, rollback,
 hot swap, and a worker SIGKILLed while it writes a checkpoint."""
 
@@ -416,8 +416,8 @@ def test_collect_annotations_from_the_label_studio_api():
 
 
 def test_memory_source_feeds_the_training_dataset():
-    from model.data import AugmentConfig, ClickTrainDataset
-    from model.finetune import memory_source, pack_instances
+    from model.training.data import AugmentConfig, ClickTrainDataset
+    from model.training.finetune import memory_source, pack_instances
 
     tasks = _tasks(2)
     layers, objects = pack_instances(tasks[0].masks + [tasks[0].masks[0]])  # an overlapping third instance
@@ -447,7 +447,7 @@ def test_finetune_with_bf16_autocast_trains_fp32_weights(tmp_path, tiny_model):
     import torch
 
     from model.checkpoint import save_checkpoint
-    from model.finetune import finetune, finetune_config, memory_source
+    from model.training.finetune import finetune, finetune_config, memory_source
 
     init = save_checkpoint(tiny_model, tmp_path / "init.safetensors")
     rng = np.random.default_rng(0)
@@ -672,8 +672,8 @@ def test_every_consumer_gets_the_same_served_checkpoint(tiny_store, tmp_path, mo
 def test_a_jobs_training_settings_are_a_train_config_with_the_fine_tuning_defaults():
     from dataclasses import fields
 
-    from model.finetune import FINETUNE_DEFAULTS, finetune_config
-    from model.training import TrainConfig
+    from model.training.finetune import FINETUNE_DEFAULTS, finetune_config
+    from model.training.trainer import TrainConfig
 
     cfg = JobConfig.from_env({"FINETUNE_STEPS": "7", "FINETUNE_LR": "1e-4", "FINETUNE_THREADS": "1"}).train
     assert isinstance(cfg, TrainConfig) and (cfg.steps, cfg.lr, cfg.threads) == (7, 1e-4, 1)

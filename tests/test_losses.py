@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from model.losses import (
+from model.training.losses import (
     AdaptiveFocalLossSigmoid,
     adaptive_focal_loss,
     dice_loss,
@@ -14,7 +14,7 @@ from model.losses import (
     sigmoid_ce_loss,
     sigmoid_focal_loss,
 )
-from model.matcher import (
+from model.training.matcher import (
     HungarianMatcher,
     batch_dice_loss,
     batch_sigmoid_adaptive_focal_loss,

@@ -16,8 +16,16 @@ import torch
 from cli import main as cli_main
 from cli.train import config_from_args
 from model.build import AdaptiveClickConfig
-from model.click_sampler import MultiPointSampler, add_error_clicks, empty_points, erode, error_click, insert_click
-from model.data import (
+from model.evaluation.datasets import validation_dataset
+from model.training.click_sampler import (
+    MultiPointSampler,
+    add_error_clicks,
+    empty_points,
+    erode,
+    error_click,
+    insert_click,
+)
+from model.training.data import (
     AugmentConfig,
     ClickTrainDataset,
     StreamSampler,
@@ -27,8 +35,7 @@ from model.data import (
     open_train_source,
     split_ignore,
 )
-from model.evaluation.datasets import validation_dataset
-from model.training import TrainConfig, Trainer
+from model.training.trainer import TrainConfig, Trainer
 
 MICRO = AdaptiveClickConfig(
     name="micro",
@@ -246,7 +253,7 @@ def test_samples_are_deterministic_and_keep_the_object(tmp_path):
 def test_zoom_in_crops_frame_a_small_object_like_the_predictor(tmp_path):
     """A 40x60 object in a 400x600 image: a zoom-in sample shows all of it, centred, filling the share of the
     crop that a 160..240 px ROI gives it (the predictor's zoom-in: box x1.4, at least 200 px)."""
-    from model.finetune import memory_source
+    from model.training.finetune import memory_source
 
     image = np.random.default_rng(0).integers(0, 90, size=(400, 600, 3), dtype=np.uint8)
     mask = np.zeros((400, 600), bool)
@@ -422,7 +429,7 @@ def test_stopping_the_process_group_saves_the_run(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(asdict(_micro_config(tmp_path, data, steps=100_000, workers=1))))
     script = (
-        "import json, sys; from model.training import TrainConfig, train; "
+        "import json, sys; from model.training.trainer import TrainConfig, train; "
         "train(TrainConfig(**json.load(open(sys.argv[1]))))"
     )
     run = subprocess.Popen(
@@ -455,7 +462,7 @@ def test_a_loader_worker_leaves_the_process_group_without_stopping_on_terminal_w
     import sys
 
     script = (
-        "import os, signal; from model.training import _worker_init; _worker_init(0); "
+        "import os, signal; from model.training.trainer import _worker_init; _worker_init(0); "
         "print(os.getpgid(0) == os.getpid(), signal.getsignal(signal.SIGTTOU) == signal.SIG_IGN)"
     )
     out = subprocess.run(

@@ -17,6 +17,7 @@ Every reader yields `Sample(name, image, gt)`: `image` is HxWx3 uint8 RGB and `g
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -304,10 +305,20 @@ def resolve_dataset_path(name: str, data_root: str | Path | None = None) -> Path
             return candidate
     if Path(name).is_dir():
         return Path(name)
-    raise DatasetNotFoundError(
-        f"dataset {name!r}: folder {data_root / name} does not exist (data root {data_root}; "
-        f"set --data-root or ADAPTIVECLICK_DATA). Expected one of: {LAYOUTS_HELP}"
-    )
+    raise DatasetNotFoundError(f"dataset {name!r} not found: {_datasets_under(data_root, name)}")
+
+
+def _datasets_under(data_root: Path, name: str) -> str:
+    """What the data root holds, the nearest name first: a misspelt name (``Grabcut``) is then fixed at a glance."""
+    if not data_root.is_dir():
+        return f"the data root {data_root} does not exist (set --data-root or ADAPTIVECLICK_DATA)"
+    names = sorted(child.name for child in data_root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if not names:
+        return f"the data root {data_root} holds no dataset folder (set --data-root or ADAPTIVECLICK_DATA)"
+    by_lower = {candidate.lower(): candidate for candidate in names}
+    near = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    hint = f"did you mean {by_lower[near[0]]!r}? " if near else ""
+    return f"{hint}the data root {data_root} holds {', '.join(names)}"
 
 
 HOLDOUT_PARTS = ("val", "train")  # NAME:val / NAME:train, the two sides of a training folder's --holdout split
@@ -317,7 +328,7 @@ def load_dataset(name: str, data_root: str | Path | None = None, split: str = "v
     """Resolve `name` under the data root and open it; ``NAME:val`` is the validation share that training with
     ``--holdout NAME`` (default fraction) keeps out of a training folder, ``NAME:train`` the rest (what such a run
     trains on: measuring both tells fitting from generalising)."""
-    from ..data import DEFAULT_HOLDOUT_FRACTION
+    from ..training.data import DEFAULT_HOLDOUT_FRACTION
 
     base, _, part = name.rpartition(":")
     if base and part in HOLDOUT_PARTS:
@@ -331,9 +342,9 @@ def validation_dataset(
     """The objects of a training folder (``images/`` + ``masks/``) that training holds out as validation
     (``part="val"``), or the ones it trains on (``part="train"``).
 
-    Same split as :func:`model.data.hold_out_validation`, so a run never trains on what it selects on.
+    Same split as :func:`model.training.data.hold_out_validation`, so a run never trains on what it selects on.
     """
-    from ..data import in_validation_split
+    from ..training.data import in_validation_split
 
     if part not in HOLDOUT_PARTS:
         raise ValueError(f"part must be one of {', '.join(HOLDOUT_PARTS)}, not {part!r}")

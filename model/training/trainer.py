@@ -43,14 +43,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .build import CONFIGS, AdaptiveClickConfig, build_adaptiveclick
-from .checkpoint import (
+from ..build import CONFIGS, AdaptiveClickConfig, build_adaptiveclick
+from ..checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_mae_backbone,
     load_state_dict_strict,
     save_checkpoint,
 )
+from ..files import atomic_write
+from ..modeling.adaptiveclick import AdaptiveClick
+from ..modeling.vit import resize_pos_embed
 from .click_sampler import MultiPointSampler, add_error_clicks
 from .criterion import build_criterion, downsample_gt, total_loss
 from .data import (
@@ -63,9 +66,6 @@ from .data import (
     hold_out_validation,
     open_train_sources,
 )
-from .files import atomic_write
-from .modeling.adaptiveclick import AdaptiveClick
-from .modeling.vit import resize_pos_embed
 
 STATE_FORMAT = "adaptiveclick-train/1"
 STATE_FILE = "last.pt"
@@ -714,7 +714,7 @@ class Trainer:
 
     def evaluation_sets(self) -> list:
         """``eval_data`` sets, then the validation share of every ``holdout`` folder."""
-        from .evaluation.datasets import load_dataset, validation_dataset
+        from ..evaluation.datasets import load_dataset, validation_dataset
 
         sets = []
         for name in self.cfg.eval_data:
@@ -736,9 +736,9 @@ class Trainer:
     def evaluate(self) -> None:
         """NoC on the first ``eval_limit`` instances of each evaluation set, for the trained weights and
         their EMA; appends to ``eval.csv``."""
-        from .evaluation.metrics import compute_noc
-        from .evaluation.runner import evaluate_dataset
-        from .predictor import Predictor
+        from ..evaluation.metrics import compute_noc
+        from ..evaluation.runner import evaluate_dataset
+        from ..predictor import Predictor
 
         rows = []
         weights = [("last", self.net)] + ([("ema", self.ema_model())] if self.ema is not None else [])

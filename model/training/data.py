@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..images import read_label_map, read_rgb
 from .click_sampler import MultiPointSampler
-from .images import read_label_map, read_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 EVALUATION_ONLY = ("GrabCut", "Berkeley")

@@ -1,7 +1,7 @@
 """Fine-tuning from in-memory annotations: adapters between (image, instance masks) and the training code.
 
-* :func:`memory_source` turns ``[(image, [mask, ...]), ...]`` into a :class:`~model.data.TrainSource` whose
-  records the unchanged :class:`~model.data.ClickTrainDataset` samples from (augmentations, multi-point click
+* :func:`memory_source` turns ``[(image, [mask, ...]), ...]`` into a :class:`~model.training.data.TrainSource` whose
+  records the unchanged :class:`~model.training.data.ClickTrainDataset` samples from (augmentations, multi-point click
   sampler), so fine-tuning uses the reference recipe: AFL + CE + dice set criterion and iterative click
   simulation (:class:`~model.training.Trainer`).
 * :func:`finetune` fine-tunes a checkpoint on such a source for a number of steps and returns the network.
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..modeling.adaptiveclick import AdaptiveClick
 from .data import AnnotatedImage, TrainSource
-from .modeling.adaptiveclick import AdaptiveClick
-from .training import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer
 
 MEMORY_DATA = "<annotations in memory>"
 
@@ -58,7 +58,7 @@ def pack_instances(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[
 
 @dataclass(frozen=True, eq=False)
 class MemoryRecord:
-    """One annotated image held in memory (the record interface of ``model.data``: ``load(rng)``)."""
+    """One annotated image held in memory (the record interface of ``model.training.data``: ``load(rng)``)."""
 
     image: np.ndarray
     layers: np.ndarray
@@ -104,9 +104,10 @@ class MemoryTrainer(Trainer):
         pass
 
 
-# Where a fine-tuning job departs from TrainConfig's defaults (batch 8, Adam lr 5e-5, x0.1 after 2/3 of the steps:
-# the trainer's recipe, which on CamVid cut NoC@85 3.7x more than 100 steps of 4 at a constant 3e-5 did; see the
-# README): a short run from a trained checkpoint on in-memory annotations, with no checkpoints of its own.
+# Where a fine-tuning job departs from TrainConfig's defaults (batch 8, Adam lr 5e-5, x0.1 after 2/3 of the
+# steps: the trainer's recipe, which on CamVid cut NoC@85 3.7x more than 100 steps of 4 at a constant 3e-5 did;
+# see benchmarks/HISTORY.md): a short run from a trained checkpoint on in-memory annotations, with no checkpoints
+# of its own.
 FINETUNE_DEFAULTS: dict[str, Any] = {
     "steps": 300,
     "clip_grad": 1.0,
@@ -175,9 +176,9 @@ def evaluate_noc(
     """NoC@85/90 (robot clicker, stop at IoU 0.90) over ``[(image, gt mask), ...]`` (gt: bool or 0/1/-1)."""
     import time
 
-    from .evaluation.metrics import compute_noc, noc_of_instance
-    from .evaluation.runner import evaluate_instance
-    from .predictor import Predictor
+    from ..evaluation.metrics import compute_noc, noc_of_instance
+    from ..evaluation.runner import evaluate_instance
+    from ..predictor import Predictor
 
     predictor = Predictor(net, device=device, flip=flip, zoom_in=zoom_in, refine=refine)
     t0 = time.perf_counter()
