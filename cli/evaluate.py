@@ -18,8 +18,8 @@ from model.evaluation.report import (
     plot_mean_iou,
     write_results,
 )
-from model.evaluation.runner import evaluate_dataset
-from model.interactive import InteractivePredictor
+from model.evaluation.runner import FIRST_INTERACTIONS, evaluate_dataset
+from model.interactive import BoxPromptPredictor, InteractivePredictor
 from model.refine import Refinement
 
 from .predictor_options import add_predictor_arguments, build_predictor, checkpoint
@@ -56,6 +56,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=METHODS,
         default="adaptiveclick",
         help="adaptiveclick, or grabcut: the OpenCV baseline (default %(default)s)",
+    )
+    parser.add_argument(
+        "--first",
+        default="click",
+        help="the first interaction, comma-separated to run several protocols in one run: click (the standard "
+        "protocol), box (the object's tight bounding box, then robot clicks; rows 'NAME [box first]') "
+        "(default %(default)s)",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances per dataset")
     parser.add_argument("--out", default="results", help="output folder for results.json and the plot")
@@ -95,6 +102,14 @@ def parse_thresholds(text: str) -> list[float]:
     return thresholds
 
 
+def parse_first(text: str) -> list[str]:
+    firsts = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [first for first in firsts if first not in FIRST_INTERACTIONS]
+    if not firsts or unknown:
+        raise ValueError(f"--first: expected comma-separated {' / '.join(FIRST_INTERACTIONS)}, got {text!r}")
+    return list(dict.fromkeys(firsts))
+
+
 def build(args: argparse.Namespace) -> InteractivePredictor:
     if args.method == "adaptiveclick":
         return build_predictor(args)
@@ -107,6 +122,7 @@ def build(args: argparse.Namespace) -> InteractivePredictor:
 def _settings(args: argparse.Namespace, predictor: InteractivePredictor) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "stop_iou": args.stop_iou,
+        "first": args.first,
         "threshold": predictor.threshold,
         "limit": args.limit,
         "data_root": str(data_root(args)),
@@ -143,26 +159,32 @@ def run(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
     if not names:
         raise ValueError("--datasets: give at least one dataset name")
+    firsts = parse_first(args.first)
     datasets: dict[str, InteractiveDataset] = {name: load_dataset(name, data_root(args)) for name in names}
     predictor = build(args)  # a bad checkpoint is reported before any work
+    if "box" in firsts and not isinstance(predictor, BoxPromptPredictor):
+        raise ValueError(f"--first box: the {args.method} method takes no box")
     per_dataset = {}
     for name, dataset in datasets.items():
-        per_dataset[name] = evaluate_dataset(
-            predictor,
-            dataset,
-            max_clicks=args.max_clicks,
-            stop_iou=args.stop_iou,
-            limit=args.limit,
-            desc=f"{args.method} {name}",
-            progress=not args.no_progress,
-        )
+        for first in firsts:
+            key = name if first == "click" else f"{name} [{first} first]"
+            per_dataset[key] = evaluate_dataset(
+                predictor,
+                dataset,
+                max_clicks=args.max_clicks,
+                stop_iou=args.stop_iou,
+                limit=args.limit,
+                desc=f"{args.method} {key}",
+                progress=not args.no_progress,
+                first=first,
+            )
     results = build_results(
         args.method,
         _settings(args, predictor),
         per_dataset,
         thresholds,
         args.max_clicks,
-        dataset_paths={name: str(dataset.root) for name, dataset in datasets.items()},
+        dataset_paths={key: str(datasets[key.split(" [")[0]].root) for key in per_dataset},
     )
     results_path = write_results(results, args.out)
     plot_path = plot_mean_iou([results], Path(args.out) / PLOT_FILE)

@@ -27,6 +27,16 @@ def parse_click(text: str) -> tuple[int, int, bool]:
     return row, col, kind in ("pos", "+")
 
 
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` (left, top, right, bottom edges in pixels) -> the four numbers."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box {text!r} must be four numbers X0,Y0,X1,Y1") from None
+    return x0, y0, x1, y1
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, clicks: list[tuple[int, int, bool]]) -> np.ndarray:
     """Mask tinted over the image with click markers (green positive, red negative); RGB uint8."""
     import cv2
@@ -56,9 +66,17 @@ def add_parser(subparsers: Any) -> None:
         "--click",
         action="append",
         type=parse_click,
-        required=True,
+        default=[],
         metavar="ROW,COL[,neg]",
         help="a click in pixels; repeat for more; ',neg' marks a background click",
+    )
+    parser.add_argument(
+        "--box",
+        type=parse_box,
+        default=None,
+        metavar="X0,Y0,X1,Y1",
+        help="a box around the object (left, top, right, bottom edges in pixels) as the first prompt; "
+        "--click then refines it",
     )
     add_predictor_arguments(parser)
     parser.add_argument("--out", required=True, help="output mask PNG (0/255)")
@@ -72,9 +90,13 @@ def run(args: argparse.Namespace) -> int:
 
     from model.images import read_rgb
 
+    if not args.click and args.box is None:
+        raise CommandError("give at least one --click or a --box")
     image = read_rgb(args.image)
     predictor = build_predictor(args)
     predictor.set_image(image)
+    if args.box is not None:
+        predictor.set_box(*args.box)
     for row, col, positive in args.click:
         predictor.add_click(row, col, positive)
     mask = predictor.mask
@@ -87,5 +109,6 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay:
         drawn = overlay(predictor.image, mask, args.click)
         cv2.imwrite(str(args.overlay), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-    print(f"{out}: {int(mask.sum())} of {mask.size} pixels after {len(args.click)} click(s) ({checkpoint(args)})")
+    prompt = f"{len(args.click)} click(s)" if args.box is None else f"a box and {len(args.click)} click(s)"
+    print(f"{out}: {int(mask.sum())} of {mask.size} pixels after {prompt} ({checkpoint(args)})")
     return 0

@@ -49,6 +49,15 @@ class InteractivePredictor(Protocol):
 
 
 @runtime_checkable
+class BoxPromptPredictor(InteractivePredictor, Protocol):
+    """A predictor whose first interaction may be a box around the object instead of a click."""
+
+    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Forget all clicks, start from the box (left/top edges x0, y0; right/bottom edges x1, y1, in pixels)
+        and return the float32 HxW probability map after it; later clicks refine the same object."""
+
+
+@runtime_checkable
 class StatefulPredictor(InteractivePredictor, Protocol):
     """A predictor whose state after a click can be saved and restored (a click prefix is replayed for free)."""
 

@@ -12,6 +12,7 @@ probability map fed back as the fourth input channel, and 0.49 as the mask thres
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from . import state_codec
+from .box_prompt import DEFAULT_BOX_STRATEGY, BoxPrompt, BoxStrategy, box_from_corners, clip_to_box, inner_click
 from .device import autocast, resolve_device, resolve_dtype
 from .interactive import Prediction, prediction_from
 from .modeling.adaptiveclick import AdaptiveClick
@@ -30,7 +32,8 @@ __all__ = ["Click", "Predictor", "PredictorState", "to_rgb_uint8"]
 
 @dataclass
 class PredictorState:
-    """Everything that determines the next prediction: clicks, previous map and zoom ROI."""
+    """Everything that determines the next prediction: clicks, previous map, zoom ROI and the box prompt (the
+    first interaction when there is one; ``clicks`` are the user's clicks after it)."""
 
     clicks: tuple[Click, ...] = ()
     prev_probs: torch.Tensor | None = None  # (1, 1, H, W) float32, on the predictor's device
@@ -38,6 +41,7 @@ class PredictorState:
     history: tuple[PredictorState, ...] = field(default=(), repr=False)
     # The network's low-resolution output that prev_probs was upsampled from (what export_state stores).
     logits: torch.Tensor | None = field(default=None, repr=False)
+    box: BoxPrompt | None = None
 
     @property
     def probs(self) -> np.ndarray | None:
@@ -86,6 +90,7 @@ class Predictor:
             the CPU; ``"gather"`` also speeds up fp32 at the cost of bit-exactness (~1e-6).
         refine: inference-time refinement, a :class:`~model.refine.Refinement` or its spec string
             (``"guided,clean"``, ``"cfr2"``); ``None``/``"none"`` is the reference behaviour.
+        box_strategy: how :meth:`set_box` turns a box into network input (default: the measured choice).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class Predictor:
         threshold: float = 0.49,
         sampler: str = "auto",
         refine: Refinement | str | None = None,
+        box_strategy: BoxStrategy = DEFAULT_BOX_STRATEGY,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -115,6 +121,7 @@ class Predictor:
         self.zoom = ZoomIn(target_size=tuple(target_size))
         self.threshold = threshold
         self.refine = Refinement.parse(refine)
+        self.box_strategy = box_strategy
         self._image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]
         self._grey: torch.Tensor | None = None  # (1, 1, H, W): the guide of edge-aware upsampling
         self._rgb: np.ndarray | None = None
@@ -175,6 +182,11 @@ class Predictor:
     def roi(self) -> Box | None:
         return self._state.roi
 
+    @property
+    def box(self) -> Box | None:
+        """The box prompt ``(rmin, rmax, cmin, cmax)`` the current object started from, if any."""
+        return None if self._state.box is None else self._state.box.box
+
     def get_state(self) -> PredictorState:
         """A snapshot to restore later with :meth:`set_state` (tensors are shared, never modified)."""
         return self._state
@@ -195,15 +207,20 @@ class Predictor:
     def export_state(self, state: PredictorState | None = None) -> bytes:
         """``state`` (default: the current one) as bytes for :meth:`import_state` in another process."""
         state = self._state if state is None else state
-        if state.prev_probs is None or state.roi is None or not state.clicks:
-            raise ValueError("only a state after a click can be exported")
+        if state.prev_probs is None or state.roi is None or not (state.clicks or state.box):
+            raise ValueError("only a state after a click or a box can be exported")
         # The smaller of what the map is made from (the logits) and the map itself; both are float32.
         use_logits = state.logits is not None and state.logits.numel() < state.prev_probs.numel()
         source = state.logits if use_logits else state.prev_probs
         array = source.detach().float().cpu().numpy()
         clicks = tuple((int(c.row), int(c.col), bool(c.positive)) for c in state.clicks)
         hw = tuple(int(v) for v in state.prev_probs.shape[-2:])
-        parts = state_codec.StateParts(clicks, state.roi, hw, array, "logits" if use_logits else "probs")
+        box = None
+        if state.box is not None:
+            prompt = state.box
+            box_clicks = tuple((int(c.row), int(c.col), bool(c.positive)) for c in prompt.clicks)
+            box = state_codec.BoxParts(prompt.box, box_clicks, prompt.roi, prompt.clip)
+        parts = state_codec.StateParts(clicks, state.roi, hw, array, "logits" if use_logits else "probs", box)
         return state_codec.encode(parts, self.state_tag)
 
     @torch.inference_mode()
@@ -222,22 +239,29 @@ class Predictor:
         if array.dim() != 4 or array.shape[:2] != (1, 1):
             raise state_codec.StateFormatError(f"state array has shape {tuple(array.shape)}, not (1, 1, h, w)")
         clicks = tuple(Click(r, c, p) for r, c, p in parts.clicks)
+        prompt = None
+        if parts.box is not None:
+            for name, box in (("box", parts.box.box), ("box ROI", parts.box.roi), ("box clip", parts.box.clip)):
+                if box is not None and not (
+                    0 <= box[0] <= box[1] < parts.image_hw[0] and 0 <= box[2] <= box[3] < parts.image_hw[1]
+                ):
+                    raise state_codec.StateFormatError(f"state {name} {box} is outside the image")
+            box_clicks = tuple(Click(r, c, p) for r, c, p in parts.box.clicks)
+            prompt = BoxPrompt(parts.box.box, box_clicks, parts.box.roi, parts.box.clip)
         if parts.kind == "probs":
             if tuple(array.shape[-2:]) != self.image_size:
                 raise state_codec.StateFormatError("stored map does not have the image's size")
-            return PredictorState(clicks, array, parts.roi, (), None)
-        probs = self._upsample(array, parts.roi)
-        if self.refine.clean:
-            probs = drop_unclicked_components(probs, parts.roi, clicks, self.threshold)
-        return PredictorState(clicks, probs, parts.roi, (), array)
+            return PredictorState(clicks, array, parts.roi, (), None, prompt)
+        probs = self._finish(self._upsample(array, parts.roi), parts.roi, clicks, prompt)
+        return PredictorState(clicks, probs, parts.roi, (), array, prompt)
 
     def reset(self) -> None:
-        """Forget the clicks; keep the image."""
+        """Forget the clicks and the box; keep the image."""
         self._state = PredictorState()
 
     def undo(self) -> np.ndarray | None:
-        """Remove the last click; returns the map after the remaining clicks (``None`` if none remain)."""
-        if not self._state.clicks:
+        """Remove the last click (or the box); returns the map after what remains (``None`` if nothing)."""
+        if not self._state.clicks and self._state.box is None:
             raise ValueError("there is no click to undo")
         self._state = self._state.history[-1]
         return self.probs
@@ -265,7 +289,27 @@ class Predictor:
             if not (0 <= row < height and 0 <= col < width):
                 raise ValueError(f"click (row={row}, col={col}) is outside the {height}x{width} image")
             new.append(Click(int(row), int(col), bool(positive)))
-        self._state = self._predict(self._state.clicks + tuple(new))
+        self._state = self._predict(self._state.clicks + tuple(new), self._state.box)
+        return self.probs
+
+    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Start a new object from a box (left/top edges ``x0, y0``, right/bottom edges ``x1, y1`` in pixels, see
+        :func:`model.box_prompt.box_from_corners`) and return its probability map; clicks added after it refine
+        the same object. Forgets earlier clicks, like :meth:`reset`."""
+        self._require_image()
+        box = box_from_corners(x0, y0, x1, y1, self.image_size)
+        strategy = self.box_strategy
+        prompt = strategy.prompt(box, self.image_size)
+        self.reset()
+        prior = strategy.prior_map(box, self.image_size, self.device)
+        state = self._predict((), prompt, prior)
+        if strategy.second_look:
+            click = inner_click(state.probs, box, self.threshold) if strategy.click == "inner" else None
+            if click is not None:
+                # The second look clicks where the first guess is most surely object, as a user would.
+                prompt = dataclasses.replace(prompt, clicks=(click,) + prompt.clicks[1:])
+            state = self._predict((), prompt, state.prev_probs if strategy.feedback else prior)
+        self._state = state
         return self.probs
 
     def predict(self, clicks: list[Click] | list[tuple[float, float, bool]]) -> np.ndarray:
@@ -283,14 +327,23 @@ class Predictor:
             raise ValueError("no image set: call set_image() first")
 
     @torch.inference_mode()
-    def _predict(self, clicks: tuple[Click, ...]) -> PredictorState:
+    def _predict(
+        self, clicks: tuple[Click, ...], box: BoxPrompt | None = None, prior: torch.Tensor | None = None
+    ) -> PredictorState:
+        """The state after the user's ``clicks`` (after ``box`` when given); ``prior``: the previous map of the
+        box-only prediction, which runs on the box's ROI."""
         previous = self._state
         height, width = self.image_size
-        prev_probs = previous.prev_probs
+        user_clicks = clicks
+        if box is not None:
+            clicks = box.clicks + clicks  # the network sees the box's clicks first, as the first interaction
+        prev_probs = previous.prev_probs if prior is None else prior
         if prev_probs is None:
             prev_probs = torch.zeros((1, 1, height, width), device=self.device)
 
-        if self.use_zoom_in:
+        if box is not None and not user_clicks:
+            roi = box.roi
+        elif self.use_zoom_in:
             prev_np = None if previous.prev_probs is None else previous.probs
             roi, _ = self.zoom.next_roi(previous.roi, prev_np, clicks, (height, width))
         else:
@@ -303,9 +356,17 @@ class Predictor:
             probs = again
             if refine.cascade_tol and int((before ^ after).sum()) < refine.cascade_tol * max(1, int(before.sum())):
                 break
-        if refine.clean:
+        probs = self._finish(probs, roi, user_clicks, box)
+        return PredictorState(user_clicks, probs, roi, previous.history + (previous,), logits, box)
+
+    def _finish(self, probs: torch.Tensor, roi: Box, clicks: tuple[Click, ...], box: BoxPrompt | None) -> torch.Tensor:
+        """The map's last steps after the network (also on import): the box clip, then dropping unclicked blobs."""
+        if box is not None:
+            probs = clip_to_box(probs, box, clicks)
+            clicks = box.clicks + clicks
+        if self.refine.clean:
             probs = drop_unclicked_components(probs, roi, clicks, self.threshold)
-        return PredictorState(clicks, probs, roi, previous.history + (previous,), logits)
+        return probs
 
     def _forward(
         self, prev_probs: torch.Tensor, clicks: tuple[Click, ...], roi: Box

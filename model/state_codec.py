@@ -9,7 +9,8 @@ process held (same weights, settings and device kind). For smaller images the ma
 as it is (``kind="probs"``).
 
 Layout: ``MAGIC`` (4 bytes), a format byte, a 4-byte little-endian header length, a JSON header (clicks, ROI,
-image size, the float32 logits' shape, the predictor's ``state_tag``), then the logits' bytes byte-shuffled
+image size, the float32 logits' shape, the predictor's ``state_tag``, the box prompt when the object started from
+a box), then the logits' bytes byte-shuffled
 (the four bytes of each float32 in four planes: the sign/exponent bytes repeat) and compressed with zstd level 1
 when ``zstandard`` is installed (0.6 ms for the starter's 320x320 logits; zlib level 1, the fallback, takes ~10 ms
 for about the same size). Nothing is pickled: a blob from an untrusted store can only fail to decode.
@@ -41,15 +42,27 @@ class StateFormatError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class BoxParts:
+    """A box prompt: the box, the clicks derived from it, its ROI and its clip region (``None``: no clip)."""
+
+    box: tuple[int, int, int, int]
+    clicks: tuple[tuple[int, int, bool], ...]
+    roi: tuple[int, int, int, int]
+    clip: tuple[int, int, int, int] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class StateParts:
     """The stored parts: clicks ``(row, col, positive)``, the ROI, the image size and one float32 array: the
-    network's logits (``kind="logits"``) or the full-resolution probability map (``kind="probs"``)."""
+    network's logits (``kind="logits"``) or the full-resolution probability map (``kind="probs"``), and the box
+    prompt the clicks follow (``None`` for click-only sessions)."""
 
     clicks: tuple[tuple[int, int, bool], ...]
     roi: tuple[int, int, int, int]
     image_hw: tuple[int, int]
     array: np.ndarray
     kind: str = "logits"
+    box: BoxParts | None = None
 
 
 def encode(parts: StateParts, tag: str) -> bytes:
@@ -66,6 +79,14 @@ def encode(parts: StateParts, tag: str) -> bytes:
         "kind": parts.kind,
         "codec": "zstd" if zstandard is not None else "zlib",
     }
+    if parts.box is not None:
+        box = parts.box
+        header["box"] = {
+            "box": [int(v) for v in box.box],
+            "clicks": [[int(r), int(c), bool(p)] for r, c, p in box.clicks],
+            "roi": [int(v) for v in box.roi],
+            "clip": None if box.clip is None else [int(v) for v in box.clip],
+        }
     head = json.dumps(header, separators=(",", ":")).encode()
     planes = np.frombuffer(logits.tobytes(), np.uint8).reshape(-1, 4).T  # byte shuffle
     shuffled = np.ascontiguousarray(planes).tobytes()
@@ -93,11 +114,12 @@ def decode(data: bytes, tag: str) -> StateParts:
         image_hw = tuple(int(v) for v in header["image_hw"])
         shape = tuple(int(v) for v in header["shape"])
         codec, kind = str(header["codec"]), str(header["kind"])
-    except (ValueError, KeyError, TypeError) as exc:
+        box = _box_parts(header.get("box"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StateFormatError(f"state blob header is unreadable ({type(exc).__name__})") from None
     if stored_tag != tag:
         raise StateFormatError("the state was made by a predictor with other settings")
-    if len(roi) != 4 or len(image_hw) != 2 or not clicks or kind not in ("logits", "probs"):
+    if len(roi) != 4 or len(image_hw) != 2 or not (clicks or box) or kind not in ("logits", "probs"):
         raise StateFormatError("state blob header is inconsistent")
     count = int(np.prod(shape)) if shape else 0
     if not 0 < count <= MAX_LOGITS_ELEMENTS:
@@ -106,7 +128,19 @@ def decode(data: bytes, tag: str) -> StateParts:
     if len(raw) != count * 4:
         raise StateFormatError("state blob payload has the wrong size")
     unshuffled = np.ascontiguousarray(np.frombuffer(raw, np.uint8).reshape(4, count).T)
-    return StateParts(clicks, roi, image_hw, unshuffled.view(np.float32).reshape(shape), kind)
+    return StateParts(clicks, roi, image_hw, unshuffled.view(np.float32).reshape(shape), kind, box)
+
+
+def _box_parts(stored: dict | None) -> BoxParts | None:
+    """The header's box prompt (absent in click-only states); raises ValueError/KeyError/TypeError when malformed."""
+    if stored is None:
+        return None
+    box, roi = tuple(int(v) for v in stored["box"]), tuple(int(v) for v in stored["roi"])
+    clip = None if stored["clip"] is None else tuple(int(v) for v in stored["clip"])
+    if len(box) != 4 or len(roi) != 4 or (clip is not None and len(clip) != 4):
+        raise ValueError("box prompt fields must have four values")
+    clicks = tuple((int(r), int(c), bool(p)) for r, c, p in stored["clicks"])
+    return BoxParts(box, clicks, roi, clip)
 
 
 def _decompress(codec: str, payload: bytes, size: int) -> bytes:

@@ -37,13 +37,16 @@ def summarize(results: Sequence[InstanceResult], thresholds: Sequence[float], ma
 
 
 def instance_record(result: InstanceResult, thresholds: Sequence[float], max_clicks: int) -> dict[str, Any]:
-    return {
+    record = {
         "name": result.name,
         "clicks": [click.as_list() for click in result.clicks],
         "ious": result.ious,
         "noc": {threshold_label(t): noc_of_instance(result.ious, t, max_clicks) for t in thresholds},
         "time_s": result.time_s,
     }
+    if result.box is not None:
+        record["box"] = list(result.box)
+    return record
 
 
 def build_results(
@@ -131,14 +134,15 @@ def plot_mean_iou(runs: Sequence[dict[str, Any]], path: str | Path, sources: Seq
 def format_table(runs: Sequence[dict[str, Any]], sources: Sequence[str] | None = None) -> str:
     """Plain-text table: method, dataset, NoC@t and NoF@t for every threshold, SPC and time."""
     labels = list(dict.fromkeys(k for run in runs for d in run["datasets"].values() for k in d["summary"]["noc"]))
-    header = ["Method", "Dataset", "N"]
+    header = ["Method", "Dataset", "N", "IoU@1"]
     header += [f"NoC@{label}" for label in labels] + [f"NoF@{label}" for label in labels]
     header += ["SPC,s", "Time"]
     rows = []
     for run, method in zip(runs, _line_labels(runs, sources)):
         for dataset_name, dataset in run["datasets"].items():
             summary = dataset["summary"]
-            row = [method, dataset_name, str(summary["num_instances"])]
+            first_iou = summary["mean_iou_per_click"][0] if summary["mean_iou_per_click"] else None
+            row = [method, dataset_name, str(summary["num_instances"]), _format_number(first_iou, ".3f")]
             row += [_format_number(summary["noc"].get(label), ".2f") for label in labels]
             row += [_format_number(summary["nof"].get(label), "d") for label in labels]
             row += [_format_number(summary["spc_s"], ".3f"), _format_duration(summary["total_time_s"])]
