@@ -28,7 +28,7 @@ from .core import Frame, InteractiveCore, image_key
 from .errors import BackendError, BadRequest, MediaError
 from .jsonbody import parse_json
 from .media import DecodedImage, decode_image
-from .sessions import Click, RunStats
+from .sessions import BoxPrompt, Click, RunStats, box_prompt
 
 log = logging.getLogger("adaptiveclick.backend")
 
@@ -43,9 +43,10 @@ FUNCTION_ANNOTATIONS: dict[str, str] = {
     "framework": "pytorch",
     "min_pos_points": "1",
     "min_neg_points": "0",
+    "startswith_box_optional": "true",
     "help_message": (
-        "AdaptiveClick: left-click inside the object, right-click on what should not be in it; each click "
-        "refines the previous mask"
+        "AdaptiveClick: left-click inside the object (or draw a box around it first), right-click on what should "
+        "not be in it; each click refines the previous mask"
     ),
     "animated_gif": "",
 }
@@ -116,6 +117,21 @@ def _points(value: Any, name: str, size: tuple[int, int]) -> list[Click]:
     return out
 
 
+def _box(value: Any, size: tuple[int, int]) -> BoxPrompt | None:
+    """CVAT's ``obj_bbox`` (``[[x1, y1], [x2, y2]]`` image pixels, any two opposite corners; ``[]`` or null: no
+    box) as a box prompt; 422 naming what is wrong."""
+    if value is None or value == []:
+        return None
+    corners = _points(value, "obj_bbox", size) if isinstance(value, list) and len(value) == 2 else None
+    if corners is None:
+        raise BadRequest(f"obj_bbox must be [] or two [x, y] corners, got {str(value)[:80]}")
+    (r0, c0, _), (r1, c1, _) = corners
+    if r0 == r1 or c0 == c1:
+        raise BadRequest(f"obj_bbox {value} is empty: its corners must differ in x and in y")
+    (x0, x1), (y0, y1) = sorted(p[0] for p in value), sorted(p[1] for p in value)
+    return box_prompt(x0, y0, x1, y1)
+
+
 def _image_bytes(value: Any, max_bytes: int) -> bytes:
     if value is None:
         raise BadRequest('the body has no "image": CVAT sends the frame as a base64 string')
@@ -165,11 +181,13 @@ class CvatInteractor:
         decoded = self.core.image(key, decode, stats)
         positives = _points(body.get("pos_points"), "pos_points", decoded.size)
         negatives = _points(body.get("neg_points"), "neg_points", decoded.size)
-        if not positives:
-            raise BadRequest("pos_points is empty: AdaptiveClick needs at least one positive click")
-        clicks = list(dict.fromkeys(positives + negatives))
+        box = _box(body.get("obj_bbox"), decoded.size)
+        if not positives and box is None:
+            raise BadRequest("pos_points is empty and there is no obj_bbox: a positive click or a box is needed")
+        # A box starts its own object (it is the first item of every click sequence of that object).
+        prompts = ([box] if box else []) + list(dict.fromkeys(positives + negatives))
         frame = Frame.of(decoded)
-        result = self.core.segment(("cvat", key[1]), frame, clicks, encode_cvat_mask, stats, ordered=False)
+        result = self.core.segment(("cvat", key[1], box), frame, prompts, encode_cvat_mask, stats, ordered=False)
         self.calls += 1
         return shapes_reply(result.encoded, result.score)
 

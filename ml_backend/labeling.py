@@ -47,6 +47,7 @@ class LabelConfig:
     keypoints: dict[str, ControlTag]
     brushes: dict[str, ControlTag]
     polygons: dict[str, ControlTag] = dataclasses.field(default_factory=dict)
+    rectangles: dict[str, ControlTag] = dataclasses.field(default_factory=dict)  # smart ones give box prompts
 
     def output_for(self, image_name: str, label: str, prefer: str = "brush") -> OutputTag:
         """The BrushLabels or PolygonLabels tag on ``image_name`` with ``label`` (exactly, else ignoring case):
@@ -81,14 +82,14 @@ class LabelConfig:
         out = []
         if not self.images:
             out.append("the labeling config has no <Image> tag")
-        smart = [k for k in self.keypoints.values() if k.smart]
-        if not self.keypoints:
+        smart = [k for k in [*self.keypoints.values(), *self.rectangles.values()] if k.smart]
+        if not self.keypoints and not self.rectangles:
             out.append('the labeling config has no <KeyPointLabels smart="true"> tag to click with')
         elif not smart:
             out.append('no KeyPointLabels tag has smart="true": the labeling UI will not send clicks to the backend')
         if not self.brushes and not self.polygons:
             out.append("the labeling config has no <BrushLabels> or <PolygonLabels> tag for the masks")
-        for kp in self.keypoints.values():
+        for kp in [*self.keypoints.values(), *(r for r in self.rectangles.values() if r.smart)]:
             for image_name in kp.to_name:
                 for label in kp.labels:
                     try:
@@ -139,22 +140,24 @@ def parse_label_config(config: str) -> LabelConfig:
     keypoints: dict[str, ControlTag] = {}
     brushes: dict[str, ControlTag] = {}
     polygons: dict[str, ControlTag] = {}
+    rectangles: dict[str, ControlTag] = {}
     for control in interface.controls:
         tag = control.tag.lower()
-        if tag not in ("keypointlabels", "brushlabels", "polygonlabels"):
+        if tag not in ("keypointlabels", "rectanglelabels", "brushlabels", "polygonlabels"):
             continue
         labels = tuple(getattr(control, "labels", None) or ())
         to_name = tuple(control.to_name or ())
-        if tag == "keypointlabels":
+        if tag in ("keypointlabels", "rectanglelabels"):
             label_attrs = getattr(control, "labels_attrs", None) or {}
             smart = _truthy(control.attr.get("smart", "false")) or any(
                 _truthy(getattr(attr, "attr", {}).get("smart", "false")) for attr in label_attrs.values()
             )
-            keypoints[control.name] = ControlTag(control.name, to_name, labels, smart)
+            prompts = keypoints if tag == "keypointlabels" else rectangles
+            prompts[control.name] = ControlTag(control.name, to_name, labels, smart)
         else:
             outputs = brushes if tag == "brushlabels" else polygons
             outputs[control.name] = ControlTag(control.name, to_name, labels, False)
-    return LabelConfig(images, keypoints, brushes, polygons)
+    return LabelConfig(images, keypoints, brushes, polygons, rectangles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +174,13 @@ class RawClick:
     original_height: int | None
     image_rotation: int
     item_index: int
+    box: tuple[float, float, float, float] | None = None  # a smart rectangle: x, y, width, height (percent)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClickSet:
-    """The clicks of one object: same image, label and frame, in order."""
+    """The clicks of one object: same image, label and frame, in order; ``box``: the smart rectangle it starts
+    from (x, y, width, height in percent), if the request has one."""
 
     clicks: tuple[RawClick, ...]
     label: str
@@ -185,6 +190,7 @@ class ClickSet:
     original_height: int | None
     image_rotation: int
     item_index: int
+    box: tuple[float, float, float, float] | None = None
 
 
 def _as_bool(value: Any) -> bool:
@@ -247,17 +253,27 @@ def extract_clicks(context_result: Any, config: LabelConfig) -> ClickSet | None:
             raise BadRequest(f"{where}.value must be an object")
         rtype = str(region.get("type") or "").lower()
         from_name = region.get("from_name")
-        is_keypoint = rtype == "keypointlabels" or (not rtype and "keypointlabels" in value)
-        if not is_keypoint and rtype != "keypoint":
-            continue  # rectangles etc.: not a click
+        is_keypoint = rtype in ("keypointlabels", "keypoint") or (not rtype and "keypointlabels" in value)
+        is_box = rtype == "rectanglelabels" or (not rtype and "rectanglelabels" in value)
+        if not is_keypoint and not is_box:
+            continue  # polygons, brushes, ...: not a prompt
         if from_name is not None and not isinstance(from_name, str):
             raise BadRequest(f"{where}.from_name must be a string")
-        if from_name and config.keypoints and from_name not in config.keypoints:
-            log.warning("ignoring keypoint region from %r: not a KeyPointLabels tag of the config", from_name)
+        if is_box and not any(r.smart for r in config.rectangles.values()):
+            continue  # an ordinary rectangle: only a smart RectangleLabels tag's boxes are prompts
+        tags = config.keypoints if is_keypoint else config.rectangles
+        if from_name and (tags or is_box) and from_name not in tags:
+            log.warning("ignoring the region from %r: not a KeyPointLabels or RectangleLabels tag", from_name)
             continue
-        labels = value.get("keypointlabels") or []
+        labels_key = "keypointlabels" if is_keypoint else "rectanglelabels"
+        labels = value.get(labels_key) or []
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise BadRequest(f"{where}.value.keypointlabels must be a list of strings")
+            raise BadRequest(f"{where}.value.{labels_key} must be a list of strings")
+        box = None
+        if is_box:
+            box = tuple(_as_float(value.get(k), f"{where}.value.{k}") for k in ("x", "y", "width", "height"))
+            if box[2] <= 0 or box[3] <= 0:
+                raise BadRequest(f"{where}.value has an empty rectangle (width {box[2]}, height {box[3]})")
         to_name = region.get("to_name")
         if to_name is not None and not isinstance(to_name, str):
             raise BadRequest(f"{where}.to_name must be a string")
@@ -274,6 +290,7 @@ def extract_clicks(context_result: Any, config: LabelConfig) -> ClickSet | None:
                 original_height=_as_int(region.get("original_height"), f"{where}.original_height", minimum=1),
                 image_rotation=(_as_int(region.get("image_rotation", 0) or 0, f"{where}.image_rotation") or 0) % 360,
                 item_index=item_index,
+                box=box,
             )
         )
     if not raw:
@@ -284,17 +301,20 @@ def extract_clicks(context_result: Any, config: LabelConfig) -> ClickSet | None:
         log.info("context has clicks of several labels/images; using the %d of label %r", len(same), last.label)
     # Unlabelled keypoints: take the tag's only label when there is one.
     label = last.label
+    tags = {**config.keypoints, **config.rectangles}
     from_name = last.from_name or next(iter(config.keypoints), "")
     if not label:
-        tag = config.keypoints.get(from_name)
+        tag = tags.get(from_name)
         if tag is not None and len(tag.labels) == 1:
             label = tag.labels[0]
     to_name = last.to_name
     if not to_name:
-        tag = config.keypoints.get(from_name)
+        tag = tags.get(from_name)
         to_name = tag.to_name[0] if tag is not None and tag.to_name else next(iter(config.images), "")
+    boxes = [c.box for c in same if c.box is not None]
     return ClickSet(
-        clicks=tuple(same),
+        box=boxes[-1] if boxes else None,
+        clicks=tuple(c for c in same if c.box is None),
         label=label,
         from_name=from_name,
         to_name=to_name,

@@ -5,6 +5,7 @@ brush regions; images, sessions and the model are the platform-neutral core's (`
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -25,7 +26,7 @@ from .media import DecodedImage, MediaFetcher
 from .polygons import polygon_regions
 from .rle import mask2rle
 from .session_store import SharedStates
-from .sessions import Click, RunStats, SessionCache
+from .sessions import Click, RunStats, SessionCache, box_prompt
 
 log = logging.getLogger("adaptiveclick.backend")
 
@@ -131,9 +132,10 @@ class Backend:
         self.engine = engine or Engine(settings)
         self.core = InteractiveCore(settings, self.engine)
         self.fetcher = fetcher or MediaFetcher(settings)
-        self._prefetch_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._prefetch_pending = 0
+        self._boxes: collections.OrderedDict[tuple, tuple[float, float, float, float]] = collections.OrderedDict()
         self._schemas: dict[str, str] = {}
         self._reported_configs: set[int] = set()
         self.started = time.time()
@@ -289,7 +291,7 @@ class Backend:
         config = parse_label_config(label_config)
         self._report_config(label_config, config, project)
         clickset = extract_clicks(context.get("result"), config)
-        if clickset is None or not clickset.clicks:
+        if clickset is None or not (clickset.clicks or clickset.box):
             return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
         try:
             regions, score = self._interactive(tasks[0], clickset, config, project, stats)
@@ -353,7 +355,7 @@ class Backend:
                 return None
             config = parse_label_config(label_config)
             clickset = extract_clicks(context.get("result"), config)
-            if clickset is None or not clickset.clicks:
+            if clickset is None or not (clickset.clicks or clickset.box):
                 return None
             image_name = _image_name(clickset, config)
             url = self._image_url(task, config, image_name, clickset.item_index)
@@ -381,7 +383,7 @@ class Backend:
         key = image_key(url if isinstance(url, str) else repr(url))
         if self.core.has_image(key):
             return
-        with self._prefetch_lock:
+        with self._lock:
             if self._prefetch_pending >= 4:  # the annotator cannot open tasks faster than this
                 return
             self._prefetch_pending += 1
@@ -394,10 +396,29 @@ class Backend:
             except Exception:
                 log.exception("prefetch of task %s's image failed", task.get("id"))
             finally:
-                with self._prefetch_lock:
+                with self._lock:
                     self._prefetch_pending -= 1
 
         self._prefetch.submit(run)
+
+    def _box_of(self, clickset: ClickSet, where: tuple) -> tuple[float, float, float, float] | None:
+        """The box the clicks refine: the request's smart rectangle (remembered for ``where``: project, task,
+        image, item, label), else the one remembered there when the first click lies inside it, because the
+        labeling UI may send the keypoints after a box without the box."""
+        if clickset.box is not None:
+            with self._lock:
+                self._boxes[where] = clickset.box
+                self._boxes.move_to_end(where)
+                while len(self._boxes) > 10_000:
+                    self._boxes.popitem(last=False)
+            return clickset.box
+        with self._lock:
+            box = self._boxes.get(where)
+        if box is None or not clickset.clicks:
+            return None
+        x, y, w, h = box
+        first = clickset.clicks[0]
+        return box if x <= first.x <= x + w and y <= first.y <= y + h else None
 
     def _interactive(
         self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str, stats: RunStats
@@ -422,6 +443,13 @@ class Backend:
         )
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
+        box = self._box_of(clickset, key[:4] + (clickset.label,))
+        if box is not None:  # a box object: its own session, whose every click sequence starts with the box
+            w, h = frame.size
+            x, y, bw, bh = box
+            prompt = box_prompt(x / 100 * w, y / 100 * h, (x + bw) / 100 * w, (y + bh) / 100 * h)
+            key = key[:4] + ("box", clickset.label, frame.key, prompt)
+            clicks = (prompt, *clicks)
         # The cached answer per click sequence: the brush RLE, or the mask's bits (polygons are made from it).
         encode = functools.partial(encode_mask, out_size=frame.out_size) if output.kind == "brush" else np.packbits
         result = self.core.segment(key, frame, clicks, encode, stats, supersede=True)

@@ -37,7 +37,7 @@ from typing import Any
 from model.interactive import PortableStatePredictor  # torch-free
 
 from .config import Settings
-from .sessions import Click, RunStats, Session
+from .sessions import Click, RunStats, Session, is_box
 
 log = logging.getLogger("adaptiveclick.backend")
 KEY_PREFIX = "ac:state"
@@ -267,7 +267,8 @@ class SharedStates:
             try:
                 state = session.predictor.import_state(blob)
                 # The blob names its clicks: an entry that does not hold this prefix is not used (hash collision).
-                if tuple(tuple(c) for c in _clicks_of(state)) == tuple(tuple(c) for c in prefixes[index]):
+                clicks_only = tuple(tuple(c) for c in prefixes[index] if not is_box(c))  # a state keeps its box apart
+                if tuple(tuple(c) for c in _clicks_of(state)) == clicks_only:
                     restored = (prefixes[index], state)
             except ValueError as exc:  # another format or settings: a miss
                 log.debug("SESSION_STORE: stored state not usable (%s)", exc)
@@ -311,10 +312,18 @@ class SharedStates:
         out = []
         for raw in self.store.recent(f"{namespace}:sequences"):
             try:
-                out.append(tuple((int(r), int(c), bool(p)) for r, c, p in json.loads(raw)))
+                out.append(tuple(_item(v) for v in json.loads(raw)))
             except (ValueError, TypeError):  # not ours: ignore
                 continue
         return out
+
+
+def _item(value: list) -> tuple:
+    """A click ``[row, col, positive]`` or a box ``["box", x0, y0, x1, y1]`` read back from JSON."""
+    if len(value) == 5 and value[0] == "box":
+        return ("box", *(int(v) for v in value[1:]))
+    row, col, positive = value
+    return int(row), int(col), bool(positive)
 
 
 def _clicks_of(state: Any) -> list[tuple[int, int, bool]]:

@@ -28,7 +28,22 @@ import numpy as np
 
 from model.interactive import InteractivePredictor, StatefulPredictor  # torch-free
 
+from .errors import BadRequest
+
 Click = tuple[int, int, bool]  # (row, col, positive) in the session frame's pixels
+# A box prompt in a click sequence: ("box", x0, y0, x1, y1), edges in the frame's pixels; only ever first.
+BoxPrompt = tuple[str, int, int, int, int]
+
+
+def box_prompt(x0: float, y0: float, x1: float, y1: float) -> BoxPrompt:
+    """A box (left/top and right/bottom edges in pixels) as the first item of a click sequence."""
+    return ("box", round(x0), round(y0), round(x1), round(y1))
+
+
+def is_box(item: tuple) -> bool:
+    return len(item) == 5 and item[0] == "box"
+
+
 MAX_STATES_PER_SESSION = 256
 
 
@@ -170,7 +185,12 @@ class Session:
             if stats.cancelled.is_set():
                 stats.model_ms += (time.perf_counter() - t0) * 1000
                 raise ClientGone(f"stopped after {stats.forwards} forwards, at click {k} of {n}")
-            if batch and k >= together_from and n - k > 1:
+            if is_box(clicks[k]):
+                if k or not hasattr(p, "set_box"):
+                    raise BadRequest("a box can only start an object, and the served model must take one")
+                p.set_box(*clicks[k][1:])
+                k += 1
+            elif batch and k >= together_from and n - k > 1:
                 p.add_clicks(clicks[k:])
                 k = n
             else:

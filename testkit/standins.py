@@ -96,6 +96,18 @@ class DiskPredictor:
     def add_click(self, row: int, col: int, positive: bool = True) -> np.ndarray:
         return self.add_clicks([(row, col, positive)])
 
+    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """A new object from a box (edges in pixels): the box's inside, in one "forward"."""
+        if self._shape is None:
+            raise RuntimeError("set_image first")
+        with DiskPredictor._count_lock:
+            DiskPredictor.forwards += 1
+        h, w = self._shape
+        mask = np.zeros((h, w), bool)
+        mask[max(0, int(y0)) : min(h, int(np.ceil(y1))), max(0, int(x0)) : min(w, int(np.ceil(x1)))] = True
+        self._state = DiskState((), np.where(mask, np.float32(0.9), np.float32(0.1)))
+        return self._state.prev
+
     def add_clicks(self, clicks) -> np.ndarray:
         """Several clicks in one "forward" (counted once), like ``model.predictor.Predictor.add_clicks``."""
         if self._shape is None or self._grid is None:

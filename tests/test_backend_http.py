@@ -485,3 +485,42 @@ def test_a_polygon_project_is_answered_with_closed_percent_polygons_that_match_t
     assert all(0 <= p.min() and p[:, 0].max() <= w and p[:, 1].max() <= h for p in points)
     drawn = polygons_to_mask(points, h, w)
     assert (drawn & brush).sum() / (drawn | brush).sum() >= 0.98
+
+
+def _rectangle(x: float, y: float, w: float, h: float) -> dict:
+    region = copy.deepcopy(recorded("predict_interactive_1click")["params"]["context"]["result"][0])
+    region.update({"id": "box1", "from_name": "box", "type": "rectanglelabels"})
+    region["value"] = {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["Object"]}
+    return region
+
+
+def test_a_smart_box_starts_the_object_and_later_keypoints_refine_it_even_without_the_box():
+    smart_box = '<RectangleLabels name="box" toName="image" smart="true"><Label value="Object"/></RectangleLabels>'
+    config = recorded("predict_interactive_1click")["label_config"].replace("</View>", smart_box + "</View>")
+    rect = _rectangle(30.0, 25.0, 40.0, 50.0)
+    with TestClient(make_app()) as client:
+        body = recorded("predict_interactive_1click")
+        body["label_config"] = config
+        body["params"]["context"]["result"] = [rect]
+        reply = client.post("/predict", json=body)
+        assert reply.status_code == 200 and reply.headers["x-forwards"] == "1"
+        region = reply.json()["results"][0]["result"][0]
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Object"]
+        mask = brush_mask(region) > 0
+        h, w = mask.shape
+        rows, cols = np.nonzero(mask)
+        assert abs(rows.min() - 0.25 * h) <= 1 and abs(rows.max() + 1 - 0.75 * h) <= 1  # the stand-in fills the box
+        assert abs(cols.min() - 0.30 * w) <= 1 and abs(cols.max() + 1 - 0.70 * w) <= 1
+        # A negative keypoint inside the box, sent without the box (as the editor may): the same object, one forward.
+        body["params"]["context"]["result"] = [_keypoint(50.0, 50.0, False, 1)]
+        reply = client.post("/predict", json=body)
+        assert reply.headers["x-forwards"] == "1" and "session" in reply.headers["x-cache"]
+        refined = brush_mask(reply.json()["results"][0]["result"][0]) > 0
+        assert refined.sum() < mask.sum() and not refined[pixel(_keypoint(50.0, 50.0, False, 1))]
+        assert (refined & ~mask).sum() == 0
+        # A keypoint outside the remembered box starts a click-only object instead.
+        body["params"]["context"]["result"] = [_keypoint(90.0, 90.0, True, 2)]
+        reply = client.post("/predict", json=body)
+        assert "session" not in reply.headers["x-cache"]
+        far = brush_mask(reply.json()["results"][0]["result"][0]) > 0
+        assert far[pixel(_keypoint(90.0, 90.0, True, 2))] and not far[int(0.5 * h), int(0.5 * w)]

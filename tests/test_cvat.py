@@ -119,6 +119,7 @@ def test_function_yaml_declares_what_cvat_reads(name):
     assert annotations == FUNCTION_ANNOTATIONS  # one source: the dashboard routes list the same
     assert all(isinstance(v, str) for v in annotations.values()), "nuclio keeps annotations as strings"
     assert "startswith_box" not in annotations  # bool("false") is True in CVAT: never written
+    assert annotations["startswith_box_optional"] == "true"  # a box is allowed, not required
     assert int(annotations["version"]) >= 2 and int(annotations["min_neg_points"]) == 0
     assert spec["metadata"]["name"] == FUNCTION_NAME
     assert spec["spec"]["description"] and spec["spec"]["handler"] == "main:handler"
@@ -252,6 +253,22 @@ def test_a_removed_click_continues_from_the_longest_sequence_without_it():
     assert reply == expected
     again, stats = _call(cvat, body(b64, [a, b], [c]))  # b put back: the answer computed before, no forward
     assert stats.forwards == 0 and stats.result_hit
+
+
+def test_a_box_first_starts_the_object_and_clicks_refine_it():
+    cvat = _interactor()
+    b64 = png_b64(synthetic_image(200, 150))
+    box = [[40, 30], [160, 120]]
+    reply, stats = _call(cvat, body(b64, obj_bbox=box))  # the box alone (startswith_box_optional)
+    assert stats.forwards == 1
+    mask = reply_mask(reply, 150, 200)
+    assert mask[30:120, 40:160].all() and not mask[:30].any() and not mask[:, 160:].any()
+    reply, stats = _call(cvat, body(b64, [], [(100, 75)], obj_bbox=box))
+    assert stats.forwards == 1 and stats.session_hit  # continues the box's state
+    assert not reply_mask(reply, 150, 200)[75, 100]
+    for bad, message in (([[40, 30]], "two [x, y] corners"), ([[40, 30], [40, 90]], "is empty"), ("x", "obj_bbox")):
+        status, error = cvat.handle(body(b64, [(100, 75)], obj_bbox=bad))
+        assert status == 422 and message in error["error"], (bad, error)
 
 
 def test_a_region_of_interest_crop_is_its_own_object_in_its_own_pixels():
