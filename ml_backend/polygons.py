@@ -7,7 +7,8 @@ Conventions (docs/export.md):
   outline runs along the outer edges of the boundary pixels (the centre-line contour moved out by half a pixel),
   so the polygon's area is the mask's: a centre-line polygon would shrink every object by half a pixel all round
   in those readers. Rasterising by pixel centres (``polygons_to_mask``) gives the mask back at tolerance 0.
-* One polygon per 8-connected part of at least ``min_area_px`` pixels; smaller specks are dropped.
+* One polygon per 8-connected part whose filled outline covers at least ``min_area_px`` pixels; smaller specks
+  are dropped.
 * Holes are filled: a polygon is its part's outer boundary, because neither Label Studio polygons nor YOLO
   segmentation lines can carry a hole (a ring comes back as a disc). ``hole_pixels`` tells when that happened,
   so the COCO export can keep such a mask as RLE instead.
@@ -24,26 +25,32 @@ import cv2
 import numpy as np
 
 
-def _parts(mask: np.ndarray, min_area_px: int) -> list[np.ndarray]:
-    """The 8-connected parts of ``mask`` with at least ``min_area_px`` pixels, each as its own uint8 mask."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return [
-        (labels == i).astype(np.uint8) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(1, min_area_px)
-    ]
+def _filled_pixels(outline: np.ndarray) -> int:
+    """Pixels inside a centre-line contour, its own boundary pixels included (Pick's theorem: area + steps / 2 + 1);
+    exact for a part without one-pixel-wide necks, which the contour walks twice."""
+    points = outline.reshape(-1, 2)
+    steps = int(np.abs(np.roll(points, -1, axis=0) - points).max(axis=1).sum())
+    return round(abs(cv2.contourArea(outline)) + steps / 2 + 1)
 
 
 def mask_to_polygons(mask: np.ndarray, *, tolerance_px: float, min_area_px: int) -> list[np.ndarray]:
-    """One simplified outer polygon per part of ``mask`` (2-D, nonzero = object), largest part first.
+    """One simplified outer polygon per 8-connected part of ``mask`` (2-D, nonzero = object) whose filled
+    outline covers at least ``min_area_px`` pixels, largest first.
 
-    A part whose outline has fewer than 3 distinct vertices (a one-pixel-wide line) has no area as a polygon
-    and is left out."""
+    A part inside another part's hole is covered by that part's polygon and gets none of its own. A part whose
+    outline has fewer than 3 distinct vertices (a straight one-pixel-wide line) has no area as a polygon and is
+    left out."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    # Outer contours only, one pass over the image: OpenCV's border following treats the object as 8-connected.
+    # CHAIN_APPROX_SIMPLE keeps only the ends of straight runs: still the exact outline.
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    size = np.array([mask.shape[1], mask.shape[0]], np.float64)
     polygons: list[tuple[int, np.ndarray]] = []
-    for part in _parts(mask, min_area_px):
-        # CHAIN_APPROX_SIMPLE keeps only the ends of straight runs: still the exact outline.
-        contours, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        outline = max(contours, key=len)
+    for outline in contours:
+        area = _filled_pixels(outline)
+        if area < max(1, min_area_px):
+            continue
         simplified = cv2.approxPolyDP(outline, float(tolerance_px), True) if tolerance_px > 0 else outline
         if len(simplified) < 3:
             # Douglas-Peucker can collapse a thin part to a segment; the exact outline may still be a polygon.
@@ -51,8 +58,7 @@ def mask_to_polygons(mask: np.ndarray, *, tolerance_px: float, min_area_px: int)
         if len(simplified) < 3:
             continue
         centres = simplified.reshape(-1, 2).astype(np.float64) + 0.5
-        points = np.clip(_grow(centres, 0.5), 0.0, np.array([mask.shape[1], mask.shape[0]], np.float64))
-        polygons.append((int(part.sum()), points))
+        polygons.append((area, np.clip(_grow(centres, 0.5), 0.0, size)))
     polygons.sort(key=lambda item: -item[0])
     return [points for _, points in polygons]
 

@@ -59,6 +59,8 @@ def test_ring_loses_its_hole_and_hole_pixels_says_how_much():
     assert back[50, 50]
     assert hole_pixels(ring) == np.count_nonzero(filled & ~ring)
     assert hole_pixels(filled) == 0
+    island = ring | _disc(100, 100, (50, 50), 8)  # a part inside the hole: the outer polygon already covers it
+    assert len(mask_to_polygons(island, **DEFAULTS)) == 1
 
 
 def test_specks_below_min_area_and_one_pixel_lines_get_no_polygon():
