@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.server
 import io
 import json
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import requests
+import uvicorn
 from PIL import Image
 
 from ml_backend.app import create_app
@@ -61,6 +67,29 @@ def make_app(engine_factory=DiskPredictor, image=None, name="disk", **overrides)
     engine = Engine(settings, factory=engine_factory, name=name) if engine_factory else Engine(settings)
     fetcher = ImageFetcher(settings, synthetic_image() if image is None else image)
     return create_app(settings, engine=engine, fetcher=fetcher)
+
+
+@contextlib.contextmanager
+def running_server(app) -> Iterator[str]:
+    """``app`` served by a real uvicorn on a free loopback port, in a thread; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if requests.get(url + "/health", timeout=1).status_code in (200, 401, 503):
+                break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 # The labeling config of the recorded project (a BrushLabels + KeyPointLabels project).

@@ -6,14 +6,12 @@ from __future__ import annotations
 import base64
 import copy
 import logging
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
 import requests
-import uvicorn
 from fastapi.testclient import TestClient
 from label_studio_sdk.converter.brush import decode_rle
 
@@ -23,7 +21,7 @@ from ml_backend.engine import Engine
 from ml_backend.media import decode_image
 from testkit.standins import SEGMENTATION_ENGINE, DiskPredictor
 
-from backend_helpers import RECORDED, ImageFetcher, make_app, recorded, synthetic_image
+from backend_helpers import RECORDED, ImageFetcher, make_app, recorded, running_server, synthetic_image
 from prerequisites import missing
 
 
@@ -237,30 +235,11 @@ def test_too_many_clicks_is_a_4xx():
 # --- concurrency -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def slow_server():
     """A real uvicorn server in a thread, with a model that takes 1.5 s per click."""
-    app = make_app(lambda: DiskPredictor(cost_ms=1500))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(url + "/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with running_server(make_app(lambda: DiskPredictor(cost_ms=1500))) as url:
+        yield url
 
 
 def test_health_and_setup_answer_fast_while_a_prediction_runs(slow_server):
@@ -423,26 +402,15 @@ def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_
     without a forward (the editor shows only the reply to its newest request) and request 3 adds its two new
     clicks in one forward: 3 clicks, 2 forwards."""
     app = make_app(lambda: DiskPredictor(cost_ms=1200))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(url + "/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.05)
     clicks = [_keypoint(52.0, 48.5, True, 1), _keypoint(40.0, 45.0, True, 2), _keypoint(8.5, 10.0, False, 3)]
     replies: dict[int, requests.Response] = {}
+    with running_server(app) as url:
 
-    def send(n: int) -> None:
-        payload = recorded("predict_interactive_1click")
-        payload["params"]["context"]["result"] = clicks[:n]
-        replies[n] = requests.post(url + "/predict", json=payload, timeout=30)
+        def send(n: int) -> None:
+            payload = recorded("predict_interactive_1click")
+            payload["params"]["context"]["result"] = clicks[:n]
+            replies[n] = requests.post(url + "/predict", json=payload, timeout=30)
 
-    try:
         workers = []
         for n in (1, 2, 3):
             workers.append(threading.Thread(target=send, args=(n,)))
@@ -450,9 +418,6 @@ def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_
             time.sleep(0.3)  # arrival order 1, 2, 3; 2 and 3 while 1 is still computing
         for worker in workers:
             worker.join(30)
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert [replies[n].status_code for n in (1, 2, 3)] == [200, 200, 200]
     assert replies[1].headers["x-forwards"] == "1"
     assert replies[2].headers["x-forwards"] == "0" and replies[2].headers.get("x-superseded") == "1"

@@ -10,17 +10,14 @@ import base64
 import importlib.util
 import io
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-import uvicorn
 import yaml
 from PIL import Image
 
@@ -31,7 +28,7 @@ from ml_backend.engine import Engine
 from ml_backend.sessions import RunStats
 from testkit.standins import DiskPredictor
 
-from backend_helpers import make_app, synthetic_image
+from backend_helpers import make_app, running_server, synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = REPO / "serverless" / "adaptiveclick" / "nuclio"
@@ -348,29 +345,11 @@ def test_masks_equal_adaptiveclick_predict_for_the_same_clicks_in_the_same_order
 # --- the dashboard routes, called the way CVAT's lambda manager calls them ----------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def dashboard():
     """``adaptiveclick serve``'s app on a real port, with basic auth (the stand-in model)."""
-    app = make_app(basic_auth_user="cvat", basic_auth_pass="s3cret")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with running_server(make_app(basic_auth_user="cvat", basic_auth_pass="s3cret")) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def lambda_gateway(port: int, host: str = "cvat:s3cret@127.0.0.1", invoke_method: str = "dashboard"):

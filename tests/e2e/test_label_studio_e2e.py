@@ -231,3 +231,78 @@ def test_legacy_token_and_local_files_through_label_studio(stack):
         assert app.state.backend.predictions >= 1
     finally:
         server.stop()
+
+
+POLYGON_AND_BOX_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <PolygonLabels name="poly" toName="image"><Label value="Object"/></PolygonLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels>
+  <RectangleLabels name="box" toName="image" smart="true"><Label value="Object" smart="true"/></RectangleLabels>
+</View>"""
+
+
+def test_polygon_project_answers_clicks_and_a_box_with_polygons_label_studio_stores_and_exports(stack, shared_dir):
+    """Through Label Studio's own interactive endpoint: a click in a PolygonLabels project comes back as polygons, a
+    smart box as the first prompt too (then a click refines that object), and the answer saved as an annotation is
+    stored as it is and holds the polygon in Label Studio's JSON export."""
+    from ml_backend.polygons import polygons_to_mask
+
+    client, root = stack["client"], stack["root"]
+    name = E2E_IMAGES["upload"]
+    gt = np.asarray(Image.open(shared_dir / "datasets" / "GrabCut" / "masks" / (name.rsplit(".", 1)[0] + ".png")))
+    obj = gt == 1
+    height, width = obj.shape
+    project = client.create_project(title="polygons and boxes", config=POLYGON_AND_BOX_CONFIG)
+    client.upload(project, root / "images" / name)
+    [task] = client.tasks(project)
+    ml = client.connect_backend(project, stack["backend"].url, USER, PASSWORD)
+
+    def polygons_mask(reply: dict) -> np.ndarray:
+        assert "errors" not in reply, reply
+        regions = reply["data"]["result"]
+        assert regions and all(r["type"] == "polygonlabels" and r["value"]["closed"] for r in regions)
+        points = [np.array(r["value"]["points"]) / 100 * [width, height] for r in regions]
+        return polygons_to_mask(points, height, width)
+
+    row, col = _interior(obj)
+    clicked = polygons_mask(client.interactive(ml["id"], task["id"], [keypoint(row, col, True, width, height)]))
+    assert clicked[row, col]
+
+    rows, cols = np.nonzero(obj)
+    box = {
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": cols.min() / width * 100,
+            "y": rows.min() / height * 100,
+            "width": (cols.max() + 1 - cols.min()) / width * 100,
+            "height": (rows.max() + 1 - rows.min()) / height * 100,
+            "rotation": 0,
+            "rectanglelabels": ["Object"],
+        },
+        "id": "box1",
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
+    }
+    boxed_reply = client.interactive(ml["id"], task["id"], [box])
+    boxed = polygons_mask(boxed_reply)
+    assert (boxed & obj).sum() / (boxed | obj).sum() > 0.5  # the box alone finds the object
+    assert not boxed[: rows.min()].any() and not boxed[:, cols.max() + 1 :].any()
+    # A negative click on what the box's mask spilled onto (or the background), sent without the box.
+    spill = boxed & ~obj
+    inside = np.zeros_like(obj)
+    inside[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+    r, c = _interior(spill if spill.any() else inside & ~obj)
+    refined = polygons_mask(client.interactive(ml["id"], task["id"], [keypoint(r, c, False, width, height)]))
+    assert not refined[r, c] and (refined & ~boxed).sum() <= 0.05 * boxed.sum()
+
+    client.call("POST", f"/api/tasks/{task['id']}/annotations/", json={"result": boxed_reply["data"]["result"]})
+    [annotation] = client.call("GET", f"/api/tasks/{task['id']}/annotations/")
+    assert [r["value"]["points"] for r in annotation["result"]] == [
+        r["value"]["points"] for r in boxed_reply["data"]["result"]
+    ]
+    exported = client.call("GET", f"/api/projects/{project}/export", params={"exportType": "JSON"})
+    assert exported[0]["annotations"][0]["result"][0]["type"] == "polygonlabels"
