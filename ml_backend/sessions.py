@@ -188,7 +188,10 @@ class Session:
             if is_box(clicks[k]):
                 if k or not hasattr(p, "set_box"):
                     raise BadRequest("a box can only start an object, and the served model must take one")
-                p.set_box(*clicks[k][1:])
+                try:
+                    p.set_box(*clicks[k][1:])
+                except ValueError as exc:  # a box outside the image, empty or inverted: the caller's mistake
+                    raise BadRequest(str(exc)) from None
                 k += 1
             elif batch and k >= together_from and n - k > 1:
                 p.add_clicks(clicks[k:])

@@ -104,8 +104,10 @@ class BoxStrategy:
         return prior
 
 
-# Chosen on ECSSD:val and COCO-MVal:val (docs/box_prompt.md): see benchmarks/box_prompt.py for the candidates.
-DEFAULT_BOX_STRATEGY = BoxStrategy()
+# Chosen on ECSSD:val and COCO-MVal:val by box-alone IoU (docs/box_prompt.md, benchmarks/box_prompt.py): the best
+# worst-case gain over one click of the one-look candidates; looking twice gained no more than noise for a second
+# forward.
+DEFAULT_BOX_STRATEGY = BoxStrategy(roi_ratio=2.0, corner_negatives=True, clip_margin=0.0)
 
 
 def box_from_corners(x0: float, y0: float, x1: float, y1: float, image_hw: tuple[int, int]) -> Box:

@@ -12,9 +12,8 @@ probability map fed back as the fourth input channel, and 0.49 as the mask thres
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -307,7 +306,7 @@ class Predictor:
             click = inner_click(state.probs, box, self.threshold) if strategy.click == "inner" else None
             if click is not None:
                 # The second look clicks where the first guess is most surely object, as a user would.
-                prompt = dataclasses.replace(prompt, clicks=(click,) + prompt.clicks[1:])
+                prompt = replace(prompt, clicks=(click,) + prompt.clicks[1:])
             state = self._predict((), prompt, state.prev_probs if strategy.feedback else prior)
         self._state = state
         return self.probs

@@ -239,3 +239,14 @@ def test_predict_cli_takes_a_box(shared_dir, golden_dir, tmp_path, capsys):
     assert "inverted" in capsys.readouterr().err
     assert main([*argv, "--out", str(out)]) == 2
     assert "--click or a --box" in capsys.readouterr().err
+
+
+def test_gt_box_is_the_tight_box_of_object_pixels():
+    gt = np.zeros((50, 80), np.int8)
+    gt[10:20, 30:70] = 1
+    gt[0:5, 0:5] = -1  # ignore pixels are not object
+    assert gt_box(gt) == (30, 10, 70, 20)
+    assert gt_box(gt, pad=0.1) == (26, 9, 74, 21)
+    assert gt_box(gt, pad=1.0) == (0, 0, 80, 30)  # clipped to the image
+    with pytest.raises(ValueError, match="no object"):
+        gt_box(np.zeros((5, 5), np.int8))
