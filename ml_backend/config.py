@@ -98,6 +98,7 @@ class Settings:
     flip: bool | None = None  # MODEL_FLIP; None = model.refine.DEFAULT_FLIP (what evaluate and predict use too)
     zoom_in: bool = True
     refine: str = ""  # MODEL_REFINE: a model.refine spec; empty = model.refine.DEFAULT_REFINE
+    runtime: str = ""  # MODEL_RUNTIME: a model.runtime name; empty = model.runtime.DEFAULT_RUNTIME
     mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
     # --- per-session cache ---
     session_cache_mb: int = 2048
@@ -148,6 +149,7 @@ class Settings:
             flip=_bool(env.get("MODEL_FLIP"), None),
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
             refine=env.get("MODEL_REFINE", "").strip(),
+            runtime=env.get("MODEL_RUNTIME", "").strip().lower(),
             mask_threshold=env_optional_probability(env, "MASK_THRESHOLD"),
             session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
             session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),
