@@ -141,14 +141,15 @@ def _number(text: str, token: str) -> float:
 def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a (2r+1)^2 window, windows clipped at the border (so flat maps stay flat); per channel.
 
-    Separable sums of shifted views, 2(2r+1) vectorised additions: the CPU pooling kernels are several times slower
-    on these few-channel maps. A clipped window's pixel count is its row count times its column count."""
+    Separable window sums as differences of running sums: six operations whatever the radius (the CPU pooling
+    kernels are several times slower on these few-channel maps, and every extra operation costs a thread barrier).
+    A clipped window's pixel count is its row count times its column count."""
     height, width = x.shape[-2:]
     side = 2 * radius + 1
-    padded = F.pad(x, (radius, radius, 0, 0))
-    rows = sum(padded[..., :, i : i + width] for i in range(side))
-    padded = F.pad(rows, (0, 0, radius, radius))
-    sums = sum(padded[..., i : i + height, :] for i in range(side))
+    running = F.pad(x, (radius + 1, radius)).cumsum(-1)
+    rows = running[..., side:] - running[..., :width]
+    running = F.pad(rows, (0, 0, radius + 1, radius)).cumsum(-2)
+    sums = running[..., side:, :] - running[..., :height, :]
     return sums / (_clipped_counts(height, radius, x)[:, None] * _clipped_counts(width, radius, x)[None, :])
 
 
