@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -59,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     for amp in args.amp.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             settings = finetune_config(
-                steps=args.steps, batch_size=args.batch_size, threads=args.threads, device="cpu", amp=amp, log_every=1
+                steps=args.steps,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                device=args.device,
+                amp=amp,
+                log_every=1,
             )
             _, info = finetune(args.checkpoint, source, settings, out=tmp)
         rows = [line.split(",") for line in info["log"].splitlines()]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, REFINE_HELP
+from model.runtime import DEFAULT_RUNTIME, RUNTIME_HELP, RUNTIMES
 
 if TYPE_CHECKING:  # model.predictor imports torch: only when a command runs
     from model.predictor import Predictor
@@ -36,6 +37,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
         help="always run on the whole image (no zoom-in crop from the second click)",
     )
     add("--refine", default=DEFAULT_REFINE, help=REFINE_HELP)
+    add("--runtime", default=DEFAULT_RUNTIME, choices=RUNTIMES, help=RUNTIME_HELP)
     add("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     add("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="inference precision (default fp32)")
     add(
@@ -79,6 +81,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
         zoom_in=not args.no_zoom_in,
         target_size=args.target_size,
         refine=args.refine,
+        runtime=args.runtime,
     )
     if args.threshold is not None:
         predictor.threshold = args.threshold

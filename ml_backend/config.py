@@ -110,6 +110,7 @@ class Settings:
     flip: bool | None = None  # MODEL_FLIP; None = model.refine.DEFAULT_FLIP (what evaluate and predict use too)
     zoom_in: bool = True
     refine: str = ""  # MODEL_REFINE: a model.refine spec; empty = model.refine.DEFAULT_REFINE
+    runtime: str = ""  # MODEL_RUNTIME: a model.runtime name; empty = model.runtime.DEFAULT_RUNTIME
     mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
     # --- polygon answers and exports (ml_backend/polygons.py, docs/export.md) ---
     polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
@@ -164,6 +165,7 @@ class Settings:
             flip=_bool(env.get("MODEL_FLIP"), None),
             zoom_in=_bool(env.get("MODEL_ZOOM_IN"), True),
             refine=env.get("MODEL_REFINE", "").strip(),
+            runtime=env.get("MODEL_RUNTIME", "").strip().lower(),
             mask_threshold=env_optional_probability(env, "MASK_THRESHOLD"),
             polygon_tolerance_px=env_non_negative(env, "POLYGON_TOLERANCE_PX", POLYGON_TOLERANCE_PX),
             polygon_min_area_px=max(1, env_int(env, "POLYGON_MIN_AREA_PX", POLYGON_MIN_AREA_PX)),

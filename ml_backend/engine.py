@@ -193,16 +193,22 @@ class Engine:
 
 
 def predictor_options(settings: Settings) -> dict[str, Any]:
-    """Flip, zoom-in and refinement of the served predictor: the env's, else the model's defaults (model.refine),
-    the same that ``adaptiveclick evaluate`` and ``predict`` use, so a measured setting is the served one."""
+    """Flip, zoom-in, refinement and runtime of the served predictor: the env's, else the model's defaults
+    (model.refine, model.runtime), the same that ``adaptiveclick evaluate`` and ``predict`` use, so a measured setting
+    is the served one."""
     from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, Refinement, RefineSpecError
+    from model.runtime import DEFAULT_RUNTIME, check_runtime
 
     try:
         refine = Refinement.parse(settings.refine or DEFAULT_REFINE)
     except RefineSpecError as exc:
         raise ValueError(f"MODEL_REFINE={settings.refine!r}: {exc}") from None
+    try:
+        runtime = check_runtime(settings.runtime or DEFAULT_RUNTIME)
+    except ValueError as exc:
+        raise ValueError(f"MODEL_RUNTIME={settings.runtime!r}: {exc}") from None
     flip = DEFAULT_FLIP if settings.flip is None else settings.flip
-    return {"flip": flip, "zoom_in": settings.zoom_in, "refine": refine}
+    return {"flip": flip, "zoom_in": settings.zoom_in, "refine": refine, "runtime": runtime}
 
 
 def watch_versions(engine: Engine, interval_s: float, stop: threading.Event, on_swap: Callable[[], None]) -> None:

@@ -24,7 +24,8 @@ from .device import autocast, resolve_device, resolve_dtype
 from .interactive import Prediction, prediction_from
 from .modeling.adaptiveclick import AdaptiveClick
 from .refine import Refinement, drop_unclicked_components, guided_upsample
-from .zoom_in import Box, Click, ZoomIn
+from .runtime import check_runtime
+from .zoom_in import Box, Click, ZoomIn, place_on_zeros
 
 __all__ = ["Click", "Predictor", "PredictorState", "to_rgb_uint8"]
 
@@ -90,6 +91,8 @@ class Predictor:
         refine: inference-time refinement, a :class:`~model.refine.Refinement` or its spec string
             (``"guided,clean"``, ``"cfr2"``); ``None``/``"none"`` is the reference behaviour.
         box_strategy: how :meth:`set_box` turns a box into network input (default: the measured choice).
+        runtime: how the network runs (:mod:`model.runtime`): ``"torch"`` is the reference's arithmetic,
+            ``"fast"`` the fused attention and the gather sampler (it overrides ``sampler``).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class Predictor:
         sampler: str = "auto",
         refine: Refinement | str | None = None,
         box_strategy: BoxStrategy = DEFAULT_BOX_STRATEGY,
+        runtime: str = "torch",
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -115,6 +119,7 @@ class Predictor:
         self.model.set_image_size(tuple(target_size))  # validates the size early
         self.model.set_deformable_sampler(sampler)  # validates the name early
         self.sampler = sampler
+        self.runtime = check_runtime(runtime)
         self.flip = flip
         self.use_zoom_in = zoom_in
         self.zoom = ZoomIn(target_size=tuple(target_size))
@@ -199,9 +204,9 @@ class Predictor:
     @property
     def state_tag(self) -> str:
         """Fingerprint of the settings that shape a state (a state only continues under the same ones)."""
-        return repr(
-            (self.flip, self.use_zoom_in, self.zoom, self.refine, self.threshold, str(self.dtype), self.sampler)
-        )
+        settings = (self.flip, self.use_zoom_in, self.zoom, self.refine, self.threshold, str(self.dtype), self.sampler)
+        # The reference runtime keeps the tag that states were stored under before there were runtimes.
+        return repr(settings if self.runtime == "torch" else (*settings, self.runtime))
 
     def export_state(self, state: PredictorState | None = None) -> bytes:
         """``state`` (default: the current one) as bytes for :meth:`import_state` in another process."""
@@ -386,7 +391,10 @@ class Predictor:
         points = clicks_to_points(batch_clicks, self.device)
 
         self.model.set_image_size(self.zoom.target_size)
-        self.model.set_deformable_sampler(self.sampler)  # the model may be shared with other predictors
+        # The model may be shared with predictors of other settings.
+        fast = self.runtime == "fast"
+        self.model.set_deformable_sampler("gather" if fast else self.sampler)
+        self.model.set_fused_attention(fast)
         with autocast(self.device, self.dtype):
             logits = self.model(net_input, points)["instances"].float()
         if self.flip:
@@ -407,9 +415,7 @@ class Predictor:
         refined = guided_upsample(
             torch.sigmoid(logits), guide_low, guide_full, self.refine.guided_radius, self.refine.guided_eps
         )
-        canvas = refined.new_zeros((1, 1, height, width))
-        canvas[:, :, rmin : rmax + 1, cmin : cmax + 1] = refined
-        return canvas
+        return place_on_zeros(refined, roi, (height, width))
 
 
 def clicks_to_points(batch_clicks: list[list[Click]], device: torch.device) -> torch.Tensor:

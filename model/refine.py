@@ -139,8 +139,43 @@ def _number(text: str, token: str) -> float:
 
 
 def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 window, windows clipped at the border (so flat maps stay flat)."""
-    return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    """Mean over a (2r+1)^2 window, windows clipped at the border (so flat maps stay flat); per channel.
+
+    Separable window sums as differences of running sums: six operations whatever the radius (the CPU pooling
+    kernels are several times slower on these few-channel maps, and every extra operation costs a thread barrier).
+    A clipped window's pixel count is its row count times its column count."""
+    height, width = x.shape[-2:]
+    side = 2 * radius + 1
+    running = F.pad(x, (radius + 1, radius)).cumsum(-1)
+    rows = running[..., side:] - running[..., :width]
+    running = F.pad(rows, (0, 0, radius + 1, radius)).cumsum(-2)
+    sums = running[..., side:, :] - running[..., :height, :]
+    return sums / (_clipped_counts(height, radius, x)[:, None] * _clipped_counts(width, radius, x)[None, :])
+
+
+def _clipped_counts(size: int, radius: int, like: torch.Tensor) -> torch.Tensor:
+    """How many of the 2r+1 window positions around each of ``size`` positions lie inside ``0..size-1``."""
+    position = torch.arange(size, device=like.device)
+    return ((position + radius).clamp(max=size - 1) - (position - radius).clamp(min=0) + 1).to(like.dtype)
+
+
+def _bilinear_rows(low: torch.Tensor, full_height: int, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``low`` (B, C, h, w) resized to ``full_height`` rows (bilinear, align_corners=True),
+    without computing the others."""
+    low_height = low.shape[-2]
+    position = torch.arange(start, stop, device=low.device, dtype=torch.float32)
+    position = position * ((low_height - 1) / max(full_height - 1, 1))
+    below = position.floor().clamp_(0, max(low_height - 2, 0)).long()
+    above = (below + 1).clamp_(max=low_height - 1)
+    weight = (position - below).clamp_(0, 1)[:, None]
+    return torch.lerp(low.index_select(-2, below), low.index_select(-2, above), weight)
+
+
+def _owner_counts(low_size: int, full_size: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """How many of the full-resolution positions ``start..stop-1`` fall on each low-resolution position they reach
+    (position ``p`` falls on ``p * low_size // full_size``)."""
+    owners = torch.arange(start, stop, device=device) * low_size // full_size
+    return torch.bincount(owners - owners[0])
 
 
 def guided_upsample(
@@ -149,24 +184,41 @@ def guided_upsample(
     """Fast guided filter: fit ``q = a * I + b`` per window at low resolution, apply at full resolution.
 
     ``probs_low`` and ``guide_low`` (1, 1, h, w); ``guide_full`` (1, 1, H, W), all in [0, 1]. Returns (1, 1, H, W)
-    probabilities, equal to a bilinear resize of ``probs_low`` outside the band around its boundary.
+    probabilities, equal to a bilinear resize of ``probs_low`` outside the band around its boundary. The filter is
+    evaluated only in the band's bounding box: most of a 2-MP map is far from any boundary.
     """
-    mean_i, mean_p = _box(guide_low, radius), _box(probs_low, radius)
-    cov_ip = _box(guide_low * probs_low, radius) - mean_i * mean_p
-    var_i = _box(guide_low * guide_low, radius) - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    size = tuple(guide_full.shape[-2:])
-    coeffs = F.interpolate(
-        torch.cat([_box(a, radius), _box(b, radius)], 1), size=size, mode="bilinear", align_corners=True
-    )
-    refined = (coeffs[:, :1] * guide_full + coeffs[:, 1:]).clamp_(0, 1)
+    height, width = guide_full.shape[-2:]
+    low_height, low_width = probs_low.shape[-2:]
+    coarse = F.interpolate(probs_low, size=(height, width), mode="bilinear", align_corners=True)
     # The band: where the low-resolution map is undecided, widened by the filter's reach.
     undecided = ((probs_low > 0.01) & (probs_low < 0.99)).float()
-    band = F.max_pool2d(undecided, 2 * radius + 1, stride=1, padding=radius)
-    band = F.interpolate(band, size=size, mode="nearest") > 0
-    coarse = F.interpolate(probs_low, size=size, mode="bilinear", align_corners=True)
-    return torch.where(band, refined, coarse)
+    band_low = _box(undecided, radius)[0, 0] > 0
+    band_rows, band_cols = band_low.any(1).nonzero()[:, 0], band_low.any(0).nonzero()[:, 0]
+    if band_rows.numel() == 0:
+        return coarse
+    # Full-resolution pixel (y, x) lies on low-resolution pixel (y * h // H, x * w // W): the window is the full rows
+    # and columns that lie on the band's box.
+    row0, row1 = -(-int(band_rows[0]) * height // low_height), -(-(int(band_rows[-1]) + 1) * height // low_height)
+    col0, col1 = -(-int(band_cols[0]) * width // low_width), -(-(int(band_cols[-1]) + 1) * width // low_width)
+    row_counts = _owner_counts(low_height, height, row0, row1, band_low.device)
+    col_counts = _owner_counts(low_width, width, col0, col1, band_low.device)
+    band = band_low[int(band_rows[0]) : int(band_rows[0]) + len(row_counts)]
+    band = band[:, int(band_cols[0]) : int(band_cols[0]) + len(col_counts)]
+    band = band.repeat_interleave(row_counts, 0).repeat_interleave(col_counts, 1)
+
+    guide_and_probs = torch.cat([guide_low, probs_low, guide_low * probs_low, guide_low * guide_low], 1)
+    mean_i, mean_p, mean_ip, mean_ii = _box(guide_and_probs, radius).unbind(1)
+    a = (mean_ip - mean_i * mean_p) / (mean_ii - mean_i * mean_i + eps)
+    b = mean_p - a * mean_i
+    coeffs = _box(torch.stack([a, b], 1), radius)
+    # The window's rows of the coefficients' bilinear resize, then every column (a resize that keeps the height
+    # only resizes the columns), of which the window's.
+    coeffs = _bilinear_rows(coeffs, height, row0, row1)
+    coeffs = F.interpolate(coeffs, size=(row1 - row0, width), mode="bilinear", align_corners=True)[..., col0:col1]
+    refined = torch.addcmul(coeffs[0, 1], coeffs[0, 0], guide_full[0, 0, row0:row1, col0:col1]).clamp_(0, 1)
+    window = coarse[0, 0, row0:row1, col0:col1]
+    window.copy_(torch.where(band, refined, window))
+    return coarse
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from .camd import ClickAwareMaskDecoder
 from .click_encoding import click_disk_maps
 from .ms_deform_attn import SAMPLERS, MSDeformAttn
 from .pixel_decoder import PixelDecoder
-from .vit import ClickViT, PatchEmbed
+from .vit import ClickViT, PatchEmbed, ReferenceAttention
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,6 +82,13 @@ class AdaptiveClick(nn.Module):
         for module in self.modules():
             if isinstance(module, MSDeformAttn):
                 module.sampler = sampler
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """``True``: the backbone's attention always uses the fused kernel (faster on the CPU, equal up to float
+        rounding); ``False``: the reference's arithmetic on the CPU in fp32 (the default)."""
+        for module in self.modules():
+            if isinstance(module, ReferenceAttention):
+                module.fused = fused
 
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> dict:
         if image.ndim != 4 or image.shape[1] != 4:

@@ -62,40 +62,52 @@ def ms_deform_attn_gather(
     weighted sum for ViT-B at 448 px. Its gradient with respect to the locations differs from
     ``grid_sample``'s, so training uses the other.
     """
-    batch, total, heads, head_dim = value.shape
+    batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    device = value.device
-    # Row arithmetic in floats (exact below 2**24 rows), converted to integers once at the end.
+    # Each level with a one-pixel zero border: a neighbour outside the level reads a zero row, so no validity masks
+    # are needed (the sums are the same: zero weight x value there before, weight x zero now).
+    padded, starts = [], []
+    for level_value, (height, width) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes):
+        starts.append(sum(p.shape[1] for p in padded))
+        level_value = level_value.reshape(batch, height, width, heads * head_dim)
+        padded.append(F.pad(level_value, (0, 0, 1, 1, 1, 1)).flatten(1, 2))
+    value = torch.cat(padded, 1)
+    total = value.shape[1]
+    # Row arithmetic in floats (exact below 2**24 rows), converted to integers once at the end (int32 then: the
+    # float -> int64 conversion alone cost a third of this function).
     index_dtype = torch.float32 if batch * total * heads < 2**24 else torch.float64
-    sizes = torch.tensor(spatial_shapes, dtype=index_dtype, device=device)
-    height, width = sizes[:, 0].view(levels, 1), sizes[:, 1].view(levels, 1)
-    level_starts = [sum(h * w for h, w in spatial_shapes[:level]) for level in range(levels)]
-    starts = torch.tensor(level_starts, dtype=index_dtype, device=device).view(levels, 1)
-    # Pixel coordinates as grid_sample(align_corners=False) computes them.
-    x = sampling_locations[..., 0].to(index_dtype) * width - 0.5
-    y = sampling_locations[..., 1].to(index_dtype) * height - 0.5
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    # 1-D weights, zero where a neighbour lies outside the level; coordinates clamped so that those
-    # zero-weight neighbours still read a valid row.
-    weight_x0 = (1 - fx) * ((x0 >= 0) & (x0 <= width - 1))
-    weight_x1 = fx * ((x0 >= -1) & (x0 <= width - 2))
-    weight_y0 = (1 - fy) * ((y0 >= 0) & (y0 <= height - 1)) * attention_weights
-    weight_y1 = fy * ((y0 >= -1) & (y0 <= height - 2)) * attention_weights
-    # Row of value.reshape(-1, head_dim) = ((b * total + start + y * w + x) * heads + h).
-    offset = torch.arange(batch, dtype=index_dtype, device=device).view(batch, 1, 1, 1, 1) * (total * heads)
-    offset = offset + torch.arange(heads, dtype=index_dtype, device=device).view(1, 1, heads, 1, 1)
-    col0 = x0.clamp(0, None).minimum(width - 1) * heads
-    col1 = (x0 + 1).clamp(0, None).minimum(width - 1) * heads
-    row0 = (starts + y0.clamp(0, None).minimum(height - 1) * width) * heads + offset
-    row1 = (starts + (y0 + 1).clamp(0, None).minimum(height - 1) * width) * heads + offset
-    rows = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], -1)
-    weights = torch.stack(
-        [weight_y0 * weight_x0, weight_y0 * weight_x1, weight_y1 * weight_x0, weight_y1 * weight_x1], -1
+    # Bags of (level, point, corner) per (b, q, head), written in place level by level.
+    rows = torch.empty((batch, queries, heads, levels, points, 4), dtype=index_dtype, device=value.device)
+    weights = torch.empty(
+        (batch, queries, heads, levels, points, 4), dtype=attention_weights.dtype, device=value.device
     )
+    for level, (height, width) in enumerate(spatial_shapes):
+        # Level by level, so that each level's size is a scalar: scalar operands keep the elementwise kernels
+        # vectorised (broadcast per level over the innermost 4 points, they cost more than the gather).
+        x = sampling_locations[:, :, :, level, :, 0].to(index_dtype) * width - 0.5  # grid_sample's pixel coordinates
+        y = sampling_locations[:, :, :, level, :, 1].to(index_dtype) * height - 0.5
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        # Padded coordinates: -1 and the size are the zero border; anything further out reads the border too.
+        col0, col1 = x0.clamp(-1, width) + 1, (x0 + 1).clamp(-1, width) + 1
+        row0 = starts[level] + (y0.clamp(-1, height) + 1) * (width + 2)
+        row1 = starts[level] + ((y0 + 1).clamp(-1, height) + 1) * (width + 2)
+        attention = attention_weights[:, :, :, level]
+        weight_y0, weight_y1, weight_x0 = (1 - fy) * attention, fy * attention, 1 - fx
+        level_rows, level_weights = rows[:, :, :, level], weights[:, :, :, level]
+        for corner, (row, col, weight_y, weight_x) in enumerate(
+            [(row0, col0, weight_y0, weight_x0), (row0, col1, weight_y0, fx), (row1, col0, weight_y1, weight_x0)]
+            + [(row1, col1, weight_y1, fx)]
+        ):
+            torch.add(row, col, out=level_rows[..., corner])
+            torch.mul(weight_y, weight_x, out=level_weights[..., corner])
+    # Row of value.reshape(-1, head_dim) = (b * total + position) * heads + h.
     bag = levels * points * 4
+    offset = torch.arange(batch, dtype=index_dtype, device=value.device).view(batch, 1, 1, 1, 1, 1) * (total * heads)
+    offset = offset + torch.arange(heads, dtype=index_dtype, device=value.device).view(1, 1, heads, 1, 1, 1)
+    rows.mul_(heads).add_(offset)
     out = F.embedding_bag(
-        rows.view(-1, bag).long(),
+        rows.view(-1, bag).to(torch.int32 if index_dtype == torch.float32 else torch.int64),
         value.reshape(-1, head_dim),
         per_sample_weights=weights.view(-1, bag).to(value.dtype),
         mode="sum",
@@ -210,10 +222,18 @@ class DeformableEncoder(nn.Module):
     def __init__(self, layers: list[DeformableEncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self._reference_points: dict[tuple, torch.Tensor] = {}  # they depend only on the levels' sizes
+
+    def reference_points(self, spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """Pixel centres of every level, normalised to [0, 1]: (1, S, levels, 2) as (x, y)."""
+        key = (tuple(spatial_shapes), device)
+        if key not in self._reference_points:
+            with torch.inference_mode(False):  # a normal tensor, usable by training steps too
+                self._reference_points[key] = self._centres(spatial_shapes, device)
+        return self._reference_points[key]
 
     @staticmethod
-    def reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
-        """Pixel centres of every level, normalised to [0, 1]: (1, S, levels, 2) as (x, y)."""
+    def _centres(spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
         points = []
         for height, width in spatial_shapes:
             ref_y, ref_x = torch.meshgrid(

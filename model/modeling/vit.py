@@ -22,10 +22,13 @@ class ReferenceAttention(Attention):
     3-5x slower.
     """
 
+    # True: the fused kernel in every case (AdaptiveClick.set_fused_attention, the "fast" runtime).
+    fused = False
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         reduced_precision = x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)
         training = torch.is_grad_enabled() and x.requires_grad
-        if x.is_cuda or (reduced_precision and not training) or attn_mask is not None or is_causal:
+        if self.fused or x.is_cuda or (reduced_precision and not training) or attn_mask is not None or is_causal:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         batch, tokens, channels = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -1,0 +1,28 @@
+"""How the predictor runs the network: one setting (``MODEL_RUNTIME``, ``--runtime``) that serve, evaluate and predict
+share, parsed here only.
+
+* ``torch``: eager PyTorch with the reference's arithmetic (explicit attention, ``grid_sample`` deformable sampling in
+  fp32): the released models bit for bit, what the parity tests check and the predictor's own default.
+* ``fast``: eager PyTorch with the fused attention kernel (``scaled_dot_product_attention``) and the gather deformable
+  sampler: the same network up to float rounding, fewer and larger operations (docs/benchmarks.md has the figures).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RUNTIME_HELP", "check_runtime"]
+
+RUNTIMES = ("torch", "fast")
+# What serve, evaluate and predict use unless told otherwise: the fastest runtime whose masks hold the tolerance
+# (IoU >= 0.97 with the reference's over a 20-click session, measured in benchmarks/runtimes.py).
+DEFAULT_RUNTIME = "fast"
+RUNTIME_HELP = (
+    "how the network runs: torch (the reference's arithmetic, bit for bit) or fast (fused attention and the gather "
+    "deformable sampler, equal up to float rounding) (default %(default)s, what serve uses)"
+)
+
+
+def check_runtime(name: str) -> str:
+    """``name`` if it is a runtime, else a ValueError that lists them."""
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}: use one of {', '.join(RUNTIMES)}")
+    return name
