@@ -136,6 +136,7 @@ def _settings(args: argparse.Namespace, predictor: InteractivePredictor) -> dict
             dtype=args.dtype,
             target_size=args.target_size or "native",
             refine=Refinement.parse(args.refine).spec,
+            runtime=args.runtime,
         )
     return settings
 

@@ -319,3 +319,4 @@ def test_evaluate_adaptiveclick_at_another_size_and_precision(data_root, tmp_pat
     assert main([*common, "--target-size", "480", "--dtype", "bf16", "--out", str(tmp_path / "ok")]) == 0
     settings = json.loads((tmp_path / "ok" / "results.json").read_text())["settings"]
     assert settings["target_size"] == 480 and settings["dtype"] == "bf16"
+    assert settings["runtime"] == "fast"  # what was measured is recorded: the served default runtime
