@@ -71,7 +71,8 @@ def make_app(engine_factory=DiskPredictor, image=None, name="disk", **overrides)
 
 @contextlib.contextmanager
 def running_server(app) -> Iterator[str]:
-    """``app`` served by a real uvicorn on a free loopback port, in a thread; yields its base URL."""
+    """``app`` served by a real uvicorn on a free loopback port, in a thread; yields its base URL once ``/health``
+    says the model is loaded (the warm-up imports take a few seconds)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -79,13 +80,14 @@ def running_server(app) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if requests.get(url + "/health", timeout=1).status_code in (200, 401, 503):
-                break
-        except requests.ConnectionError:
-            time.sleep(0.05)
     try:
+        for _ in range(300):
+            try:
+                if requests.get(url + "/health", timeout=1).json().get("model_loaded"):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.05)
         yield url
     finally:
         server.should_exit = True

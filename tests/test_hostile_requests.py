@@ -5,7 +5,6 @@ The app runs with the real media fetcher (no stand-in), so URL parsing is what t
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 from pathlib import Path
@@ -17,6 +16,8 @@ from ml_backend.app import create_app
 from ml_backend.config import Settings
 from ml_backend.engine import Engine
 from testkit.standins import DiskPredictor
+
+from backend_helpers import running_server
 
 RECORDED = json.loads((Path(__file__).parent / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]
 ONE_CLICK = next(r["body"] for r in RECORDED if r["name"] == "predict_interactive_1click")
@@ -32,37 +33,6 @@ def client(tmp_path_factory):
     app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
-
-
-@contextlib.contextmanager
-def live_server(app):
-    """The app on a real uvicorn server on a free loopback port, once /health answers; yields its URL."""
-    import socket
-    import threading
-    import time
-
-    import requests
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):  # until the model is loaded (the warm-up imports take a few seconds)
-            try:
-                if requests.get(url + "/health", timeout=1).json().get("model_loaded"):
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _predict_with_image(url) -> dict:
@@ -274,7 +244,7 @@ def test_a_disconnected_client_stops_the_click_loop():
     settings.no_traffic_warning_s = 0
     settings.prefetch_on_open = False
     app = create_app(settings, engine=Engine(settings, factory=lambda: DiskPredictor(cost_ms=100), name="disk"))
-    with live_server(app) as url:
+    with running_server(app) as url:
         warm = requests.post(url + "/predict", json=_many_clicks(1), timeout=30)  # first-use imports
         assert warm.status_code == 200
         body = _many_clicks(60)  # 60 forwards x 0.1 s = 6 s of model work
@@ -318,7 +288,7 @@ def test_health_answers_while_a_large_reply_is_rendered(monkeypatch):
     settings = Settings.from_env({})
     settings.no_traffic_warning_s = 0
     app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
-    with live_server(app) as url:
+    with running_server(app) as url:
         batch = {"tasks": [{"id": i, "data": {"image": "/data/upload/1/a.png"}} for i in range(50)]}
         worker = threading.Thread(target=lambda: requests.post(url + "/predict", json=batch, timeout=30))
         worker.start()
