@@ -26,6 +26,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# The 2-MP test image and 8-click session every per-click benchmark uses (an ellipse on noise).
+from click_speed import CLICKS, HEIGHT, WIDTH  # noqa: E402
+from click_speed import test_image as _image_and_mask  # noqa: E402
+
 import model.predictor as predictor_module  # noqa: E402
 from ml_backend.service import encode_mask  # noqa: E402
 from model.build import build_model  # noqa: E402
@@ -36,27 +40,9 @@ from model.refine import DEFAULT_FLIP, DEFAULT_REFINE  # noqa: E402
 from model.runtime import DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
 from model.zoom_in import ZoomIn  # noqa: E402
 
-# The same 2-MP test image and session as benchmarks/refinement.py's latency (an ellipse on noise).
-HEIGHT, WIDTH = 1200, 1680
-CLICKS = [
-    (600, 840, True),
-    (300, 700, True),
-    (900, 1300, False),
-    (450, 1250, True),
-    (700, 420, False),
-    (520, 640, True),
-    (800, 900, True),
-    (260, 1000, False),
-]
-
 
 def test_image() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    blob = ((yy - 600) / 380.0) ** 2 + ((xx - 840) / 520.0) ** 2 < 1
-    image[blob] = (0.3 * image[blob] + 160).astype(np.uint8)
-    return image
+    return _image_and_mask()[0]
 
 
 class StageClock:

@@ -92,31 +92,20 @@ def table(args: argparse.Namespace) -> None:
 
 
 def latency(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     sys.path.insert(0, str(REPO))
+    from click_speed import CLICKS as clicks
+    from click_speed import test_image
+
     from model.checkpoint import load_model
     from model.predictor import Predictor
 
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    height, width = 1200, 1680  # 2.0 MP
-    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[:height, :width]
-    blob = ((yy - 600) / 380.0) ** 2 + ((xx - 840) / 520.0) ** 2 < 1
-    image[blob] = (0.3 * image[blob] + 160).astype(np.uint8)
-    clicks = [
-        (600, 840, True),
-        (300, 700, True),
-        (900, 1300, False),
-        (450, 1250, True),
-        (700, 420, False),
-        (520, 640, True),
-        (800, 900, True),
-        (260, 1000, False),
-    ]
-    net = load_model(args.checkpoint, "cpu")
+    image, _ = test_image()  # the 2-MP ellipse on noise and 8-click session of every per-click benchmark
+    from model.weights import STARTER_WEIGHTS
+
+    net = load_model(args.checkpoint or STARTER_WEIGHTS, "cpu")  # the served default when none is given
     print("| setting | flip | median s/click | p90 s/click | clicks | threads |\n|---|---|---|---|---|---|")
     for setting in [s for s in args.settings.split(";") if s]:
         spec, flip = _split(setting)
