@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -173,11 +174,12 @@ class InteractiveCore:
     def _order(self, session: Session, clicks: Sequence[Click], version: str) -> tuple[tuple[Click, ...], int]:
         """A click set in the order to run it (``sessions.order_clicks``), from what this worker and, when it
         knows less than one click short of the set, the shared store know of this object."""
-        ordered, known = order_clicks(clicks, session.known_sequences())
+        local = session.known_sequences()
+        ordered, known = order_clicks(clicks, local)
         if self.shared is not None and known < len(ordered) - 1:
             remote = self.shared.known_sequences(session, version)
             if remote:
-                ordered, known = order_clicks(clicks, session.known_sequences() + remote)
+                ordered, known = order_clicks(clicks, local + remote)
         return ordered, known
 
     def segment(
@@ -202,16 +204,49 @@ class InteractiveCore:
             raise BadRequest("no clicks: at least one click is needed for a mask")
         if len(clicks) > self.settings.max_clicks:
             raise BadRequest(f"{len(clicks)} clicks is above MAX_CLICKS={self.settings.max_clicks}")
-        if not supersede:
-            return self._segment(key, frame, clicks, encode, stats, ordered, None)
-        queue, number = self._arrive(key)
-        try:
-            return self._segment(key, frame, clicks, encode, stats, ordered, (queue, number))
-        finally:
-            with self._queue_lock:
-                queue.waiting -= 1
+        with self._queued(key, supersede) as place:
+            session = self._session(key, frame, stats)
+            version = self.engine.model_version
+            together_from = None
+            sequence = tuple(clicks)
+            if not ordered:
+                sequence, together_from = self._order(session, clicks, version)
+            cached = session.cached_result(sequence)
+            if cached is not None:
+                stats.result_hit = True
+                return Segmentation(cached.encoded, cached.score, sequence)
+            restored = self.shared.restore(session, sequence, version, stats) if self.shared is not None else None
+            t0 = time.perf_counter()
+            with self.engine.lock:
+                stats.queue_ms += (time.perf_counter() - t0) * 1000
+                if place is not None:
+                    together_from = self._supersede(place, together_from)
+                if restored is not None:
+                    session.remember_state(*restored)
+                mask, score = session.run(sequence, stats, together_from)
+            if self.shared is not None:
+                self.shared.publish(session, sequence, version, stats, unordered=not ordered)
+            t1 = time.perf_counter()
+            encoded = encode(mask)
+            stats.rle_ms += (time.perf_counter() - t1) * 1000
+            session.remember_result(sequence, encoded, score)
+            self.cache.trim(keep=key)
+            log.debug(
+                "%s: %d clicks, %d forwards (from prefix %d), score %.3f",
+                _describe(key),
+                len(sequence),
+                stats.forwards,
+                stats.restored_prefix,
+                score,
+            )
+            return Segmentation(encoded, float(score), sequence)
 
-    def _arrive(self, key: Hashable) -> tuple[_ObjectQueue, int]:
+    @contextlib.contextmanager
+    def _queued(self, key: Hashable, supersede: bool) -> Iterator[tuple[_ObjectQueue, int] | None]:
+        """The request's place among the requests for the object (``None`` when it cannot be superseded)."""
+        if not supersede:
+            yield None
+            return
         with self._queue_lock:
             queue = self._queue.get(key)
             if queue is None:
@@ -221,53 +256,12 @@ class InteractiveCore:
             self._queue.move_to_end(key)
             queue.newest += 1
             queue.waiting += 1
-            return queue, queue.newest
-
-    def _segment(
-        self,
-        key: Hashable,
-        frame: Frame,
-        clicks: Sequence[Click],
-        encode: Callable[[np.ndarray], np.ndarray],
-        stats: RunStats,
-        ordered: bool,
-        place: tuple[_ObjectQueue, int] | None,
-    ) -> Segmentation:
-        session = self._session(key, frame, stats)
-        version = self.engine.model_version
-        together_from = None
-        sequence = tuple(clicks)
-        if not ordered:
-            sequence, together_from = self._order(session, clicks, version)
-        cached = session.cached_result(sequence)
-        if cached is not None:
-            stats.result_hit = True
-            return Segmentation(cached.encoded, cached.score, sequence)
-        restored = self.shared.restore(session, sequence, version, stats) if self.shared is not None else None
-        t0 = time.perf_counter()
-        with self.engine.lock:
-            stats.queue_ms += (time.perf_counter() - t0) * 1000
-            if place is not None:
-                together_from = self._supersede(place, together_from)
-            if restored is not None:
-                session.remember_state(*restored)
-            mask, score = session.run(sequence, stats, together_from)
-        if self.shared is not None:
-            self.shared.publish(session, sequence, version, stats, unordered=not ordered)
-        t1 = time.perf_counter()
-        encoded = encode(mask)
-        stats.rle_ms += (time.perf_counter() - t1) * 1000
-        session.remember_result(sequence, encoded, score)
-        self.cache.trim(keep=key)
-        log.debug(
-            "%s: %d clicks, %d forwards (from prefix %d), score %.3f",
-            _describe(key),
-            len(sequence),
-            stats.forwards,
-            stats.restored_prefix,
-            score,
-        )
-        return Segmentation(encoded, float(score), sequence)
+            number = queue.newest
+        try:
+            yield queue, number
+        finally:
+            with self._queue_lock:
+                queue.waiting -= 1
 
     def _supersede(self, place: tuple[_ObjectQueue, int], together_from: int | None) -> int | None:
         """Under the engine lock: raise :class:`Superseded` when a newer request for the object exists; the newest

@@ -112,6 +112,11 @@ def encode_mask(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(mask2rle(mask_u8), dtype=np.uint8)
 
 
+def _url_key(url: Any) -> tuple[str, str]:
+    """The image cache's key for a task image URL."""
+    return image_key(url if isinstance(url, str) else repr(url))
+
+
 def _image_name(clickset: ClickSet, config: LabelConfig) -> str:
     """The <Image> tag the clicks were made on (the first one when they name none of the config's)."""
     return clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
@@ -339,7 +344,7 @@ class Backend:
             )
             return image
 
-        return self.core.image(image_key(url if isinstance(url, str) else repr(url)), fetch, stats)
+        return self.core.image(_url_key(url), fetch, stats)
 
     def image_to_fetch(self, body: Any) -> tuple[Any, Any] | None:
         """``(url, task id)`` of the image a click request needs and the cache lacks, else ``None``.
@@ -361,7 +366,7 @@ class Backend:
             url = self._image_url(task, config, image_name, clickset.item_index)
         except (BackendError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
             return None
-        key = image_key(url if isinstance(url, str) else repr(url))
+        key = _url_key(url)
         return None if self.core.has_image(key) else (url, task.get("id"))
 
     def fetch_image(self, url: Any, task_id: Any) -> None:
@@ -380,7 +385,7 @@ class Backend:
             url = self._image_url(task, config, next(iter(config.images)), 0)
         except BackendError:
             return
-        key = image_key(url if isinstance(url, str) else repr(url))
+        key = _url_key(url)
         if self.core.has_image(key):
             return
         with self._lock:
