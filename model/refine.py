@@ -231,12 +231,17 @@ def drop_unclicked_components(probs: torch.Tensor, roi: Box, clicks: Sequence[Cl
     positives = [(c.row, c.col) for c in clicks if c.positive and rmin <= c.row <= rmax and cmin <= c.col <= cmax]
     if not positives:
         return probs
-    crop = probs[0, 0, rmin : rmax + 1, cmin : cmax + 1]
-    mask = (crop > threshold).cpu().numpy().astype(np.uint8)
-    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    mask = (probs[0, 0, rmin : rmax + 1, cmin : cmax + 1] > threshold).cpu().numpy().view(np.uint8)
+    # Label only the mask's bounding box: the zoom-in ROI around an object is about twice its area.
+    left, top, width, height = cv2.boundingRect(mask)
+    if width == 0:
+        return probs
+    count, labels = cv2.connectedComponents(mask[top : top + height, left : left + width], connectivity=8)
     if count <= 2:
         return probs  # background and at most one component: nothing to drop
-    keep_ids = sorted({int(labels[r - rmin, c - cmin]) for r, c in positives} - {0})
+    top, left = top + rmin, left + cmin  # the box in image coordinates from here on
+    inside = [(r - top, c - left) for r, c in positives if 0 <= r - top < height and 0 <= c - left < width]
+    keep_ids = sorted({int(labels[r, c]) for r, c in inside} - {0})
     if not keep_ids:
         return probs  # no positive click is inside the mask: the network disagrees with the user; keep it all
     if len(keep_ids) == count - 1:
@@ -245,5 +250,5 @@ def drop_unclicked_components(probs: torch.Tensor, roi: Box, clicks: Sequence[Cl
     keep[0] = 1.0  # background pixels keep their (sub-threshold) probabilities
     keep[keep_ids] = 1.0
     cleaned = probs.clone()
-    cleaned[0, 0, rmin : rmax + 1, cmin : cmax + 1].mul_(torch.from_numpy(keep[labels]).to(probs.device))
+    cleaned[0, 0, top : top + height, left : left + width].mul_(torch.from_numpy(keep[labels]).to(probs.device))
     return cleaned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,40 @@ def test_clean_drops_only_components_without_a_positive_click():
     assert cleaned[..., 25:35, 40:55].max() == 0
     # No positive click inside the mask: the user and the network disagree, nothing is dropped.
     assert torch.equal(drop_unclicked_components(probs, roi, [Click(20, 30, True)], 0.49), probs)
+
+
+def _clean_reference(probs, roi, clicks, threshold):
+    """Component cleaning labelled over the whole ROI (what the mask's bounding box must reproduce)."""
+    rmin, rmax, cmin, cmax = roi
+    crop = probs[0, 0, rmin : rmax + 1, cmin : cmax + 1].numpy()
+    count, labels = cv2.connectedComponents((crop > threshold).astype(np.uint8), connectivity=8)
+    keep = {0} | {
+        int(labels[c.row - rmin, c.col - cmin])
+        for c in clicks
+        if c.positive and rmin <= c.row <= rmax and cmin <= c.col <= cmax
+    }
+    if keep == {0}:
+        return probs
+    out = probs.clone()
+    out[0, 0, rmin : rmax + 1, cmin : cmax + 1] *= torch.from_numpy(np.isin(labels, sorted(keep)).astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clean_in_the_masks_box_equals_cleaning_the_whole_roi(seed):
+    rng = np.random.default_rng(seed)
+    probs = torch.zeros(1, 1, 120, 160)
+    roi = (10, 109, 20, 149)  # the ROI is not at the image's origin, the blobs not at the ROI's edges
+    for _ in range(rng.integers(2, 6)):
+        r, c = rng.integers(15, 95), rng.integers(25, 130)
+        probs[..., r : r + rng.integers(2, 15), c : c + rng.integers(2, 15)] = float(rng.uniform(0.6, 1.0))
+    probs[..., 50:52, 0:5] = 0.9  # outside the ROI: never touched
+    clicks = [
+        Click(int(r), int(c), bool(rng.random() < 0.7))
+        for r, c in zip(rng.integers(10, 110, 4), rng.integers(20, 150, 4))
+    ]
+    expected = _clean_reference(probs, roi, clicks, 0.5)
+    assert torch.equal(drop_unclicked_components(probs, roi, clicks, 0.5), expected)
 
 
 class CountingModel(torch.nn.Module):
