@@ -592,14 +592,9 @@ def run_rq_job(job_id: str) -> str:
         time.sleep(1.0)  # another worker runs a job on this MODEL_DIR
 
 
-def main_worker(once: bool, poll_s: float) -> int:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    settings = Settings.from_env()
-    cfg = JobConfig.from_env()
+def yield_to_serving(cfg: JobConfig) -> None:
+    """The worker's place beside a serving process on the same machine: its nice level and torch threads
+    (``FINETUNE_NICE``, ``FINETUNE_THREADS``). benchmarks/click_during_finetune.py measures what a click pays."""
     if cfg.nice:
         try:
             os.nice(cfg.nice)  # serving keeps the CPU first
@@ -609,6 +604,17 @@ def main_worker(once: bool, poll_s: float) -> int:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
+
+
+def main_worker(once: bool, poll_s: float) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings.from_env()
+    cfg = JobConfig.from_env()
+    yield_to_serving(cfg)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from .job_queue import job_queue
 
@@ -631,4 +637,5 @@ __all__ = [
     "run_job",
     "split_tasks",
     "worker_loop",
+    "yield_to_serving",
 ]
