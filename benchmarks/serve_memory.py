@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from server import TOKEN, StubLabelStudio, click_plan, make_image, previous_annotation, run_session  # noqa: E402
+
 from testkit.ls_harness import free_port, stop_process, wait_http  # noqa: E402
 
 

@@ -33,10 +33,10 @@ import requests
 
 from .config import Settings
 from .errors import BackendError
-from .polygons import hole_pixels, mask_to_polygons, polygons_to_mask
+from .polygons import hole_pixels, mask_to_polygons
+from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
 FORMATS = ("yolo-seg", "coco")
-RESULT_TYPES = ("brushlabels", "polygonlabels")
 _IMAGE_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")  # Label Studio names uploads "<8 hex>-<original name>"
@@ -161,7 +161,7 @@ def _result_labels(task: Task) -> Iterator[str]:
     for result in task.results:
         rtype = str(result.get("type", "")).lower()
         value = result.get("value")
-        if rtype in RESULT_TYPES and isinstance(value, dict):
+        if rtype in MASK_RESULT_TYPES and isinstance(value, dict):
             labels = value.get(rtype)
             if isinstance(labels, list) and labels and isinstance(labels[0], str):
                 yield labels[0]
@@ -175,65 +175,23 @@ def regions_of(
     skipped: dict[str, int] = {}
     for i, result in enumerate(task.results):
         rtype = str(result.get("type", "")).lower()
-        if rtype not in RESULT_TYPES:
+        if rtype not in MASK_RESULT_TYPES:
             skipped[rtype or "untyped"] = skipped.get(rtype or "untyped", 0) + 1
             continue
-        regions.append(_region(result, rtype, f"{task.where} result[{i}]", tolerance_px, min_area_px, max_pixels))
+        regions.append(_region(result, f"{task.where} result[{i}]", tolerance_px, min_area_px, max_pixels))
     return regions, skipped
 
 
-def _region(result: dict, rtype: str, where: str, tolerance_px: float, min_area_px: int, max_pixels: int) -> Region:
-    value = result.get("value")
-    if not isinstance(value, dict):
-        raise ExportError(f"{where}: 'value' must be an object")
-    labels = value.get(rtype)
-    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
-        raise ExportError(f"{where}: value.{rtype} must be a list with the region's label")
-    width, height = (_dimension(result.get(k), f"{where}.{k}") for k in ("original_width", "original_height"))
-    if width * height > max_pixels:
-        raise ExportError(f"{where}: a {width}x{height} image is above the limit (MAX_IMAGE_MEGAPIXELS)")
-    if rtype == "brushlabels":
-        mask = _brush_mask(value, width, height, where)
-        polygons = mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
-        return Region(labels[0], "brush", width, height, tuple(polygons), mask)
-    points = _polygon_points(value.get("points"), width, height, where)
-    return Region(labels[0], "polygon", width, height, (points,), polygons_to_mask([points], height, width))
-
-
-def _dimension(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ExportError(f"{where} must be a positive integer, got {value!r}")
-    return value
-
-
-def _brush_mask(value: dict, width: int, height: int, where: str) -> np.ndarray:
-    from label_studio_sdk.converter.brush import decode_rle
-
-    rle = value.get("rle")
-    if value.get("format", "rle") != "rle" or not isinstance(rle, list) or not rle:
-        raise ExportError(f"{where}: a brush result needs value.format 'rle' and a non-empty value.rle list")
-    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
-        raise ExportError(f"{where}: value.rle must be a list of bytes (integers 0..255)")
+def _region(result: dict, where: str, tolerance_px: float, min_area_px: int, max_pixels: int) -> Region:
     try:
-        rgba = decode_rle(rle)
-    except Exception as exc:  # the SDK's bit reader fails in several ways on a corrupt stream
-        raise ExportError(f"{where}: value.rle is not a valid brush RLE ({type(exc).__name__})") from None
-    if rgba.size != width * height * 4:
-        raise ExportError(
-            f"{where}: value.rle holds {rgba.size // 4} pixels, but original_width x original_height is "
-            f"{width}x{height} = {width * height}"
-        )
-    return rgba.reshape(height, width, 4)[..., 3] > 127
-
-
-def _polygon_points(points: Any, width: int, height: int, where: str) -> np.ndarray:
-    ok = isinstance(points, list) and len(points) >= 3
-    ok = ok and all(isinstance(p, list) and len(p) == 2 for p in points)
-    ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for p in points for c in p)
-    array = np.asarray(points, np.float64) if ok else None
-    if array is None or not np.isfinite(array).all():
-        raise ExportError(f"{where}: value.points must be at least 3 [x, y] pairs of finite numbers (percent)")
-    return np.clip(array, 0.0, 100.0) / 100.0 * np.array([width, height], np.float64)
+        region = read_region(result, where, max_pixels)
+    except RegionError as exc:
+        raise ExportError(str(exc)) from None
+    if region.points is None:  # a brush: its polygons come from the mask
+        polygons = mask_to_polygons(region.mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
+    else:
+        polygons = [region.points]
+    return Region(region.label, region.kind, region.width, region.height, tuple(polygons), region.mask)
 
 
 # --- images -------------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .engine import watch_versions
-from .labeling import project_id
+from .errors import BadRequest
+from .labeling import parse_label_config, project_id
 from .model_store import TRAIN_EVENT, UPDATE_EVENTS, ModelStore
 
 log = logging.getLogger("adaptiveclick.finetune")
@@ -101,10 +102,11 @@ class FinetuneServer:
         if self.projects and project not in self.projects:
             return {"finetune": "ignored", "reason": f"project {project} is not in FINETUNE_PROJECTS"}
         label_config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
-        if isinstance(label_config, str) and label_config and "brushlabels" not in label_config.lower():
+        if isinstance(label_config, str) and label_config and not _has_mask_tags(label_config):
             return {
                 "finetune": "ignored",
-                "reason": f"project {project}'s labeling config has no BrushLabels: nothing to learn from",
+                "reason": f"project {project}'s labeling config has no BrushLabels or PolygonLabels: nothing to "
+                "learn from",
             }
         ids: dict[str, Any] = {}
         if annotation:
@@ -189,3 +191,13 @@ class FinetuneServer:
 
     def version_names(self) -> list[str]:
         return [self.engine.base_version] + [str(m["version"]) for m in self.store.versions() if m.get("version")]
+
+
+def _has_mask_tags(label_config: str) -> bool:
+    """Whether a project's annotations can hold masks to learn from (a config that does not parse: let the job
+    find out and say so)."""
+    try:
+        config = parse_label_config(label_config)
+    except BadRequest:
+        return True
+    return bool(config.brushes or config.polygons)

@@ -7,8 +7,9 @@ Only one worker runs jobs at a time (``ModelStore.worker_lock``); a second one e
 A job (:func:`run_job`):
 
 1. pulls the project's annotations through the Label Studio API (``/api/projects/{id}/export``), keeps per task
-   the newest submitted annotation that is neither cancelled nor empty (a ground-truth one first), and decodes
-   each of its brush regions into one instance mask (``label_studio_sdk``'s ``decode_rle``); images are fetched
+   the newest submitted annotation that is neither cancelled nor empty (a ground-truth one first), and reads
+   each of its brush and polygon regions as one instance mask (``ml_backend.regions``, the export's reader too);
+   images are fetched
    as the predictor fetches them (``ml_backend.media.MediaFetcher``);
 2. holds out a validation split, deterministic by task id (``FINETUNE_VAL_FRACTION``, at least one task);
 3. measures NoC@85/90 on it with the served model (robot clicker), fine-tunes from the served checkpoint with
@@ -50,6 +51,7 @@ from .model_store import (
     now_iso,
     served_checkpoint,
 )
+from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
 if TYPE_CHECKING:
     from model.training.trainer import TrainConfig
@@ -120,7 +122,7 @@ class TaskData:
     task_id: int
     annotation_id: int | None
     image: np.ndarray  # HxWx3 uint8, as the predictor sees it
-    masks: list[np.ndarray]  # HxW bool, one per brush region
+    masks: list[np.ndarray]  # HxW bool, one per brush or polygon region
 
 
 # --- Label Studio ------------------------------------------------------------------------------
@@ -196,9 +198,8 @@ def _pick_annotation(task: dict[str, Any], stats: dict[str, int]) -> dict[str, A
             r
             for r in annotation.get("result") or []
             if isinstance(r, dict)
-            and r.get("type") == "brushlabels"
+            and str(r.get("type", "")).lower() in MASK_RESULT_TYPES
             and isinstance(r.get("value"), dict)
-            and r["value"].get("rle")
         ]
         if not regions:
             stats["empty"] += 1
@@ -217,14 +218,6 @@ def _pick_annotation(task: dict[str, Any], stats: dict[str, int]) -> dict[str, A
     usable.sort(key=lambda u: u[:3])
     _, _, _, annotation, regions = usable[-1]
     return dict(annotation, result=regions)
-
-
-def decode_brush(region: dict[str, Any]) -> np.ndarray:
-    """A brush region's mask (HxW bool) from its RLE, with the SDK's decoder."""
-    from label_studio_sdk.converter.brush import decode_rle
-
-    height, width = int(region["original_height"]), int(region["original_width"])
-    return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[..., 3] > 0
 
 
 def collect_annotations(
@@ -274,11 +267,11 @@ def collect_annotations(
             log.warning("task %s: image not loaded (%s)", task["id"], getattr(exc, "message", exc))
             continue
         masks = []
-        for region in annotation["result"]:
+        for i, region in enumerate(annotation["result"]):
             try:
-                mask = decode_brush(region)
-            except Exception as exc:
-                log.warning("task %s: brush region %s not decoded (%s)", task["id"], region.get("id"), exc)
+                mask = read_region(region, f"task {task['id']} result[{i}]").mask
+            except RegionError as exc:  # one bad region does not fail the task
+                log.warning("%s", exc)
                 continue
             if mask.shape != image.shape[:2]:  # the UI reported another size (EXIF, rescaled file)
                 import cv2
@@ -440,7 +433,7 @@ def _run(
     if not tasks:
         raise JobSkipped(
             f"project {project} has no usable annotations (submitted, not cancelled, with at least "
-            f"one non-empty brush region; {stats.get('tasks', 0)} annotated tasks seen, "
+            f"one brush or polygon region; {stats.get('tasks', 0)} annotated tasks seen, "
             f"{stats.get('cancelled', 0)} cancelled and {stats.get('empty', 0)} empty annotations "
             "skipped): nothing to fine-tune on"
         )

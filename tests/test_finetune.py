@@ -136,7 +136,7 @@ def test_every_n_updates_rule_per_project_and_project_checks(tmp_path):
         no_brush["project"]["label_config"] = (
             '<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>'
         )
-        assert "BrushLabels" in client.post("/webhook", json=no_brush).json()["reason"]
+        assert "BrushLabels or PolygonLabels" in client.post("/webhook", json=no_brush).json()["reason"]
         nameless = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}}
         assert client.post("/webhook", json=nameless).json()["finetune"] == "ignored"
     assert [j["project"] for j in ModelStore(tmp_path).jobs()] == ["1"]
@@ -362,6 +362,19 @@ def _brush(mask: np.ndarray, rid: str) -> dict:
     }
 
 
+def _polygon(corners: list[tuple[int, int]], w: int, h: int, rid: str) -> dict:
+    """A polygonlabels result with the (x, y) pixel corners, in the export's percent."""
+    return {
+        "id": rid,
+        "from_name": "poly",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "original_width": w,
+        "original_height": h,
+        "value": {"points": [[100 * x / w, 100 * y / h] for x, y in corners], "polygonlabels": ["Object"]},
+    }
+
+
 def _stub_project(n_tasks: int = 2) -> StubLabelStudio:
     rng = np.random.default_rng(3)
     tasks, images = [], {}
@@ -388,7 +401,12 @@ def _stub_project(n_tasks: int = 2) -> StubLabelStudio:
                         "was_cancelled": False,
                         "ground_truth": False,
                         "updated_at": "2026-01-02",
-                        "result": [_brush(a, "a"), _brush(b, "b"), _brush(np.zeros((h, w), bool), "z")],
+                        "result": [
+                            _brush(a, "a"),
+                            _polygon([(70, 40), (120, 40), (120, 90), (70, 90)], w, h, "b"),  # region b's outline
+                            _brush(np.zeros((h, w), bool), "z"),
+                            dict(_polygon([(1, 1), (5, 1), (5, 5)], w, h, "bad"), value={"polygonlabels": ["Object"]}),
+                        ],
                     },
                 ],
             }
@@ -408,6 +426,7 @@ def test_collect_annotations_from_the_label_studio_api():
         assert [t.task_id for t in tasks] == [1, 2] and [t.annotation_id for t in tasks] == [3, 13]
         assert all(len(t.masks) == 2 and t.image.shape == (96, 128, 3) for t in tasks)  # two regions, empty dropped
         assert tasks[0].masks[0][20, 20] and not tasks[0].masks[0][60, 100] and tasks[0].masks[1][60, 100]
+        assert abs(int(tasks[0].masks[1].sum()) - 50 * 50) < 2 * 50 + 2 * 50  # the polygon, within its outline
         assert stats["cancelled"] == 2 and stats["empty"] == 2 and stats["empty_regions"] == 2
         assert all(auth == "Token legacy-token-123" for _, auth in stub.requests)
         assert collect_annotations(LabelStudioAPI(fetcher), fetcher, "2", JobConfig())[0] == []

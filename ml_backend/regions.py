@@ -1,0 +1,93 @@
+"""Label Studio's mask results as masks: ``brushlabels`` (the editor's RLE) and ``polygonlabels`` (vertices in
+percent of the image). The one reader of both that the export command and the fine-tuning job share, so an
+annotation gives the same mask whether it is exported or trained on.
+
+A brush pixel is in the mask when its alpha is above half (the editor paints 255); a polygon is closed and
+rasterised with ``ml_backend.polygons.polygons_to_mask``. A result is untrusted input: each malformed field gets a
+``RegionError`` naming it and where it was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .polygons import polygons_to_mask
+
+MASK_RESULT_TYPES = ("brushlabels", "polygonlabels")
+
+__all__ = ["MASK_RESULT_TYPES", "MaskRegion", "RegionError", "read_region"]
+
+
+class RegionError(ValueError):
+    """A brush or polygon result that cannot be read; the message names the field and where it was."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRegion:
+    """One brush or polygon result, in pixels of the image it was drawn on."""
+
+    label: str
+    kind: str  # "brush" | "polygon"
+    width: int
+    height: int
+    mask: np.ndarray  # (height, width) bool, as annotated (a brush keeps its holes)
+    points: np.ndarray | None  # a polygon's (N, 2) x, y vertices in pixels; None for a brush
+
+
+def read_region(result: dict[str, Any], where: str, max_pixels: int | None = None) -> MaskRegion:
+    """The mask of a ``brushlabels`` or ``polygonlabels`` result; ``max_pixels`` caps the image it claims."""
+    rtype = str(result.get("type", "")).lower()
+    if rtype not in MASK_RESULT_TYPES:
+        raise RegionError(f"{where}: type {rtype or None!r} is not one of {', '.join(MASK_RESULT_TYPES)}")
+    value = result.get("value")
+    if not isinstance(value, dict):
+        raise RegionError(f"{where}: 'value' must be an object")
+    labels = value.get(rtype)
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise RegionError(f"{where}: value.{rtype} must be a list with the region's label")
+    width, height = (_dimension(result.get(k), f"{where}.{k}") for k in ("original_width", "original_height"))
+    if max_pixels is not None and width * height > max_pixels:
+        raise RegionError(f"{where}: a {width}x{height} image is above the limit (MAX_IMAGE_MEGAPIXELS)")
+    if rtype == "brushlabels":
+        return MaskRegion(labels[0], "brush", width, height, _brush_mask(value, width, height, where), None)
+    points = _polygon_points(value.get("points"), width, height, where)
+    return MaskRegion(labels[0], "polygon", width, height, polygons_to_mask([points], height, width), points)
+
+
+def _dimension(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RegionError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _brush_mask(value: dict, width: int, height: int, where: str) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    rle = value.get("rle")
+    if value.get("format", "rle") != "rle" or not isinstance(rle, list) or not rle:
+        raise RegionError(f"{where}: a brush result needs value.format 'rle' and a non-empty value.rle list")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
+        raise RegionError(f"{where}: value.rle must be a list of bytes (integers 0..255)")
+    try:
+        rgba = decode_rle(rle)
+    except Exception as exc:  # the SDK's bit reader fails in several ways on a corrupt stream
+        raise RegionError(f"{where}: value.rle is not a valid brush RLE ({type(exc).__name__})") from None
+    if rgba.size != width * height * 4:
+        raise RegionError(
+            f"{where}: value.rle holds {rgba.size // 4} pixels, but original_width x original_height is "
+            f"{width}x{height} = {width * height}"
+        )
+    return rgba.reshape(height, width, 4)[..., 3] > 127
+
+
+def _polygon_points(points: Any, width: int, height: int, where: str) -> np.ndarray:
+    ok = isinstance(points, list) and len(points) >= 3
+    ok = ok and all(isinstance(p, list) and len(p) == 2 for p in points)
+    ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for p in points for c in p)
+    array = np.asarray(points, np.float64) if ok else None
+    if array is None or not np.isfinite(array).all():
+        raise RegionError(f"{where}: value.points must be at least 3 [x, y] pairs of finite numbers (percent)")
+    return np.clip(array, 0.0, 100.0) / 100.0 * np.array([width, height], np.float64)
