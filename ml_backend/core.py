@@ -146,7 +146,7 @@ class InteractiveCore:
         dropped = self.cache.drop(lambda k: not (isinstance(k, tuple) and k[:1] == (IMAGE_KEY,)))
         log.info("model swapped: dropped %d cached sessions", dropped)
 
-    def _session(self, key: Hashable, frame: Frame, stats: RunStats) -> Session:
+    def _session(self, key: Hashable, frame: Frame, stats: RunStats, seed: np.ndarray | None = None) -> Session:
         session = self.cache.get_session(key)
         if session is not None and session.generation != self.engine.generation:
             self.cache.drop(lambda k: k == key)  # made by a model that has since been swapped out
@@ -159,7 +159,7 @@ class InteractiveCore:
         t0 = time.perf_counter()
         with self.engine.lock:
             stats.queue_ms += (time.perf_counter() - t0) * 1000
-            new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image)
+            new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image, seed)
         if frame.note:
             log.warning("%s: %s", _describe(key), frame.note)
         session, _ = self.cache.get_or_create_session(key, lambda: new)
@@ -191,6 +191,7 @@ class InteractiveCore:
         stats: RunStats,
         ordered: bool = True,
         supersede: bool = False,
+        seed: np.ndarray | None = None,
     ) -> Segmentation:
         """The object ``key``'s mask after ``clicks`` (``(row, col, positive)`` in ``frame``'s pixels), encoded.
 
@@ -198,6 +199,8 @@ class InteractiveCore:
         continues the longest sequence already computed for this object, and its new clicks run in one forward.
         ``supersede``: a request that waited for the model while a newer one for the same object arrived raises
         :class:`Superseded` without a forward, and the newest runs all its new clicks in one forward.
+        ``seed``: an existing mask (bool, in ``frame``'s pixels) the object continues; ``key`` must name it, since
+        a session keeps the seed it was created with.
         ``encode`` turns the bool mask into what the platform sends; its result is cached per click sequence,
         so a repeated request costs neither a forward nor an encoding."""
         if not clicks:
@@ -205,7 +208,7 @@ class InteractiveCore:
         if len(clicks) > self.settings.max_clicks:
             raise BadRequest(f"{len(clicks)} clicks is above MAX_CLICKS={self.settings.max_clicks}")
         with self._queued(key, supersede) as place:
-            session = self._session(key, frame, stats)
+            session = self._session(key, frame, stats, seed)
             version = self.engine.model_version
             together_from = None
             sequence = tuple(clicks)

@@ -200,6 +200,21 @@ def _region(result: dict, rtype: str, where: str, tolerance_px: float, min_area_
     return Region(labels[0], "polygon", width, height, (points,), polygons_to_mask([points], height, width))
 
 
+def result_mask(result: dict, max_pixels: int) -> np.ndarray:
+    """The bool mask of one brush or polygon result at its ``original_width x original_height``; raises
+    ``ExportError`` for anything else or anything malformed."""
+    rtype = result.get("type")
+    value = result.get("value")
+    if rtype not in ("brushlabels", "polygonlabels") or not isinstance(value, dict):
+        raise ExportError("not a brush or polygon result")
+    width, height = (_dimension(result.get(k), k) for k in ("original_width", "original_height"))
+    if width * height > max_pixels:
+        raise ExportError(f"a {width}x{height} image is above the limit (MAX_IMAGE_MEGAPIXELS)")
+    if rtype == "brushlabels":
+        return _brush_mask(value, width, height, "result")
+    return polygons_to_mask([_polygon_points(value.get("points"), width, height, "result")], height, width)
+
+
 def _dimension(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ExportError(f"{where} must be a positive integer, got {value!r}")
