@@ -146,6 +146,11 @@ class InteractiveCore:
         dropped = self.cache.drop(lambda k: not (isinstance(k, tuple) and k[:1] == (IMAGE_KEY,)))
         log.info("model swapped: dropped %d cached sessions", dropped)
 
+    def knows_prefix(self, key: Hashable, prefix: tuple) -> bool:
+        """Whether this worker's session ``key`` has computed a click sequence that starts with ``prefix``."""
+        session = self.cache.get_session(key)
+        return session is not None and any(s[: len(prefix)] == prefix for s in session.known_sequences())
+
     def _session(self, key: Hashable, frame: Frame, stats: RunStats, seed: np.ndarray | None = None) -> Session:
         session = self.cache.get_session(key)
         if session is not None and session.generation != self.engine.generation:

@@ -505,18 +505,26 @@ class Backend:
         )
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
-        region = None
-        if clickset.box is None and clicks and self.settings.continue_regions:
-            limit = self.settings.max_image_pixels
-            region = region_to_continue(task, output, image_name, clickset.item_index, clicks[0], frame, limit)
-        box = None if region is not None else self._box_of(clickset, key[:4] + (clickset.label,))
-        if region is not None:  # an accepted region's object: its own session, seeded with the region's mask
-            key = key[:4] + ("region", clickset.label, frame.key, region.digest)
-        if box is not None:  # a box object: its own session, whose every click sequence starts with the box
+        box = self._box_of(clickset, key[:4] + (clickset.label,))
+        box_key = prompt = None
+        if box is not None:
             w, h = frame.size
             x, y, bw, bh = box
             prompt = box_prompt(x / 100 * w, y / 100 * h, (x + bw) / 100 * w, (y + bh) / 100 * h)
-            key = key[:4] + ("box", clickset.label, frame.key, prompt)
+            box_key = key[:4] + ("box", clickset.label, frame.key, prompt)
+        region = None
+        if clickset.box is None and clicks and self.settings.continue_regions:
+            # An object already under way stays what it started as: its first request decided (a region saved
+            # meanwhile, e.g. by the draft autosave, must not switch it mid-way).
+            started = self.core.knows_prefix(key, clicks[:1])
+            started = started or (box_key is not None and self.core.knows_prefix(box_key, (prompt, clicks[0])))
+            if not started:
+                limit = self.settings.max_image_pixels
+                region = region_to_continue(task, output, image_name, clickset.item_index, clicks[0], frame, limit)
+        if region is not None:  # an accepted region's object: its own session, seeded with the region's mask
+            key = key[:4] + ("region", clickset.label, frame.key, region.digest)
+        elif box_key is not None:  # a box object: its own session, whose every click sequence starts with the box
+            key = box_key
             clicks = (prompt, *clicks)
         # The cached answer per click sequence: the brush RLE, or the mask's bits (polygons are made from it).
         encode = functools.partial(encode_mask, out_size=frame.out_size) if output.kind == "brush" else np.packbits
