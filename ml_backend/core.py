@@ -75,6 +75,7 @@ class Segmentation:
     encoded: np.ndarray
     score: float
     clicks: tuple[Click, ...]
+    seeded: bool = False  # the object continued the given seed (the predictor can take a previous mask)
 
 
 class InteractiveCore:
@@ -222,7 +223,7 @@ class InteractiveCore:
             cached = session.cached_result(sequence)
             if cached is not None:
                 stats.result_hit = True
-                return Segmentation(cached.encoded, cached.score, sequence)
+                return Segmentation(cached.encoded, cached.score, sequence, session.seed is not None)
             restored = self.shared.restore(session, sequence, version, stats) if self.shared is not None else None
             t0 = time.perf_counter()
             with self.engine.lock:
@@ -247,7 +248,7 @@ class InteractiveCore:
                 stats.restored_prefix,
                 score,
             )
-            return Segmentation(encoded, float(score), sequence)
+            return Segmentation(encoded, float(score), sequence, session.seed is not None)
 
     @contextlib.contextmanager
     def _queued(self, key: Hashable, supersede: bool) -> Iterator[tuple[_ObjectQueue, int] | None]:

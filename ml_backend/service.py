@@ -542,7 +542,7 @@ class Backend:
         width, height = frame.out_size
         if output.kind == "brush":
             answer = brush_region(rle=result.encoded.tolist(), width=width, height=height, **common)
-            if region is not None:  # the editor replaces the region of that id when the suggestion is accepted
+            if region is not None and result.seeded:  # the editor replaces the region of that id on accepting
                 answer["id"] = region.id
             return [answer], result.score
         mask = np.unpackbits(result.encoded, count=frame.size[0] * frame.size[1]).reshape(frame.size[::-1])
@@ -554,6 +554,6 @@ class Backend:
         )
         for polygon in regions:  # points are in percent; the size is the one the labeling UI reported
             polygon["original_width"], polygon["original_height"] = width, height
-        if region is not None and regions:  # the largest part (the first) takes the continued region's id
+        if region is not None and result.seeded and regions:  # the largest part (first) takes the region's id
             regions[0]["id"] = region.id
         return regions, result.score

@@ -551,9 +551,25 @@ def test_a_click_inside_an_accepted_brush_region_continues_its_mask_and_answers_
         [answer] = client.post("/predict", json=body).json()["results"][0]["result"]
         assert answer["id"] != "acc1" and not (brush_mask(answer) > 0)[pixel(negative)]
     body["params"]["context"]["result"] = [negative]
-    with TestClient(make_app(continue_regions=False)) as client:
-        [answer] = client.post("/predict", json=body).json()["results"][0]["result"]
-    assert answer["id"] != "acc1" and not (brush_mask(answer) > 0).any()  # a lone negative click: nothing
+    for app in make_app(continue_regions=False), make_app(engine_factory=_NoPreviousMask):
+        with TestClient(app) as client:
+            [answer] = client.post("/predict", json=body).json()["results"][0]["result"]
+        assert answer["id"] != "acc1" and not (brush_mask(answer) > 0).any()  # a lone negative click: nothing
+
+
+class _NoPreviousMask:
+    """A predictor that cannot take a previous mask (like the GrabCut baseline): it never answers under a saved
+    region's id, since its fresh mask would replace the region."""
+
+    def __init__(self):
+        inner = DiskPredictor()
+        self.threshold = inner.threshold
+        self.set_image, self.reset, self.add_click, self.prediction = (
+            inner.set_image,
+            inner.reset,
+            inner.add_click,
+            inner.prediction,
+        )
 
 
 def test_a_polygon_region_is_continued_and_a_newer_draft_wins_over_the_annotation():
