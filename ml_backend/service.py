@@ -135,23 +135,27 @@ class SavedRegion:
 def region_to_continue(
     task: dict[str, Any], output: OutputTag, image_name: str, item_index: int, click: Click, frame: Frame, limit: int
 ) -> SavedRegion | None:
-    """The saved region the first click lies in, of the label and output tag the answer goes to (docs/box_prompt.md,
-    "Continuing an accepted region"): from the task's drafts and annotations (not cancelled ones), newest first
-    (Label Studio autosaves the annotation being edited as a draft); within one, the smallest such region."""
+    """The saved region the first click lies in, of the label and output tag the answer goes to
+    (docs/labeling_ui.md): from the task's drafts and annotations (not cancelled ones), newest first (Label Studio
+    autosaves the annotation being edited as a draft); within one, the last such region in its result, which is
+    the newest and the one the editor draws on top."""
     rtype = "brushlabels" if output.kind == "brush" else "polygonlabels"
-    holders = [h for h in (task.get("drafts") or []) + (task.get("annotations") or []) if isinstance(h, dict)]
-    holders = [h for h in holders if not h.get("was_cancelled") and isinstance(h.get("result"), list)]
+    holders = [h for key in ("drafts", "annotations") if isinstance(task.get(key), list) for h in task[key]]
+    holders = [h for h in holders if isinstance(h, dict) and isinstance(h.get("result"), list)]
+    holders = [h for h in holders if not h.get("was_cancelled")]
     holders.sort(key=lambda h: str(h.get("updated_at") or h.get("created_at") or ""), reverse=True)
     row, col = click[0], click[1]
     for holder in holders:
-        found: list[SavedRegion] = []
-        for result in holder["result"]:
+        for result in reversed(holder["result"]):
             if not isinstance(result, dict) or result.get("type") != rtype or not isinstance(result.get("id"), str):
                 continue
-            labels = (result.get("value") or {}).get(rtype) if isinstance(result.get("value"), dict) else None
+            value = result.get("value")
+            labels = value.get(rtype) if isinstance(value, dict) else None
             if (result.get("from_name"), result.get("to_name")) != (output.from_name, image_name):
                 continue
-            if not isinstance(labels, list) or output.label not in labels or result.get("item_index", 0) != item_index:
+            if not isinstance(labels, list) or output.label not in labels:
+                continue
+            if (result.get("item_index") or 0) != item_index:
                 continue
             try:
                 mask = result_mask(result, limit)
@@ -163,9 +167,7 @@ def region_to_continue(
                 mask = cv2.resize(mask.view(np.uint8), frame.size, interpolation=cv2.INTER_NEAREST).view(bool)
             if mask[row, col]:
                 digest = hashlib.sha1(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()[:16]
-                found.append(SavedRegion(result["id"], mask, digest))
-        if found:
-            return min(found, key=lambda r: int(r.mask.sum()))
+                return SavedRegion(result["id"], mask, digest)
     return None
 
 

@@ -8,7 +8,8 @@ switches Auto-Annotation on and, with the mouse and keyboard only:
 1. ``box_then_clicks``: draws a box with the smart RectangleLabels tool, clicks a positive and an Alt+click
    negative smart keypoint inside it, accepts the suggestion and submits the annotation;
 2. ``continue_region``: reopens the task and clicks a smart keypoint inside the submitted region, then accepts;
-3. ``auto_accept``: on a second task, with Auto-Accept Suggestions on, two clicks.
+3. ``auto_accept``: on a second task, with Auto-Accept Suggestions on, two clicks, then (after the draft autosave)
+   a negative click on the second region.
 
 once with a BrushLabels and once with a PolygonLabels output tag. For every step it writes what the page posted to
 ``/api/ml/{id}/interactive-annotating``, what the backend received on ``/predict`` (the task's annotations and
@@ -116,6 +117,7 @@ class Editor:
         self.sent: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
+        self.last_mask: np.ndarray | None = None  # the newest reply's mask
         self._seen_predict = len(proxy.predictions())
         page.on("request", self._on_request)
         page.on("response", self._on_response)
@@ -200,6 +202,7 @@ class Editor:
             mask = polygons_to_mask([np.array(p) * scale for p in polygons], self.height, self.width)
         else:
             return None
+        self.last_mask = mask
         return round(float((mask & self.truth).sum() / max(1, (mask | self.truth).sum())), 3)
 
     def draw_box(self, box: tuple[int, int, int, int]) -> dict[str, Any]:
@@ -330,6 +333,13 @@ def capture(ls: LabelStudio, proxy: RecordingProxy, shape: str, args: argparse.N
             editor.auto_annotation(accept=True)
             editor.click(row, col, True, "click 1, auto-accept on")
             editor.click(*CLICKS[0], "click 2, auto-accept on")
+            # Once the draft autosave (one per 5 s) has stored the accepted regions, a negative click where the
+            # newest one spills over the background corrects that region.
+            page.wait_for_timeout(6000)
+            spill = editor.last_mask & ~truth
+            row, col = inside(spill if spill.sum() > 20 else editor.last_mask)
+            step = editor.click(row, col, False, "click 3 (negative) on region 2, 6 s later, auto-accept on")
+            step["region_2"] = editor.steps[-2]["editor"]["regions"][-1]["id"]
             out["auto_accept"] = editor.steps
         finally:
             browser.close()

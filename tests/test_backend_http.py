@@ -574,12 +574,14 @@ class _NoPreviousMask:
 
 def test_a_polygon_region_is_continued_and_a_newer_draft_wins_over_the_annotation():
     """Label Studio autosaves the annotation being edited as a draft: the newest holder of a region under the
-    click is the one continued; regions of other labels, tags or cancelled annotations are not candidates."""
+    click is the one continued, and in it the last such region (the newest, drawn on top); regions of other labels,
+    tags or cancelled annotations are not candidates."""
     config = recorded("predict_interactive_1click")["label_config"].replace("BrushLabels", "PolygonLabels")
     saved = _accepted("polygon", "saved", (40, 300, 60, 440))
     draft = _accepted("polygon", "draft", (80, 240, 150, 350))
+    smaller = _accepted("polygon", "smaller", (120, 200, 200, 300))
     other_label = {**draft, "id": "other", "value": {**draft["value"], "polygonlabels": ["Other"]}}
-    body = _with_saved(recorded("predict_interactive_1click"), [[saved]], [[other_label, draft]])
+    body = _with_saved(recorded("predict_interactive_1click"), [[saved]], [[smaller, draft, other_label]])
     body["label_config"] = config
     body["params"]["context"]["result"] = [_keypoint(50.0, 50.0, False, 1)]
     with TestClient(make_app()) as client:
@@ -589,3 +591,25 @@ def test_a_polygon_region_is_continued_and_a_newer_draft_wins_over_the_annotatio
         body["tasks"][0]["annotations"][0]["was_cancelled"] = True
         regions = client.post("/predict", json=body).json()["results"][0]["result"]
     assert all(r["id"] not in ("saved", "draft") for r in regions)
+
+
+def test_malformed_saved_regions_are_skipped_and_a_null_item_index_is_the_first_image():
+    """Annotations and drafts are input like any other: whatever their shape, a click is answered (a malformed
+    region is simply not continued), and ``item_index: null`` names the first image as a missing one does."""
+    region = _accepted("brush", "acc1", (80, 240, 150, 350))
+    broken = [
+        {**region, "id": "bad-rle", "value": {**region["value"], "rle": [999, -1]}},
+        {**region, "id": "bad-size", "original_width": 0},
+        {**region, "id": 5},
+        "not a region",
+    ]
+    body = recorded("predict_interactive_1click")
+    body["params"]["context"]["result"] = [_keypoint(50.0, 50.0, False, 1)]
+    with TestClient(make_app()) as client:
+        for drafts, annotations in [("x", {"a": 1}), ([None, {"result": "x"}], [{"result": broken}])]:
+            body["tasks"][0]["drafts"], body["tasks"][0]["annotations"] = drafts, annotations
+            reply = client.post("/predict", json=body)
+            assert reply.status_code == 200 and reply.json()["results"][0]["result"][0]["id"] not in ("acc1", "bad-rle")
+        body["tasks"][0]["drafts"], body["tasks"][0]["annotations"] = [], [{"result": [{**region, "item_index": None}]}]
+        body["params"]["context"]["result"] = [_keypoint(45.0, 45.0, False, 2)]  # a new object: the first is under way
+        assert client.post("/predict", json=body).json()["results"][0]["result"][0]["id"] == "acc1"
