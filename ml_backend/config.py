@@ -116,6 +116,7 @@ class Settings:
     polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
     polygon_min_area_px: int = POLYGON_MIN_AREA_PX
     output_shape: str = "brush"  # OUTPUT_SHAPE: what to answer when the config offers both brush and polygon
+    continue_regions: bool = True  # CONTINUE_REGIONS: a click inside a saved region of its label continues it
     # --- per-session cache ---
     session_cache_mb: int = 2048
     session_ttl_s: float = 1800.0
@@ -170,6 +171,7 @@ class Settings:
             polygon_tolerance_px=env_non_negative(env, "POLYGON_TOLERANCE_PX", POLYGON_TOLERANCE_PX),
             polygon_min_area_px=max(1, env_int(env, "POLYGON_MIN_AREA_PX", POLYGON_MIN_AREA_PX)),
             output_shape=env_choice(env, "OUTPUT_SHAPE", "brush", ("brush", "polygon")),
+            continue_regions=bool(_bool(env.get("CONTINUE_REGIONS"), True)),
             session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
             session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),
             max_clicks=env_int(env, "MAX_CLICKS", 100),

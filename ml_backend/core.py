@@ -75,6 +75,7 @@ class Segmentation:
     encoded: np.ndarray
     score: float
     clicks: tuple[Click, ...]
+    seeded: bool = False  # the object continued the given seed (the predictor can take a previous mask)
 
 
 class InteractiveCore:
@@ -146,7 +147,12 @@ class InteractiveCore:
         dropped = self.cache.drop(lambda k: not (isinstance(k, tuple) and k[:1] == (IMAGE_KEY,)))
         log.info("model swapped: dropped %d cached sessions", dropped)
 
-    def _session(self, key: Hashable, frame: Frame, stats: RunStats) -> Session:
+    def knows_prefix(self, key: Hashable, prefix: tuple) -> bool:
+        """Whether this worker's session ``key`` has computed a click sequence that starts with ``prefix``."""
+        session = self.cache.get_session(key)
+        return session is not None and any(s[: len(prefix)] == prefix for s in session.known_sequences())
+
+    def _session(self, key: Hashable, frame: Frame, stats: RunStats, seed: np.ndarray | None = None) -> Session:
         session = self.cache.get_session(key)
         if session is not None and session.generation != self.engine.generation:
             self.cache.drop(lambda k: k == key)  # made by a model that has since been swapped out
@@ -159,7 +165,7 @@ class InteractiveCore:
         t0 = time.perf_counter()
         with self.engine.lock:
             stats.queue_ms += (time.perf_counter() - t0) * 1000
-            new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image)
+            new = Session(key, frame.image(), self._new_predictor(), self.engine.generation, frame.own_image, seed)
         if frame.note:
             log.warning("%s: %s", _describe(key), frame.note)
         session, _ = self.cache.get_or_create_session(key, lambda: new)
@@ -191,6 +197,7 @@ class InteractiveCore:
         stats: RunStats,
         ordered: bool = True,
         supersede: bool = False,
+        seed: np.ndarray | None = None,
     ) -> Segmentation:
         """The object ``key``'s mask after ``clicks`` (``(row, col, positive)`` in ``frame``'s pixels), encoded.
 
@@ -198,6 +205,8 @@ class InteractiveCore:
         continues the longest sequence already computed for this object, and its new clicks run in one forward.
         ``supersede``: a request that waited for the model while a newer one for the same object arrived raises
         :class:`Superseded` without a forward, and the newest runs all its new clicks in one forward.
+        ``seed``: an existing mask (bool, in ``frame``'s pixels) the object continues; ``key`` must name it, since
+        a session keeps the seed it was created with.
         ``encode`` turns the bool mask into what the platform sends; its result is cached per click sequence,
         so a repeated request costs neither a forward nor an encoding."""
         if not clicks:
@@ -205,7 +214,7 @@ class InteractiveCore:
         if len(clicks) > self.settings.max_clicks:
             raise BadRequest(f"{len(clicks)} clicks is above MAX_CLICKS={self.settings.max_clicks}")
         with self._queued(key, supersede) as place:
-            session = self._session(key, frame, stats)
+            session = self._session(key, frame, stats, seed)
             version = self.engine.model_version
             together_from = None
             sequence = tuple(clicks)
@@ -214,7 +223,7 @@ class InteractiveCore:
             cached = session.cached_result(sequence)
             if cached is not None:
                 stats.result_hit = True
-                return Segmentation(cached.encoded, cached.score, sequence)
+                return Segmentation(cached.encoded, cached.score, sequence, session.seed is not None)
             restored = self.shared.restore(session, sequence, version, stats) if self.shared is not None else None
             t0 = time.perf_counter()
             with self.engine.lock:
@@ -239,7 +248,7 @@ class InteractiveCore:
                 stats.restored_prefix,
                 score,
             )
-            return Segmentation(encoded, float(score), sequence)
+            return Segmentation(encoded, float(score), sequence, session.seed is not None)
 
     @contextlib.contextmanager
     def _queued(self, key: Hashable, supersede: bool) -> Iterator[tuple[_ObjectQueue, int] | None]:

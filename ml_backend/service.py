@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import threading
@@ -21,9 +23,18 @@ from .core import Frame, InteractiveCore, Superseded, image_key
 from .engine import Engine
 from .errors import BackendError, BadRequest, ConfigError
 from .finetune import FinetuneServer, finetune_enabled
-from .labeling import ClickSet, LabelConfig, brush_region, extract_clicks, parse_label_config, project_id
+from .labeling import (
+    ClickSet,
+    LabelConfig,
+    OutputTag,
+    brush_region,
+    extract_clicks,
+    parse_label_config,
+    project_id,
+)
 from .media import DecodedImage, MediaFetcher
 from .polygons import polygon_regions
+from .regions import RegionError, read_region
 from .rle import mask2rle
 from .session_store import SharedStates
 from .sessions import Click, RunStats, SessionCache, box_prompt
@@ -110,6 +121,54 @@ def encode_mask(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
 
         mask_u8 = cv2.resize(mask_u8, tuple(int(v) for v in out_size), interpolation=cv2.INTER_NEAREST)
     return np.asarray(mask2rle(mask_u8), dtype=np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRegion:
+    """A region of the task's annotations or drafts that a click continues: its id and mask in the frame."""
+
+    id: str
+    mask: np.ndarray
+    digest: str  # names the mask in the session key
+
+
+def region_to_continue(
+    task: dict[str, Any], output: OutputTag, image_name: str, item_index: int, click: Click, frame: Frame, limit: int
+) -> SavedRegion | None:
+    """The saved region the first click lies in, of the label and output tag the answer goes to
+    (docs/labeling_ui.md): from the task's drafts and annotations (not cancelled ones), newest first (Label Studio
+    autosaves the annotation being edited as a draft); within one, the last such region in its result, which is
+    the newest and the one the editor draws on top."""
+    rtype = "brushlabels" if output.kind == "brush" else "polygonlabels"
+    holders = [h for key in ("drafts", "annotations") if isinstance(task.get(key), list) for h in task[key]]
+    holders = [h for h in holders if isinstance(h, dict) and isinstance(h.get("result"), list)]
+    holders = [h for h in holders if not h.get("was_cancelled")]
+    holders.sort(key=lambda h: str(h.get("updated_at") or h.get("created_at") or ""), reverse=True)
+    row, col = click[0], click[1]
+    for holder in holders:
+        for result in reversed(holder["result"]):
+            if not isinstance(result, dict) or result.get("type") != rtype or not isinstance(result.get("id"), str):
+                continue
+            value = result.get("value")
+            labels = value.get(rtype) if isinstance(value, dict) else None
+            if (result.get("from_name"), result.get("to_name")) != (output.from_name, image_name):
+                continue
+            if not isinstance(labels, list) or output.label not in labels:
+                continue
+            if (result.get("item_index") or 0) != item_index:
+                continue
+            try:
+                mask = read_region(result, f"saved region {result['id']}", limit).mask
+            except RegionError:
+                continue  # a malformed region is not continued; the click starts a new object
+            if mask.shape != frame.size[::-1]:
+                import cv2
+
+                mask = cv2.resize(mask.view(np.uint8), frame.size, interpolation=cv2.INTER_NEAREST).view(bool)
+            if mask[row, col]:
+                digest = hashlib.sha1(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()[:16]
+                return SavedRegion(result["id"], mask, digest)
+    return None
 
 
 def _url_key(url: Any) -> tuple[str, str]:
@@ -449,15 +508,30 @@ class Backend:
         clicks = clicks_to_pixels(clickset, frame)
         key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
         box = self._box_of(clickset, key[:4] + (clickset.label,))
-        if box is not None:  # a box object: its own session, whose every click sequence starts with the box
+        box_key = prompt = None
+        if box is not None:
             w, h = frame.size
             x, y, bw, bh = box
             prompt = box_prompt(x / 100 * w, y / 100 * h, (x + bw) / 100 * w, (y + bh) / 100 * h)
-            key = key[:4] + ("box", clickset.label, frame.key, prompt)
+            box_key = key[:4] + ("box", clickset.label, frame.key, prompt)
+        region = None
+        if clickset.box is None and clicks and self.settings.continue_regions:
+            # An object already under way stays what it started as: its first request decided (a region saved
+            # meanwhile, e.g. by the draft autosave, must not switch it mid-way).
+            started = self.core.knows_prefix(key, clicks[:1])
+            started = started or (box_key is not None and self.core.knows_prefix(box_key, (prompt, clicks[0])))
+            if not started:
+                limit = self.settings.max_image_pixels
+                region = region_to_continue(task, output, image_name, clickset.item_index, clicks[0], frame, limit)
+        if region is not None:  # an accepted region's object: its own session, seeded with the region's mask
+            key = key[:4] + ("region", clickset.label, frame.key, region.digest)
+        elif box_key is not None:  # a box object: its own session, whose every click sequence starts with the box
+            key = box_key
             clicks = (prompt, *clicks)
         # The cached answer per click sequence: the brush RLE, or the mask's bits (polygons are made from it).
         encode = functools.partial(encode_mask, out_size=frame.out_size) if output.kind == "brush" else np.packbits
-        result = self.core.segment(key, frame, clicks, encode, stats, supersede=True)
+        seed = None if region is None else region.mask
+        result = self.core.segment(key, frame, clicks, encode, stats, supersede=True, seed=seed)
         multi = getattr(config.images.get(image_name), "multi", False)
         common = {
             "from_name": output.from_name,
@@ -469,7 +543,10 @@ class Backend:
         }
         width, height = frame.out_size
         if output.kind == "brush":
-            return [brush_region(rle=result.encoded.tolist(), width=width, height=height, **common)], result.score
+            answer = brush_region(rle=result.encoded.tolist(), width=width, height=height, **common)
+            if region is not None and result.seeded:  # the editor replaces the region of that id on accepting
+                answer["id"] = region.id
+            return [answer], result.score
         mask = np.unpackbits(result.encoded, count=frame.size[0] * frame.size[1]).reshape(frame.size[::-1])
         regions = polygon_regions(
             mask=mask.view(bool),
@@ -477,6 +554,8 @@ class Backend:
             min_area_px=self.settings.polygon_min_area_px,
             **common,
         )
-        for region in regions:  # points are in percent; the size is the one the labeling UI reported
-            region["original_width"], region["original_height"] = width, height
+        for polygon in regions:  # points are in percent; the size is the one the labeling UI reported
+            polygon["original_width"], polygon["original_height"] = width, height
+        if region is not None and result.seeded and regions:  # the largest part (first) takes the region's id
+            regions[0]["id"] = region.id
         return regions, result.score

@@ -107,8 +107,11 @@ class Session:
         predictor: InteractivePredictor,
         generation: int = 0,
         own_image: bool = False,
+        seed: np.ndarray | None = None,
     ):
         self.key = key
+        # An existing mask the object continues (an accepted region): every click sequence starts from it.
+        self.seed = seed if seed is not None and hasattr(predictor, "set_previous_mask") else None
         self.image = image
         self.predictor = predictor
         self.generation = generation
@@ -119,7 +122,7 @@ class Session:
         self.results: collections.OrderedDict[tuple[Click, ...], CachedResult] = collections.OrderedDict()
         self.results_lock = threading.Lock()
         # The predictor's own copy of the image, plus the frame image when it is not the cached decoded one.
-        self.base_bytes = nbytes_of(predictor) + (int(image.nbytes) if own_image else 0)
+        self.base_bytes = nbytes_of(predictor) + (int(image.nbytes) if own_image else 0) + _array_bytes(self.seed)
         self.nbytes = self.base_bytes
         self.last_used = time.monotonic()
 
@@ -174,6 +177,8 @@ class Session:
                     break
         if restore is not None:
             p.set_state(restore)
+        elif start == 0 and self.seed is not None:
+            p.set_previous_mask(self.seed)
         elif start == 0:
             p.reset()
         self.applied = clicks[:start]

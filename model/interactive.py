@@ -58,6 +58,14 @@ class BoxPromptPredictor(InteractivePredictor, Protocol):
 
 
 @runtime_checkable
+class PreviousMaskPredictor(InteractivePredictor, Protocol):
+    """A predictor that can continue an existing mask: it becomes the previous mask of the next click."""
+
+    def set_previous_mask(self, mask: np.ndarray) -> None:
+        """Forget all clicks and start from ``mask`` (HxW bool or probabilities) as if clicks had produced it."""
+
+
+@runtime_checkable
 class StatefulPredictor(InteractivePredictor, Protocol):
     """A predictor whose state after a click can be saved and restored (a click prefix is replayed for free)."""
 

@@ -316,6 +316,19 @@ class Predictor:
         self._state = state
         return self.probs
 
+    def set_previous_mask(self, mask: np.ndarray) -> None:
+        """Start a new object from an existing mask (an accepted region being corrected): forget clicks and box;
+        the mask (HxW bool, or probabilities in [0, 1]) becomes the previous-mask input of the next click and the
+        zoom-in's first ROI, as if earlier clicks had produced it. :meth:`prediction` returns it until a click."""
+        self._require_image()
+        mask = np.asarray(mask)
+        if mask.shape != self.image_size:
+            raise ValueError(f"the mask is {mask.shape}, the image {self.image_size}")
+        probs = np.clip(mask.astype(np.float32), 0.0, 1.0)
+        if not np.isfinite(probs).all():
+            raise ValueError("the mask holds NaN or infinite values")
+        self._state = PredictorState(prev_probs=torch.from_numpy(probs)[None, None].to(self.device))
+
     def predict(self, clicks: list[Click] | list[tuple[float, float, bool]]) -> np.ndarray:
         """Replay a whole click sequence from scratch (each click sees the previous map)."""
         if not clicks:

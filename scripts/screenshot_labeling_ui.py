@@ -248,6 +248,32 @@ def mask_is_drawn(inside: float, outside: float) -> bool:
     return outside < MAX_OUTSIDE_DIFF and inside - outside > MIN_CONTRAST
 
 
+def open_task(browser: Any, ls_url: str, project: int, task_id: int, viewport: dict[str, int], timeout: float) -> Any:
+    """A new page of ``browser``, logged in as the harness user, showing the task's labeling page (its canvas
+    drawn). Only Label Studio itself is reachable from the page: nothing leaves 127.0.0.1."""
+    page = browser.new_page(viewport=viewport, device_scale_factor=1)
+    page.set_default_timeout(timeout * 1000)
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(ls_url) or route.request.url.startswith(("data:", "blob:"))
+            else route.abort()
+        ),
+    )
+    page.goto(ls_url + "/user/login/")
+    page.fill("input[name=email]", LS_USER)
+    page.fill("input[name=password]", LS_PASSWORD)
+    with page.expect_navigation():
+        page.click("button[type=submit], input[type=submit]")
+    if "/user/login" in page.url:
+        raise ScreenshotError(f"logging in as {LS_USER} failed (still on {page.url})")
+    page.goto(f"{ls_url}/projects/{project}/data?task={task_id}")
+    page.add_style_tag(content=_HIDE_OVERLAYS_CSS)
+    page.wait_for_selector("canvas", state="visible")
+    return page
+
+
 def screenshot(
     ls: LabelStudio,
     project: int,
@@ -270,27 +296,7 @@ def screenshot(
                 f"Chromium at {CHROMIUM} did not start ({exc}); install it with `apt-get install -y chromium`"
             ) from exc
         try:
-            page = browser.new_page(viewport=viewport, device_scale_factor=1)
-            page.set_default_timeout(timeout * 1000)
-            # Only Label Studio itself: nothing leaves 127.0.0.1.
-            page.route(
-                "**/*",
-                lambda route: (
-                    route.continue_()
-                    if route.request.url.startswith(ls.url) or route.request.url.startswith(("data:", "blob:"))
-                    else route.abort()
-                ),
-            )
-            page.goto(ls.url + "/user/login/")
-            page.fill("input[name=email]", LS_USER)
-            page.fill("input[name=password]", LS_PASSWORD)
-            with page.expect_navigation():
-                page.click("button[type=submit], input[type=submit]")
-            if "/user/login" in page.url:
-                raise ScreenshotError(f"logging in as {LS_USER} failed (still on {page.url})")
-            page.goto(f"{ls.url}/projects/{project}/data?task={task_id}")
-            page.add_style_tag(content=_HIDE_OVERLAYS_CSS)
-            page.wait_for_selector("canvas", state="visible")
+            page = open_task(browser, ls.url, project, task_id, viewport, timeout)
             with contextlib.suppress(PlaywrightError):  # show the mode the README describes (cosmetic)
                 page.get_by_text("Auto-Annotation", exact=True).click(timeout=5000)
             page.mouse.move(0, viewport["height"] - 1)  # no hover highlight on the image

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
+import json
 import os
 import signal
 import socket
@@ -290,6 +292,78 @@ class InProcessBackend:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+
+class RecordingProxy:
+    """A pass-through HTTP proxy in front of the backend that records what Label Studio sends it.
+
+    Label Studio is connected to ``proxy.url``; each call is forwarded to ``target`` unchanged and recorded in
+    ``calls`` as ``{"method", "path", "body", "status", "forwards", "superseded"}`` (``body`` parsed as JSON when it
+    is; ``forwards`` / ``superseded`` from the backend's ``X-Forwards`` / ``X-Superseded`` headers), so a test can
+    read what really arrived and what it cost."""
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # the calls are recorded, not printed
+                pass
+
+            def _forward(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                reply = requests.request(
+                    self.command, proxy.target + self.path, data=raw or None, headers=headers, timeout=300
+                )
+                try:
+                    body: Any = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                call = {
+                    "method": self.command,
+                    "path": self.path,
+                    "body": body,
+                    "status": reply.status_code,
+                    "forwards": reply.headers.get("X-Forwards"),
+                    "superseded": reply.headers.get("X-Superseded") == "1",
+                }
+                with proxy.lock:
+                    proxy.calls.append(call)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> RecordingProxy:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """The recorded ``/predict`` calls that carried clicks (``params.context`` set), oldest first."""
+        with self.lock:
+            calls = list(self.calls)
+        return [
+            c
+            for c in calls
+            if c["path"].startswith("/predict")
+            and isinstance(c["body"], dict)
+            and ((c["body"].get("params") or {}).get("context"))
+        ]
 
 
 def basic_auth_header(user: str, password: str) -> str:

@@ -108,6 +108,14 @@ class DiskPredictor:
         self._state = DiskState((), np.where(mask, np.float32(0.9), np.float32(0.1)))
         return self._state.prev
 
+    def set_previous_mask(self, mask: np.ndarray) -> None:
+        """A new object continuing ``mask`` (an accepted region): later clicks add and cut disks from it."""
+        if self._shape is None:
+            raise RuntimeError("set_image first")
+        if np.shape(mask) != self._shape:
+            raise ValueError(f"mask {np.shape(mask)} is not {self._shape}")
+        self._state = DiskState((), np.where(np.asarray(mask) > 0.5, np.float32(0.9), np.float32(0.1)))
+
     def add_clicks(self, clicks) -> np.ndarray:
         """Several clicks in one "forward" (counted once), like ``model.predictor.Predictor.add_clicks``."""
         if self._shape is None or self._grid is None:

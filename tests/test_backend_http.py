@@ -70,7 +70,9 @@ def test_recorded_interactive_clicks_give_one_brush_region(client):
     two = recorded("predict_interactive_2click")
     assert two["tasks"][0]["annotations"], "the recorded 2-click request carries the task's annotation"
     reply2 = client.post("/predict", json=two)
-    assert reply2.headers["x-forwards"] == "1"  # one forward: the first click's state was cached
+    # One forward: the first click's state was cached. The saved annotation's region holds the first click, but
+    # that object was already under way as a click object, so it stays one (no switch to continuing the region).
+    assert reply2.headers["x-forwards"] == "1"
     region2 = reply2.json()["results"][0]["result"][0]
     mask2 = brush_mask(region2)
     neg = two["params"]["context"]["result"][1]
@@ -434,9 +436,10 @@ def test_a_polygon_project_is_answered_with_closed_percent_polygons_that_match_t
 
     image = synthetic_image()
     two = recorded("predict_interactive_2click")
+    two["tasks"][0]["annotations"] = []  # its saved brush region would be continued by the brush project only
     with TestClient(make_app(image=image)) as client:
         brush = brush_mask(client.post("/predict", json=two).json()["results"][0]["result"][0]) > 0
-    polygon_body = recorded("predict_interactive_2click")
+    polygon_body = copy.deepcopy(two)
     polygon_body["label_config"] = polygon_body["label_config"].replace("BrushLabels", "PolygonLabels")
     with TestClient(make_app(image=image)) as client:
         reply = client.post("/predict", json=polygon_body)
@@ -489,3 +492,124 @@ def test_a_smart_box_starts_the_object_and_later_keypoints_refine_it_even_withou
         assert "session" not in reply.headers["x-cache"]
         far = brush_mask(reply.json()["results"][0]["result"][0]) > 0
         assert far[pixel(_keypoint(90.0, 90.0, True, 2))] and not far[int(0.5 * h), int(0.5 * w)]
+
+
+# --- continuing an accepted region (issue 27 item 5) -----------------------------------------------------------
+
+
+def _accepted(kind: str, region_id: str, box: tuple[int, int, int, int], w: int = 481, h: int = 321) -> dict:
+    """A brush or polygon result as Label Studio stores it: the rows ``box[0]:box[1]``, columns ``box[2]:box[3]``."""
+    from ml_backend.rle import mask2rle
+
+    r0, r1, c0, c1 = box
+    common = {"id": region_id, "from_name": "tag", "to_name": "image", "original_width": w, "original_height": h}
+    if kind == "brush":
+        mask = np.zeros((h, w), np.uint8)
+        mask[r0:r1, c0:c1] = 255
+        value = {"format": "rle", "rle": mask2rle(mask), "brushlabels": ["Object"]}
+        return {**common, "type": "brushlabels", "value": value}
+    points = [[c0 / w * 100, r0 / h * 100], [c1 / w * 100, r0 / h * 100], [c1 / w * 100, r1 / h * 100]]
+    points.append([c0 / w * 100, r1 / h * 100])
+    value = {"points": points, "closed": True, "polygonlabels": ["Object"]}
+    return {**common, "type": "polygonlabels", "value": value}
+
+
+def _with_saved(body: dict, annotations: list[dict], drafts: list[dict] | None = None) -> dict:
+    task = body["tasks"][0]
+    task["annotations"] = [
+        {"id": 10 + i, "result": result, "was_cancelled": False, "updated_at": f"2026-01-0{i + 1}T00:00:00Z"}
+        for i, result in enumerate(annotations)
+    ]
+    task["drafts"] = [{"id": 20, "result": result, "updated_at": "2026-02-01T00:00:00Z"} for result in drafts or []]
+    return body
+
+
+def test_a_click_inside_an_accepted_brush_region_continues_its_mask_and_answers_with_its_id():
+    """The region's mask is the previous mask of the click's object (the stand-in then cuts a disk out of it), and
+    the answer keeps the region's id, so the editor replaces that region when the suggestion is accepted. Without
+    the region, or with CONTINUE_REGIONS off, the same click starts a new object."""
+    region = _accepted("brush", "acc1", (80, 240, 150, 350))
+    inside = brush_mask(region) > 0
+    negative = _keypoint(50.0, 50.0, False, 1)
+    body = _with_saved(recorded("predict_interactive_1click"), [[region]])
+    body["params"]["context"]["result"] = [negative]
+    with TestClient(make_app()) as client:
+        reply = client.post("/predict", json=body)
+        assert reply.status_code == 200 and reply.headers["x-forwards"] == "1"
+        [answer] = reply.json()["results"][0]["result"]
+        mask = brush_mask(answer) > 0
+        assert answer["id"] == "acc1" and answer["type"] == "brushlabels"
+        assert not mask[pixel(negative)] and (mask & ~inside).sum() == 0 and mask.sum() > 0.8 * inside.sum()
+        # The next click of the same object (the editor re-sends the first): the same session, one forward.
+        body["params"]["context"]["result"] = [negative, _keypoint(90.0, 90.0, True, 2)]
+        reply = client.post("/predict", json=body)
+        assert reply.headers["x-forwards"] == "1" and "session" in reply.headers["x-cache"]
+        [answer] = reply.json()["results"][0]["result"]
+        assert answer["id"] == "acc1" and (brush_mask(answer) > 0)[pixel(_keypoint(90.0, 90.0, True, 2))]
+        # A first click outside every accepted region starts a new object, with a new id.
+        body["params"]["context"]["result"] = [_keypoint(10.0, 10.0, True, 3)]
+        [answer] = client.post("/predict", json=body).json()["results"][0]["result"]
+        assert answer["id"] != "acc1" and not (brush_mask(answer) > 0)[pixel(negative)]
+    body["params"]["context"]["result"] = [negative]
+    for app in make_app(continue_regions=False), make_app(engine_factory=_NoPreviousMask):
+        with TestClient(app) as client:
+            [answer] = client.post("/predict", json=body).json()["results"][0]["result"]
+        assert answer["id"] != "acc1" and not (brush_mask(answer) > 0).any()  # a lone negative click: nothing
+
+
+class _NoPreviousMask:
+    """A predictor that cannot take a previous mask (like the GrabCut baseline): it never answers under a saved
+    region's id, since its fresh mask would replace the region."""
+
+    def __init__(self):
+        inner = DiskPredictor()
+        self.threshold = inner.threshold
+        self.set_image, self.reset, self.add_click, self.prediction = (
+            inner.set_image,
+            inner.reset,
+            inner.add_click,
+            inner.prediction,
+        )
+
+
+def test_a_polygon_region_is_continued_and_a_newer_draft_wins_over_the_annotation():
+    """Label Studio autosaves the annotation being edited as a draft: the newest holder of a region under the
+    click is the one continued, and in it the last such region (the newest, drawn on top); regions of other labels,
+    tags or cancelled annotations are not candidates."""
+    config = recorded("predict_interactive_1click")["label_config"].replace("BrushLabels", "PolygonLabels")
+    saved = _accepted("polygon", "saved", (40, 300, 60, 440))
+    draft = _accepted("polygon", "draft", (80, 240, 150, 350))
+    smaller = _accepted("polygon", "smaller", (120, 200, 200, 300))
+    other_label = {**draft, "id": "other", "value": {**draft["value"], "polygonlabels": ["Other"]}}
+    body = _with_saved(recorded("predict_interactive_1click"), [[saved]], [[smaller, draft, other_label]])
+    body["label_config"] = config
+    body["params"]["context"]["result"] = [_keypoint(50.0, 50.0, False, 1)]
+    with TestClient(make_app()) as client:
+        regions = client.post("/predict", json=body).json()["results"][0]["result"]
+        assert regions[0]["id"] == "draft" and all(r["type"] == "polygonlabels" for r in regions)
+        body["tasks"][0]["drafts"] = []
+        body["tasks"][0]["annotations"][0]["was_cancelled"] = True
+        regions = client.post("/predict", json=body).json()["results"][0]["result"]
+    assert all(r["id"] not in ("saved", "draft") for r in regions)
+
+
+def test_malformed_saved_regions_are_skipped_and_a_null_item_index_is_the_first_image():
+    """Annotations and drafts are input like any other: whatever their shape, a click is answered (a malformed
+    region is simply not continued), and ``item_index: null`` names the first image as a missing one does."""
+    region = _accepted("brush", "acc1", (80, 240, 150, 350))
+    broken = [
+        {**region, "id": "bad-rle", "value": {**region["value"], "rle": [999, -1]}},
+        {**region, "id": "bad-size", "original_width": 0},
+        {**region, "id": 5},
+        "not a region",
+    ]
+    body = recorded("predict_interactive_1click")
+    body["params"]["context"]["result"] = [_keypoint(50.0, 50.0, False, 1)]
+    with TestClient(make_app()) as client:
+        for drafts, annotations in [("x", {"a": 1}), ([None, {"result": "x"}], [{"result": broken}])]:
+            body["tasks"][0]["drafts"], body["tasks"][0]["annotations"] = drafts, annotations
+            reply = client.post("/predict", json=body)
+            assert reply.status_code == 200 and reply.json()["results"][0]["result"][0]["id"] not in ("acc1", "bad-rle")
+        body["tasks"][0]["drafts"], body["tasks"][0]["annotations"] = [], [{"result": [{**region, "item_index": None}]}]
+        body["params"]["context"]["result"] = [_keypoint(45.0, 45.0, False, 2)]  # a new object: the first is under way
+        assert client.post("/predict", json=body).json()["results"][0]["result"][0]["id"] == "acc1"

@@ -287,3 +287,38 @@ def test_bf16_autocast_runs_and_fp16_needs_cuda(tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16"):
             Predictor(tiny_model, device="cpu", dtype="fp16")
+
+
+def test_previous_mask_is_the_input_of_the_next_click(predictor):
+    """An accepted region continued: its mask is what the network sees as the previous mask, and the zoom-in
+    crops around it and the click, as after earlier clicks; a fresh object sees an empty one and the whole image."""
+    rng = np.random.default_rng(2)
+    predictor.set_image(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    mask = np.zeros((240, 320), bool)
+    mask[60:140, 100:200] = True
+    seen = []
+    forward = predictor._forward
+    predictor._forward = lambda prev, clicks, roi: seen.append((prev.clone(), roi)) or forward(prev, clicks, roi)
+    predictor.set_previous_mask(mask)
+    assert predictor.clicks == [] and np.array_equal(predictor.prediction().mask, mask)
+    predictor.add_click(100, 150, False)
+    predictor.reset()
+    predictor.add_click(100, 150, False)
+    (seeded, seeded_roi), (fresh, fresh_roi) = seen
+    assert np.array_equal(seeded[0, 0].numpy() > 0.5, mask) and not fresh.any()
+    assert fresh_roi == (0, 239, 0, 319)
+    rmin, rmax, cmin, cmax = seeded_roi
+    assert rmin <= 60 and rmax >= 139 and cmin <= 100 and cmax >= 199 and (rmax - rmin) * (cmax - cmin) < 240 * 320
+
+
+def test_previous_mask_undo_and_bad_masks(predictor):
+    predictor.set_image(np.zeros((64, 80, 3), np.uint8))
+    mask = np.zeros((64, 80), bool)
+    mask[10:30, 20:50] = True
+    predictor.set_previous_mask(mask)
+    predictor.add_click(20, 30, False)
+    assert np.array_equal(predictor.undo() > predictor.threshold, mask)  # back to the region as it was accepted
+    with pytest.raises(ValueError, match="the mask is"):
+        predictor.set_previous_mask(mask[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        predictor.set_previous_mask(np.full((64, 80), np.nan, np.float32))

@@ -306,3 +306,73 @@ def test_polygon_project_answers_clicks_and_a_box_with_polygons_label_studio_sto
     ]
     exported = client.call("GET", f"/api/projects/{project}/export", params={"exportType": "JSON"})
     assert exported[0]["annotations"][0]["result"][0]["type"] == "polygonlabels"
+
+
+def _new_local_task(stack) -> dict:
+    """A task of its own (the local-files llama), so the annotation a test saves never reaches the others' tasks."""
+    client, project = stack["client"], stack["project"]
+    before = {t["id"] for t in client.tasks(project)}
+    client.import_tasks(project, [{"data": {"image": f"/data/local-files/?d=images/{E2E_IMAGES['local']}"}}])
+    return next(t for t in client.tasks(project) if t["id"] not in before)
+
+
+def test_a_click_inside_a_submitted_region_continues_it_under_the_same_id(stack, shared_dir):
+    """Issue 27 item 5 through Label Studio: the answer to a click, saved as an annotation, is in the task that
+    Label Studio sends with the next click; a negative click inside that region continues its mask (a smaller
+    region, the click outside it) and keeps its id, which makes the editor replace the region on accepting."""
+    client, ml = stack["client"], stack["ml"]
+    task = _new_local_task(stack)
+    gt = np.asarray(Image.open(shared_dir / "datasets" / "GrabCut" / "masks" / "llama.png")) == 1
+    height, width = gt.shape
+    first = client.interactive(ml["id"], task["id"], [keypoint(*_interior(gt), True, width, height, 0)])
+    [region] = first["data"]["result"]
+    saved = _decode(region) > 0
+    client.call("POST", f"/api/tasks/{task['id']}/annotations/", json={"result": [region]})
+    row, col = _interior(saved & ~gt if (saved & ~gt).sum() > 50 else saved)  # where the mask spills, if it does
+    reply = client.interactive(ml["id"], task["id"], [keypoint(row, col, False, width, height, 1)])
+    [answer] = reply["data"]["result"]
+    continued = _decode(answer) > 0
+    assert answer["id"] == region["id"] and not continued[row, col]
+    assert (continued & saved).sum() / (continued | saved).sum() > 0.5  # the same object, corrected
+
+
+# Clicks 0.2 s apart: a fast annotator, and enough for Label Studio to forward them in order (it forwards each request
+# from its own thread; posted at the same instant, they may reach the backend in any order: see docs/labeling_ui.md).
+SPACING_S = 0.2
+
+
+def test_a_burst_of_clicks_through_label_studio_costs_fewer_forwards_than_clicks(stack, shared_dir):
+    """Issue 27's "no work for superseded clicks" through the real Label Studio: the requests an annotator clicking
+    faster than the model makes (each carrying all the clicks so far) are posted at once to Label Studio's own
+    interactive endpoint; the backend, behind a recording proxy, spends fewer forwards than there are clicks."""
+    import concurrent.futures
+
+    from testkit.ls_harness import RecordingProxy
+
+    client = stack["client"]
+    task = _new_local_task(stack)
+    gt = np.asarray(Image.open(shared_dir / "datasets" / "GrabCut" / "masks" / "llama.png")) == 1
+    height, width = gt.shape
+    row, col = _interior(gt)
+    points = [(row, col, True), (row + 60, col, True), (row - 50, col + 40, True), (20, 20, False), (30, 480, False)]
+    clicks = [keypoint(r, c, pos, width, height, i) for i, (r, c, pos) in enumerate(points)]
+    proxy = RecordingProxy(stack["backend"].url).start()
+    try:
+        ml = client.connect_backend(stack["project"], proxy.url, USER, PASSWORD)
+        # The image first, so the burst measures clicks, not the download.
+        client.interactive(ml["id"], task["id"], clicks[:1])
+        with concurrent.futures.ThreadPoolExecutor(len(clicks) - 1) as pool:
+            futures = []
+            for n in range(2, 6):  # a click every 0.2 s, each request carrying every click so far, as the editor
+                futures.append(pool.submit(client.interactive, ml["id"], task["id"], clicks[:n]))
+                time.sleep(SPACING_S)
+            replies = [future.result() for future in futures]
+        calls = proxy.predictions()[1:]
+    finally:
+        proxy.stop()
+    assert all("errors" not in reply for reply in replies), replies
+    assert len(calls) == 4  # Label Studio forwarded every request of the burst
+    forwards = sum(int(call["forwards"]) for call in calls)
+    assert forwards < 4, calls  # four new clicks
+    # What the editor shows: the reply to its newest request, which must be a mask, not a superseded blank.
+    assert replies[-1]["data"]["result"], calls
