@@ -35,7 +35,15 @@ from .files import atomic_write
 from .modeling.adaptiveclick import AdaptiveClick
 from .modeling.click_encoding import click_disk_maps
 
-__all__ = ["BACKENDS", "ExportedNetwork", "cache_dirs", "cache_name", "exported_network", "weights_digest"]
+__all__ = [
+    "BACKENDS",
+    "USER_CACHE",
+    "ExportedNetwork",
+    "cache_dirs",
+    "cache_name",
+    "exported_network",
+    "weights_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +66,14 @@ class _Graph(nn.Module):
         return self.net.forward_disks(image, disks)["instances"]
 
 
+# The user cache of exports whose checkpoint folder is read-only or that have no checkpoint file. The library reads no
+# environment variable (tests/test_architecture.py): a caller that wants another folder sets this.
+USER_CACHE = Path.home() / ".cache" / "adaptiveclick" / "exported"
+
+
 def cache_dirs(checkpoint: Path | None) -> list[Path]:
-    """Where exports are looked for and written, in order: beside the checkpoint, then the user cache."""
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptiveclick" / "exported"
-    return ([checkpoint.parent] if checkpoint is not None else []) + [user]
+    """Where exports are looked for and written, in order: beside the checkpoint, then :data:`USER_CACHE`."""
+    return ([checkpoint.parent] if checkpoint is not None else []) + [USER_CACHE]
 
 
 _digests: dict[tuple, str] = {}
@@ -206,10 +218,9 @@ class ExportedNetwork:
 
         def readable(tmp: str) -> None:
             write(tmp)
-            # mkstemp's 0600 would keep workers of other users from the shared file: the umask's usual mode instead.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            # mkstemp's 0600 would keep workers of other users from the shared file (reading the umask would set it,
+            # process-wide, for a moment: a fixed mode instead).
+            os.chmod(tmp, 0o644)
 
         for folder in folders:
             try:

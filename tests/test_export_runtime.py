@@ -39,7 +39,7 @@ def net(cached, tmp_path, monkeypatch):
     """The network of ``cached`` with its export back in place, an empty user cache, and an export that copies the
     module's graph (the cache logic is what is tested, not the exporter again)."""
     model, graph = cached
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    monkeypatch.setattr(export_runtime, "USER_CACHE", tmp_path / "user-cache")
     folder = model.checkpoint_path.parent
     for path in folder.glob("*.onnx"):
         path.unlink()
@@ -103,7 +103,7 @@ def test_a_read_only_checkpoint_folder_sends_the_export_to_the_user_cache(net, t
 
     monkeypatch.setattr(export_runtime, "atomic_write", read_only)
     graph = export_runtime.ExportedNetwork(net, "onnx", 1, SIZE)
-    assert graph.path.parent == tmp_path / "user-cache" / "adaptiveclick" / "exported"
+    assert graph.path.parent == tmp_path / "user-cache"
     assert len(net.exports) == 1
 
 
