@@ -3,6 +3,7 @@ one run (not a test).
 
     git worktree add /tmp/base5471563 5471563
     python benchmarks/click_speed.py --old /tmp/base5471563 [--threads 2] [--sessions 5] [--clock wall|cpu]
+        [--new-runtime onnx]
 
 Each tree runs in its own worker process (``PYTHONPATH`` = the tree) with the predictor ``serve`` builds from an empty
 environment (that tree's defaults), the same checkpoint and the same 2-MP image. The workers take turns, one 8-click
@@ -40,7 +41,8 @@ from click_speed import CLICKS, robot_click, test_image
 torch.set_num_threads(int(sys.argv[2]))
 clock = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
 image, inside = test_image()
-predictor = Predictor(load_model(sys.argv[1], "cpu"), device="cpu", **predictor_options(Settings.from_env({})))
+options = predictor_options(Settings.from_env(json.loads(sys.argv[5])))
+predictor = Predictor(load_model(sys.argv[1], "cpu"), device="cpu", **options)
 predictor.set_image(image)
 predictor.add_click(*CLICKS[0])
 first_mask_s = time.perf_counter() - started
@@ -104,11 +106,12 @@ def robot_click(mask, inside) -> tuple[int, int, bool]:
 class Worker:
     """One tree's predictor in its own process."""
 
-    def __init__(self, tree: Path, checkpoint: Path, threads: int, clock: str) -> None:
+    def __init__(self, tree: Path, checkpoint: Path, threads: int, clock: str, settings: dict[str, str]) -> None:
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         for name in [key for key in env if key.startswith("MODEL_")]:
             del env[name]  # each tree's own defaults
-        command = [sys.executable, "-c", WORKER, str(checkpoint), str(threads), str(Path(__file__).parent), clock]
+        here = str(Path(__file__).parent)
+        command = [sys.executable, "-c", WORKER, str(checkpoint), str(threads), here, clock, json.dumps(settings)]
         self.process = subprocess.Popen(
             command, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -152,12 +155,18 @@ def main(argv: list[str] | None = None) -> int:
         help="wall: seconds per click as the user waits; cpu: the worker's CPU seconds per click (all its threads), "
         "steadier than wall time on a machine that other jobs load",
     )
+    parser.add_argument(
+        "--new-runtime",
+        help="MODEL_RUNTIME of the new tree's worker (default: its own default); with --old pointing at the same tree, "
+        "two runtimes side by side",
+    )
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint.resolve()
     load = os.getloadavg()
     workers = {}
     for name, tree in (("old", args.old), ("new", args.new)):
-        workers[name] = Worker(tree.resolve(), checkpoint, args.threads, args.clock)
+        settings = {"MODEL_RUNTIME": args.new_runtime} if name == "new" and args.new_runtime else {}
+        workers[name] = Worker(tree.resolve(), checkpoint, args.threads, args.clock, settings)
     times: dict[str, list[float]] = {name: [] for name in workers}
     for session in range(args.sessions + 1):
         order = list(workers) if session % 2 else list(reversed(workers))

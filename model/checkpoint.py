@@ -364,10 +364,13 @@ def load_checkpoint(path: str | os.PathLike) -> AdaptiveClick:
     if len(head) < 8:
         raise CheckpointError(f"{path} is empty or truncated ({path.stat().st_size} bytes)")
     if head[:2] in (b"PK", b"\x80\x02"):
-        return load_official_checkpoint(path)
-    if head[8:9] != b"{":  # a .safetensors file: an 8-byte header length, then its JSON header
+        model = load_official_checkpoint(path)
+    elif head[8:9] != b"{":  # a .safetensors file: an 8-byte header length, then its JSON header
         raise CheckpointError(f"{path} is not a checkpoint: {_what_it_is(head)}")
-    return load_project_checkpoint(path)
+    else:
+        model = load_project_checkpoint(path)
+    model.checkpoint_path = path.resolve()
+    return model
 
 
 def _what_it_is(head: bytes) -> str:

@@ -24,7 +24,7 @@ from .device import autocast, resolve_device, resolve_dtype
 from .interactive import Prediction, prediction_from
 from .modeling.adaptiveclick import AdaptiveClick
 from .refine import Refinement, drop_unclicked_components, guided_upsample
-from .runtime import check_runtime
+from .runtime import check_runtime, exported_backend
 from .zoom_in import Box, Click, ZoomIn, place_on_zeros
 
 __all__ = ["Click", "Predictor", "PredictorState", "to_rgb_uint8"]
@@ -92,7 +92,8 @@ class Predictor:
             (``"guided,clean"``, ``"cfr2"``); ``None``/``"none"`` is the reference behaviour.
         box_strategy: how :meth:`set_box` turns a box into network input (default: the measured choice).
         runtime: how the network runs (:mod:`model.runtime`): ``"torch"`` is the reference's arithmetic,
-            ``"fast"`` the fused attention and the gather sampler (it overrides ``sampler``).
+            ``"fast"`` the fused attention and the gather sampler (it overrides ``sampler``); ``"onnx"``,
+            ``"onnx-int8"`` and ``"openvino"`` an exported graph (:mod:`model.export_runtime`, CPU, fp32).
     """
 
     def __init__(
@@ -120,6 +121,14 @@ class Predictor:
         self.model.set_deformable_sampler(sampler)  # validates the name early
         self.sampler = sampler
         self.runtime = check_runtime(runtime)
+        self._exported = None
+        if exported_backend(self.runtime) is not None:
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError(f"the {self.runtime} runtime runs fp32 on the CPU, not {dtype} on {self.device}")
+            from .export_runtime import exported_network
+
+            # Built (or read from the cache) now, so that loading the model pays the export, not the first click.
+            self._exported = exported_network(self.model, exported_backend(self.runtime), 2 if flip else 1, target_size)
         self.flip = flip
         self.use_zoom_in = zoom_in
         self.zoom = ZoomIn(target_size=tuple(target_size))
@@ -403,13 +412,16 @@ class Predictor:
             batch_clicks.append([Click(c.row, last_col - c.col, c.positive) for c in net_clicks])
         points = clicks_to_points(batch_clicks, self.device)
 
-        self.model.set_image_size(self.zoom.target_size)
-        # The model may be shared with predictors of other settings.
-        fast = self.runtime == "fast"
-        self.model.set_deformable_sampler("gather" if fast else self.sampler)
-        self.model.set_fused_attention(fast)
-        with autocast(self.device, self.dtype):
-            logits = self.model(net_input, points)["instances"].float()
+        if self._exported is not None:
+            logits = self._exported(net_input, points)
+        else:
+            self.model.set_image_size(self.zoom.target_size)
+            # The model may be shared with predictors of other settings.
+            fast = self.runtime == "fast"
+            self.model.set_deformable_sampler("gather" if fast else self.sampler)
+            self.model.set_fused_attention(fast)
+            with autocast(self.device, self.dtype):
+                logits = self.model(net_input, points)["instances"].float()
         if self.flip:
             logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
         return self._upsample(logits, roi, image_crop), logits

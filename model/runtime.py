@@ -9,15 +9,18 @@ share, parsed here only.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RUNTIME_HELP", "check_runtime"]
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RUNTIME_HELP", "check_runtime", "exported_backend"]
 
-RUNTIMES = ("torch", "fast")
+# The exported graphs (model.export_runtime): ONNX Runtime in fp32, with int8 linear layers, and OpenVINO.
+EXPORTED_RUNTIMES = ("onnx", "onnx-int8", "openvino")
+RUNTIMES = ("torch", "fast", *EXPORTED_RUNTIMES)
 # What serve, evaluate and predict use unless told otherwise: the fastest runtime whose masks hold the tolerance
 # (IoU >= 0.97 with the reference's over a 20-click session, measured in benchmarks/runtimes.py).
 DEFAULT_RUNTIME = "fast"
 RUNTIME_HELP = (
-    "how the network runs: torch (the reference's arithmetic, bit for bit) or fast (fused attention and the gather "
-    "deformable sampler, equal up to float rounding) (default %(default)s, what serve uses)"
+    "how the network runs: torch (the reference's arithmetic, bit for bit), fast (fused attention and the gather "
+    "deformable sampler, equal up to float rounding), onnx / onnx-int8 / openvino (an exported graph, cached beside "
+    "the checkpoint; needs the export extra) (default %(default)s, what serve uses)"
 )
 
 
@@ -26,3 +29,8 @@ def check_runtime(name: str) -> str:
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}: use one of {', '.join(RUNTIMES)}")
     return name
+
+
+def exported_backend(name: str) -> str | None:
+    """The model.export_runtime backend that runs ``name``, or None for the eager torch runtimes."""
+    return name if name in EXPORTED_RUNTIMES else None

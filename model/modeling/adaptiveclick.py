@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +55,8 @@ class AdaptiveClick(nn.Module):
         self.criterion = CriterionState(no_object_weight)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # The file the weights were loaded from (model.checkpoint sets it): exported runtimes are cached beside it.
+        self.checkpoint_path: Path | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -96,10 +100,15 @@ class AdaptiveClick(nn.Module):
         if points.ndim != 3 or points.shape[-1] != 3 or points.shape[1] % 2:
             raise ValueError(f"points must be (B, 2N, 3), got {tuple(points.shape)}")
         height, width = image.shape[-2:]
+        disks = click_disk_maps(points, height, width, self.click_radius).to(image.dtype)
+        return self.forward_disks(image, disks)
+
+    def forward_disks(self, image: torch.Tensor, disks: torch.Tensor) -> dict:
+        """:meth:`forward` after the clicks are rasterised into ``disks`` (B, 2, H, W): the part with fixed shapes,
+        which an exported graph (model.export_runtime) holds; the clicks' number varies per call."""
+        height, width = image.shape[-2:]
         rgb = (image[:, :3] - self.pixel_mean) / self.pixel_std
         prev_mask = image[:, 3:]
-
-        disks = click_disk_maps(points, height, width, self.click_radius).to(prev_mask.dtype)
         coord_features = torch.cat([prev_mask, disks], dim=1)
         tokens = self.backbone(rgb, self.patch_embed_coords(coord_features))
         mask_features, multi_scale = self.pixel_decoder(tokens, self.backbone.grid_size)

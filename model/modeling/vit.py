@@ -147,7 +147,8 @@ class ClickViT(nn.Module):
         native = self.native_grid
         if self.grid_size == native:
             return self.pos_embed
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad or torch.compiler.is_exporting():
+            # An export traces the resize into the graph (its tensors have no data pointer to key a cache by).
             return resize_pos_embed(self.pos_embed, native, self.grid_size)
         key = (self.grid_size, self.pos_embed._version, self.pos_embed.data_ptr())
         if self._resized_key != key:
