@@ -1,6 +1,6 @@
 """Per-click time of the served default while a fine-tuning job trains on the same machine (not a test).
 
-    python benchmarks/click_during_finetune.py [--rounds 3] [--sessions 2] [--threads 2]
+    python benchmarks/click_during_finetune.py [--rounds 3] [--sessions 2] [--threads 2] [--pause 1]
 
 The clicks run in this process with the predictor ``serve`` builds (its defaults, ``--threads`` torch threads as a
 serving worker has) on the 2-MP test image of ``click_speed.py``. The fine-tuning load is one child process set up
@@ -8,8 +8,10 @@ as the spawned worker sets itself up (``ml_backend.finetune_worker.yield_to_serv
 10, and ``FINETUNE_THREADS``, default half the cores) and training the shipped starter with the job's defaults on
 CamVid frames without end. Idle and loaded phases alternate (the child is stopped with SIGSTOP and resumed with
 SIGCONT), ``--rounds`` times each, ``--sessions`` 8-click sessions per phase, so the machine's other load falls on
-both alike. Reported: the median and p90 seconds per warm click idle and under the job, their ratio (the issue's
-goal: at most 1.5x), and the job's own seconds per step while it ran beside the clicks.
+both alike; each click comes ``--pause`` seconds after the previous answer, as an annotator's do (a click after
+idle time wakes the thread pool, which a job on the cores can delay). Reported: the median and p90 seconds per warm
+click idle and under the job, their ratio (the issue's goal: at most 1.5x), and the job's own seconds per step while
+it ran beside the clicks.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="the clicks' torch threads")
     parser.add_argument("--rounds", type=int, default=3, help="idle/loaded phase pairs")
     parser.add_argument("--sessions", type=int, default=2, help="8-click sessions per phase")
+    parser.add_argument("--pause", type=float, default=1.0, help="idle seconds before each click, as an annotator")
     args = parser.parse_args(argv)
 
     import numpy as np  # noqa: F401  (imported before torch, as serve does)
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor.set_image(image)
         times = []
         for click in CLICKS:
+            time.sleep(args.pause)  # the job has the cores to itself meanwhile, as between an annotator's clicks
             started = time.perf_counter()
             predictor.add_click(*click)
             times.append(time.perf_counter() - started)
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"clicks on {args.threads} thread(s); job: nice {job_cfg.nice}, {job_cfg.train.threads} thread(s), "
-        f"batch {job_cfg.train.batch_size}; load average at the end {' '.join(load)}"
+        f"batch {job_cfg.train.batch_size}; {args.pause} s before each click; load average at the end {' '.join(load)}"
     )
     print("| phase | warm clicks | median s/click | p90 |")
     print("|---|---|---|---|")

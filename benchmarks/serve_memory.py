@@ -5,10 +5,11 @@
 
 Each tree's ``serve`` (gunicorn + one worker, that tree's own defaults: no ``MODEL_*`` variable is passed) runs in
 turn against the stub Label Studio of ``server.py``, which serves a 2-MP JPEG under a new name per session. The
-clients send what the labeling UI sends (every smart keypoint so far, the task's earlier brush annotation): first
-``--sessions`` sessions one after another, then ``--concurrent`` sessions at once. Reported per tree: the peak
-resident memory (``VmHWM``) of the master and of the worker that holds the model, read from /proc before the server
-stops, and the worker's resident memory after the sequential and the concurrent phase.
+clients send what the labeling UI sends (every smart keypoint so far; with ``--saved-region`` also the task's earlier
+brush annotation under the first click): first ``--sessions`` sessions one after another, then ``--concurrent``
+sessions at once. Reported per tree: the peak resident memory (``VmHWM``) of the master and of the worker that
+holds the model, read from /proc before the server stops, and the worker's resident memory after the sequential and
+the concurrent phase.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def measure(tree: Path, stub_url: str, args: argparse.Namespace, log: Path) -> d
                 raise TimeoutError(f"{tree}: the model did not load")
             time.sleep(0.5)
         worker = children(proc.pid)[-1]
-        annotation = previous_annotation(args.width, args.height)
+        annotation = previous_annotation(args.width, args.height) if args.saved_region else {"id": 1, "result": []}
         for s in range(args.sessions):
             run_session(
                 url, s, click_plan(args.clicks, args.width, args.height, s), args.width, args.height, annotation
@@ -122,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=6, help="sessions one after another")
     parser.add_argument("--concurrent", type=int, default=4, help="sessions at once, after those")
     parser.add_argument("--clicks", type=int, default=8)
+    parser.add_argument(
+        "--saved-region",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="tasks carry an earlier brush annotation under the first click (this tree continues it; older trees "
+        "start fresh, so the two do different work)",
+    )
     parser.add_argument("--width", type=int, default=1632)
     parser.add_argument("--height", type=int, default=1224)
     args = parser.parse_args(argv)

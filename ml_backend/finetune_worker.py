@@ -593,6 +593,13 @@ def yield_to_serving(cfg: JobConfig) -> None:
             os.nice(cfg.nice)  # serving keeps the CPU first
         except OSError:
             pass
+        # Nice alone still gives the job about a tenth of a core that serving wants: measured, a click took 1.53x
+        # as long beside the job. Linux's idle class runs the job only on cores nothing else wants.
+        if hasattr(os, "sched_setscheduler"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            except OSError:
+                pass
     if cfg.train.threads:
         import torch
 

@@ -702,3 +702,19 @@ def test_a_jobs_training_settings_are_a_train_config_with_the_fine_tuning_defaul
     plain, tuned = TrainConfig(), finetune_config()
     departs = {f.name for f in fields(TrainConfig) if getattr(plain, f.name) != getattr(tuned, f.name)}
     assert departs == set(FINETUNE_DEFAULTS) | {"data"}
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+def test_the_worker_yields_the_cpu_to_serving():
+    """The job's process is niced and in the idle scheduling class, its torch threads as configured (in a child
+    process: a test process must not lower its own priority)."""
+    probe = (
+        "import os, torch\n"
+        "from ml_backend.finetune_worker import JobConfig, yield_to_serving\n"
+        "cfg = JobConfig.from_env({'FINETUNE_NICE': '7', 'FINETUNE_THREADS': '1'})\n"
+        "before = os.nice(0)\n"
+        "yield_to_serving(cfg)\n"
+        "print(os.nice(0) - before, os.sched_getscheduler(0) == os.SCHED_IDLE, torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["7", "True", "1"]
