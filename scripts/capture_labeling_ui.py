@@ -50,6 +50,7 @@ from screenshot_labeling_ui import (  # noqa: E402
     wait_model_loaded,
 )
 
+from ml_backend.regions import read_region  # noqa: E402
 from testkit.ls_harness import Backend, LabelStudio, RecordingProxy, running  # noqa: E402
 
 IMAGE = GRABCUT / "llama.png"
@@ -84,6 +85,11 @@ def brief_region(region: dict[str, Any]) -> dict[str, Any]:
         value["points"] = f"<{len(value['points'])} points>"
     keep = ("id", "type", "from_name", "is_positive", "origin", "original_width", "original_height")
     return {**{k: region[k] for k in keep if k in region}, "value": value}
+
+
+def brief_annotations(annotations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Saved annotations, each as its id and its brief regions."""
+    return [{"id": a["id"], "result": list(map(brief_region, a["result"]))} for a in annotations]
 
 
 def brief_predict(call: dict[str, Any]) -> dict[str, Any]:
@@ -300,21 +306,14 @@ def capture(ls: LabelStudio, proxy: RecordingProxy, shape: str, args: argparse.N
                 page.screenshot(path=str(args.out.with_suffix(f".{shape}.box.png")))
             out["box_then_clicks"] = editor.steps
             saved = client.call("GET", f"/api/tasks/{tasks[0]['id']}/annotations/")
-            out["saved_annotations"] = [{"id": a["id"], "result": list(map(brief_region, a["result"]))} for a in saved]
+            out["saved_annotations"] = brief_annotations(saved)
             page.close()
 
             page = open_task(browser, ls.url, project, tasks[0]["id"], viewport, args.timeout)
             editor = Editor(page, proxy, size, truth)
             editor.auto_annotation()
             region = next(r for r in saved[-1]["result"] if r["from_name"] == "out")
-            if region["type"] == "brushlabels":
-                region_mask = decode_mask(region)
-            else:
-                from ml_backend.polygons import polygons_to_mask
-
-                points = np.array(region["value"]["points"]) * np.array(size) / 100.0
-                region_mask = polygons_to_mask([points], size[1], size[0])
-            row, col = inside(region_mask)
+            row, col = inside(read_region(region, f"saved region {region['id']}").mask)
             step = editor.click(row, col, True, "click inside the submitted region (reopened task)")
             step["clicked_region"] = region["id"]
             editor.accept()
@@ -323,9 +322,7 @@ def capture(ls: LabelStudio, proxy: RecordingProxy, shape: str, args: argparse.N
                 page.screenshot(path=str(args.out.with_suffix(f".{shape}.continue.png")))
             out["continue_region"] = editor.steps
             saved = client.call("GET", f"/api/tasks/{tasks[0]['id']}/annotations/")
-            out["saved_after_continue"] = [
-                {"id": a["id"], "result": list(map(brief_region, a["result"]))} for a in saved
-            ]
+            out["saved_after_continue"] = brief_annotations(saved)
             page.close()
 
             page = open_task(browser, ls.url, project, tasks[1]["id"], viewport, args.timeout)
