@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
+import itertools
 import json
 import os
 import signal
@@ -298,13 +299,15 @@ class RecordingProxy:
     """A pass-through HTTP proxy in front of the backend that records what Label Studio sends it.
 
     Label Studio is connected to ``proxy.url``; each call is forwarded to ``target`` unchanged and recorded in
-    ``calls`` as ``{"method", "path", "body", "status", "forwards", "superseded"}`` (``body`` parsed as JSON when it
-    is; ``forwards`` / ``superseded`` from the backend's ``X-Forwards`` / ``X-Superseded`` headers), so a test can
-    read what really arrived and what it cost."""
+    ``calls`` as ``{"method", "path", "body", "status", "forwards", "superseded", "arrived"}`` when it is answered
+    (``body`` parsed as JSON when it is; ``forwards`` / ``superseded`` from the backend's ``X-Forwards`` /
+    ``X-Superseded`` headers; ``arrived``: the call's place in the order of arrival), so a test can read what really
+    arrived, in which order, and what it cost."""
 
     def __init__(self, target: str):
         self.target = target.rstrip("/")
         self.calls: list[dict[str, Any]] = []
+        self.arrivals = itertools.count()
         self.lock = threading.Lock()
         proxy = self
 
@@ -313,6 +316,8 @@ class RecordingProxy:
                 pass
 
             def _forward(self) -> None:
+                with proxy.lock:
+                    arrived = next(proxy.arrivals)
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 reply = requests.request(
@@ -329,6 +334,7 @@ class RecordingProxy:
                     "status": reply.status_code,
                     "forwards": reply.headers.get("X-Forwards"),
                     "superseded": reply.headers.get("X-Superseded") == "1",
+                    "arrived": arrived,
                 }
                 with proxy.lock:
                     proxy.calls.append(call)
