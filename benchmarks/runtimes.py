@@ -44,7 +44,7 @@ from model.device import autocast, resolve_dtype  # noqa: E402
 from model.export_runtime import exported_network  # noqa: E402
 from model.predictor import Predictor  # noqa: E402
 from model.refine import DEFAULT_FLIP, DEFAULT_REFINE  # noqa: E402
-from model.runtime import RUNTIMES, check_runtime, exported_backend  # noqa: E402
+from model.runtime import RUNTIMES, check_runtime, is_exported  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -112,9 +112,8 @@ def prepare(
 ) -> tuple[Callable[[], torch.Tensor], float]:
     """The batch-1 forward of ``runtime`` (returning the logits) and the seconds its graph took to load, export
     included when the cache did not have it (0: an eager runtime)."""
-    backend = exported_backend(runtime)
-    if backend is not None:
-        graph = exported_network(net, backend, 1, tuple(x.shape[-2:]))
+    if is_exported(runtime):
+        graph = exported_network(net, runtime, 1, tuple(x.shape[-2:]))
         return (lambda: graph(x, points)), graph.load_seconds
 
     def forward() -> torch.Tensor:
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{dtype_name} skipped: {exc}")
                 continue
             # The exported runtimes are fp32 graphs: they run once, with the fp32 rows.
-            names = [r for r in runtimes if dtype == torch.float32 or exported_backend(r) is None]
+            names = [r for r in runtimes if dtype == torch.float32 or not is_exported(r)]
             forwards, exports, predictors = {}, {}, {}
             for runtime in names:
                 forwards[runtime], exports[runtime] = prepare(net, runtime, x, points, dtype, device)

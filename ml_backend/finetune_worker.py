@@ -269,17 +269,11 @@ def collect_annotations(
         masks = []
         for i, region in enumerate(annotation["result"]):
             try:
-                mask = read_region(region, f"task {task['id']} result[{i}]").mask
+                saved = read_region(region, f"task {task['id']} result[{i}]")
             except RegionError as exc:  # one bad region does not fail the task
                 log.warning("%s", exc)
                 continue
-            if mask.shape != image.shape[:2]:  # the UI reported another size (EXIF, rescaled file)
-                import cv2
-
-                mask = (
-                    cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-                    > 0
-                )
+            mask = saved.mask_at(*image.shape[:2])  # the UI may have reported another size (EXIF, rescaled file)
             if not mask.any():
                 stats["empty_regions"] += 1
                 continue

@@ -36,6 +36,15 @@ class MaskRegion:
     mask: np.ndarray  # (height, width) bool, as annotated (a brush keeps its holes)
     points: np.ndarray | None  # a polygon's (N, 2) x, y vertices in pixels; None for a brush
 
+    def mask_at(self, height: int, width: int) -> np.ndarray:
+        """The mask on the image as decoded here, when its size differs from the one the editor reported (EXIF
+        rotation, a rescaled file): nearest-neighbour, so it stays a bool mask."""
+        if self.mask.shape == (height, width):
+            return self.mask
+        import cv2
+
+        return cv2.resize(self.mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).view(bool)
+
 
 def read_region(result: dict[str, Any], where: str, max_pixels: int | None = None) -> MaskRegion:
     """The mask of a ``brushlabels`` or ``polygonlabels`` result; ``max_pixels`` caps the image it claims."""

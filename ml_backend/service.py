@@ -158,13 +158,10 @@ def region_to_continue(
             if (result.get("item_index") or 0) != item_index:
                 continue
             try:
-                mask = read_region(result, f"saved region {result['id']}", limit).mask
+                saved = read_region(result, f"saved region {result['id']}", limit)
             except RegionError:
                 continue  # a malformed region is not continued; the click starts a new object
-            if mask.shape != frame.size[::-1]:
-                import cv2
-
-                mask = cv2.resize(mask.view(np.uint8), frame.size, interpolation=cv2.INTER_NEAREST).view(bool)
+            mask = saved.mask_at(frame.size[1], frame.size[0])
             if mask[row, col]:
                 digest = hashlib.sha1(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()[:16]
                 return SavedRegion(result["id"], mask, digest)

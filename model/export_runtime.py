@@ -34,6 +34,7 @@ from torch import nn
 from .files import atomic_write
 from .modeling.adaptiveclick import AdaptiveClick
 from .modeling.click_encoding import click_disk_maps
+from .weights import sha256_file
 
 __all__ = [
     "BACKENDS",
@@ -87,11 +88,7 @@ def weights_digest(net: AdaptiveClick) -> str:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in _digests:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            _digests[key] = digest.hexdigest()
+            _digests[key] = sha256_file(path)
         return _digests[key]
     digest = hashlib.sha256()
     for name, tensor in net.state_dict().items():

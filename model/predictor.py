@@ -24,7 +24,7 @@ from .device import autocast, resolve_device, resolve_dtype
 from .interactive import Prediction, prediction_from
 from .modeling.adaptiveclick import AdaptiveClick
 from .refine import Refinement, drop_unclicked_components, guided_upsample
-from .runtime import check_runtime, exported_backend
+from .runtime import check_runtime, is_exported
 from .zoom_in import Box, Click, ZoomIn, place_on_zeros
 
 __all__ = ["Click", "Predictor", "PredictorState", "to_rgb_uint8"]
@@ -122,13 +122,13 @@ class Predictor:
         self.sampler = sampler
         self.runtime = check_runtime(runtime)
         self._exported = None
-        if exported_backend(self.runtime) is not None:
+        if is_exported(self.runtime):
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError(f"the {self.runtime} runtime runs fp32 on the CPU, not {dtype} on {self.device}")
             from .export_runtime import exported_network
 
             # Built (or read from the cache) now, so that loading the model pays the export, not the first click.
-            self._exported = exported_network(self.model, exported_backend(self.runtime), 2 if flip else 1, target_size)
+            self._exported = exported_network(self.model, self.runtime, 2 if flip else 1, target_size)
         self.flip = flip
         self.use_zoom_in = zoom_in
         self.zoom = ZoomIn(target_size=tuple(target_size))

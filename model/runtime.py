@@ -9,7 +9,7 @@ share, parsed here only.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RUNTIME_HELP", "check_runtime", "exported_backend"]
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RUNTIME_HELP", "check_runtime", "is_exported"]
 
 # The exported graphs (model.export_runtime): ONNX Runtime in fp32, with int8 linear layers, and OpenVINO.
 EXPORTED_RUNTIMES = ("onnx", "onnx-int8", "openvino")
@@ -31,6 +31,6 @@ def check_runtime(name: str) -> str:
     return name
 
 
-def exported_backend(name: str) -> str | None:
-    """The model.export_runtime backend that runs ``name``, or None for the eager torch runtimes."""
-    return name if name in EXPORTED_RUNTIMES else None
+def is_exported(name: str) -> bool:
+    """Whether runtime ``name`` runs an exported graph (model.export_runtime names its backends by the runtime)."""
+    return name in EXPORTED_RUNTIMES
