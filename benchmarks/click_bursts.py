@@ -1,7 +1,8 @@
 """What a fast clicker trades: NoC when clicks arrive in bursts that run in one forward, against one per forward.
 
 When an annotator clicks faster than the model answers, the backend answers the superseded requests at once and
-runs the newest request's new clicks in one forward (``ml_backend/core.py``; CVAT's bursts likewise). This measures
+runs the newest request's new clicks in one forward (``ml_backend/interactive/core.py``; CVAT's bursts likewise).
+This measures
 the quality cost with the NoC protocol: the robot user places ``--burst`` clicks on the same (stale) mask, each on
 the largest error not yet covered by the burst's earlier clicks (a disk of the error's depth around each is taken
 out of the error maps), then the predictor adds them with ``add_clicks`` (one forward). NoC counts clicks, not
@@ -72,7 +73,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from ml_backend.config import Settings
-    from ml_backend.engine import Engine
+    from ml_backend.interactive.engine import Engine
     from model.evaluation.datasets import load_dataset
 
     torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
 
 The clicks run in this process with the predictor ``serve`` builds (its defaults, ``--threads`` torch threads as a
 serving worker has) on the 2-MP test image of ``click_speed.py``. The fine-tuning load is one child process set up
-as the spawned worker sets itself up (``ml_backend.finetune_worker.yield_to_serving``: ``FINETUNE_NICE``, default
+as the spawned worker sets itself up (``ml_backend.finetuning.worker.yield_to_serving``: ``FINETUNE_NICE``, default
 10, and ``FINETUNE_THREADS``, default half the cores) and training the shipped starter with the job's defaults on
 CamVid frames without end. Idle and loaded phases alternate (the child is stopped with SIGSTOP and resumed with
 SIGCONT), ``--rounds`` times each, ``--sessions`` 8-click sessions per phase, so the machine's other load falls on
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_backend.finetune_worker import JobConfig, yield_to_serving
+from ml_backend.finetuning.worker import JobConfig, yield_to_serving
 from model.images import read_label_map, read_rgb
 from model.training.finetune import finetune, memory_source
 
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ml_backend.config import Settings
-    from ml_backend.engine import predictor_options
-    from ml_backend.finetune_worker import JobConfig
+    from ml_backend.finetuning.worker import JobConfig
+    from ml_backend.interactive.engine import predictor_options
     from model.checkpoint import load_model
     from model.predictor import Predictor
 

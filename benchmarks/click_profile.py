@@ -31,7 +31,7 @@ from click_speed import CLICKS, HEIGHT, WIDTH  # noqa: E402
 from click_speed import test_image as _image_and_mask  # noqa: E402
 
 import model.predictor as predictor_module  # noqa: E402
-from ml_backend.service import encode_mask  # noqa: E402
+from ml_backend.labelstudio.adapter import encode_mask  # noqa: E402
 from model.build import build_model  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.interactive import prediction_from  # noqa: E402

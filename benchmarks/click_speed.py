@@ -32,7 +32,7 @@ import json, resource, sys, time
 started = time.perf_counter()
 import numpy as np, torch
 from ml_backend.config import Settings
-from ml_backend.engine import predictor_options
+from ml_backend.interactive.engine import predictor_options
 from model.checkpoint import load_model
 from model.predictor import Predictor
 sys.path.insert(0, sys.argv[3])

@@ -52,10 +52,10 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from ml_backend.config import Settings
-    from ml_backend.core import InteractiveCore
-    from ml_backend.cvat import CvatInteractor
-    from ml_backend.engine import Engine
-    from ml_backend.sessions import RunStats
+    from ml_backend.cvat.interactor import CvatInteractor
+    from ml_backend.interactive.core import InteractiveCore
+    from ml_backend.interactive.engine import Engine
+    from ml_backend.interactive.sessions import RunStats
     from model.evaluation.clicker import Clicker
     from model.evaluation.datasets import load_dataset
 

@@ -39,7 +39,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ml_backend.rle import mask2rle  # noqa: E402
+from ml_backend.masks.rle import mask2rle  # noqa: E402
 from testkit.ls_harness import LS_LEGACY_TOKEN, Backend, LabelStudio, keypoint, running  # noqa: E402
 
 

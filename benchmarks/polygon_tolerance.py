@@ -7,7 +7,8 @@
     python benchmarks/polygon_tolerance.py latency [--size 1920x1080] [--repeats 30]
 
 Quality: every ground-truth mask of the validation splits of training data (never GrabCut or Berkeley) goes
-through ``ml_backend.polygons.mask_to_polygons`` and back through ``polygons_to_mask``; IoU is with the mask itself,
+through ``ml_backend.masks.polygons.mask_to_polygons`` and back through ``polygons_to_mask``; IoU is with the mask
+itself,
 so it includes what any tolerance loses (holes filled, parts under the minimum area dropped): the row at
 tolerance 0. The pick is the largest tolerance whose 10th percentile of per-object IoU is >= 0.98 (the mean hides
 the small and thin objects that simplification hurts most; a percentile bounds how many objects fall short).
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ml_backend.config import POLYGON_MIN_AREA_PX  # noqa: E402
-from ml_backend.polygons import mask_to_polygons, polygons_to_mask  # noqa: E402
+from ml_backend.masks.polygons import mask_to_polygons, polygons_to_mask  # noqa: E402
 from model.evaluation.datasets import load_dataset  # noqa: E402
 
 IOU_GOAL = 0.98
@@ -108,8 +109,8 @@ def latency(args: argparse.Namespace) -> None:
     import cv2
 
     from ml_backend.config import POLYGON_TOLERANCE_PX
-    from ml_backend.polygons import polygon_regions
-    from ml_backend.rle import mask2rle
+    from ml_backend.masks.polygons import polygon_regions
+    from ml_backend.masks.rle import mask2rle
 
     cv2.setNumThreads(1)
     width, height = (int(v) for v in args.size.lower().split("x"))

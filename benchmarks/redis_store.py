@@ -1,4 +1,5 @@
-"""What the shared session store (SESSION_STORE=redis://..., ml_backend/session_store.py) costs per click, 2 MP.
+"""What the shared session store (SESSION_STORE=redis://..., ml_backend/interactive/session_store.py) costs per
+click, 2 MP.
 
     python benchmarks/redis_store.py                        # starts a private redis-server on loopback
     python benchmarks/redis_store.py --redis-url redis://host:6379/0 --sessions 3 --clicks 10 --out report.json
@@ -37,9 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ml_backend.config import Settings  # noqa: E402
-from ml_backend.engine import Engine  # noqa: E402
-from ml_backend.session_store import RedisStates, SharedStates  # noqa: E402
-from ml_backend.sessions import RunStats, Session  # noqa: E402
+from ml_backend.interactive.engine import Engine  # noqa: E402
+from ml_backend.interactive.session_store import RedisStates, SharedStates  # noqa: E402
+from ml_backend.interactive.sessions import RunStats, Session  # noqa: E402
 
 # Clicks in fractions of (height, width): positives on the object of GrabCut 37073, negatives around it.
 CLICK_PLAN = [

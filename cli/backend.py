@@ -1,7 +1,7 @@
 """The ML backend's commands: ``serve`` (the HTTP server), ``worker`` (fine-tuning jobs), ``versions``.
 
     adaptiveclick serve [--host 127.0.0.1] [--port 9090] [--workers N] [--threads T] [--server auto|gunicorn|uvicorn]
-    adaptiveclick worker [--once] [--poll S]          # the fine-tuning worker (ml_backend/finetune_worker.py)
+    adaptiveclick worker [--once] [--poll S]          # the fine-tuning worker (ml_backend/finetuning/worker.py)
     adaptiveclick versions [list|jobs|rollback VERSION] [--model-dir DIR]
 
 ``serve`` runs gunicorn with uvicorn workers when gunicorn is installed (never with ``--preload``: each worker
@@ -106,7 +106,7 @@ def add_finetune_commands(subparsers: Any) -> None:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from ml_backend.finetune_worker import main_worker
+    from ml_backend.finetuning.worker import main_worker
 
     return main_worker(once=args.once, poll_s=args.poll)
 
@@ -114,7 +114,7 @@ def worker_command(args: argparse.Namespace) -> int:
 def versions_command(args: argparse.Namespace) -> int:
     import json
 
-    from ml_backend.model_store import BASE, ModelStore
+    from ml_backend.finetuning.model_store import BASE, ModelStore
 
     if not args.model_dir:
         raise ValueError("set MODEL_DIR or pass --model-dir: the folder the backend keeps versions and jobs in")

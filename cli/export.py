@@ -3,7 +3,7 @@
     adaptiveclick export --from-json LS_EXPORT.json | --project ID  --format yolo-seg|coco  --out DIR
         [--images DIR | --download] [--classes A,B] [--image-key KEY] [--tolerance PX]
 
-The conversion is ``ml_backend/export.py``; this module parses the arguments and prints the summary.
+The conversion is ``ml_backend/labelstudio/export.py``; this module parses the arguments and prints the summary.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ml_backend.config import Settings
-    from ml_backend.export import (
+    from ml_backend.labelstudio.export import (
         download_project_export,
         export_dataset,
         fetched_images,

@@ -61,7 +61,7 @@ def checkpoint(args: argparse.Namespace) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     from ml_backend.config import Settings
-    from ml_backend.model_store import served_checkpoint
+    from ml_backend.finetuning.model_store import served_checkpoint
 
     return served_checkpoint(Settings.from_env())[1]
 

@@ -32,13 +32,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
-from .cvat import FUNCTION_NAME, CvatInteractor, function_info
-from .engine import Engine
+from .cvat.interactor import FUNCTION_NAME, CvatInteractor, function_info
 from .errors import BackendError, BadRequest
+from .interactive.engine import Engine
+from .interactive.sessions import ClientGone, RunStats
 from .jsonbody import parse_json
-from .media import MediaFetcher, in_container, is_loopback_host
-from .service import LS_USER_AGENT, Backend
-from .sessions import ClientGone, RunStats
+from .labelstudio.adapter import LS_USER_AGENT, Backend
+from .media.fetcher import MediaFetcher, in_container, is_loopback_host
 
 log = logging.getLogger("adaptiveclick.backend")
 try:

@@ -112,7 +112,7 @@ class Settings:
     refine: str = ""  # MODEL_REFINE: a model.refine spec; empty = model.refine.DEFAULT_REFINE
     runtime: str = ""  # MODEL_RUNTIME: a model.runtime name; empty = model.runtime.DEFAULT_RUNTIME
     mask_threshold: float | None = None  # None: the predictor's own threshold (0.49 for AdaptiveClick)
-    # --- polygon answers and exports (ml_backend/polygons.py, docs/export.md) ---
+    # --- polygon answers and exports (ml_backend/masks/polygons.py, docs/export.md) ---
     polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
     polygon_min_area_px: int = POLYGON_MIN_AREA_PX
     output_shape: str = "brush"  # OUTPUT_SHAPE: what to answer when the config offers both brush and polygon
@@ -123,12 +123,12 @@ class Settings:
     max_clicks: int = 100
     prefetch_on_open: bool = True
     log_level: str = "INFO"
-    # --- shared click states and job queue for several workers/replicas (session_store.py, job_queue.py) ---
+    # --- shared click states and the job queue of several workers/replicas (session_store, job_queue) ---
     session_store: str = ""  # SESSION_STORE: "" (this process only) or redis://host:6379/0
     session_store_timeout_s: float = 0.25  # socket timeout of every Redis call of the session store
     session_store_retry_s: float = 10.0  # after a Redis failure, leave it alone this long (circuit breaker)
     finetune_queue: str = "auto"  # auto: rq when SESSION_STORE is Redis, else file; file; rq
-    # --- active-learning fine-tuning (ml_backend/finetune.py) ---
+    # --- active-learning fine-tuning (ml_backend/finetuning/server.py) ---
     finetune: str = "auto"  # auto: on when MODEL_DIR is set and the engine is adaptiveclick; on; off
     start_training_each_n_updates: int = 0  # 0: train only on START_TRAINING
     finetune_projects: tuple[str, ...] = ()  # only these project ids (empty: any)

@@ -391,7 +391,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     """Load a checkpoint in eval mode on ``device`` (default: cuda when available).
 
     Which checkpoint to serve or evaluate by default (MODEL_CHECKPOINT, MODEL_DIR's current version, the
-    starter) is the caller's choice: ``ml_backend.model_store.served_checkpoint``."""
+    starter) is the caller's choice: ``ml_backend.finetuning.model_store.served_checkpoint``."""
     from .device import resolve_device
 
     return load_checkpoint(path).to(resolve_device(device)).eval()

@@ -50,7 +50,7 @@ from screenshot_labeling_ui import (  # noqa: E402
     wait_model_loaded,
 )
 
-from ml_backend.regions import read_region  # noqa: E402
+from ml_backend.labelstudio.regions import read_region  # noqa: E402
 from testkit.ls_harness import Backend, LabelStudio, RecordingProxy, running  # noqa: E402
 
 IMAGE = GRABCUT / "llama.png"
@@ -197,7 +197,7 @@ class Editor:
         return step
 
     def iou(self, result: list[dict[str, Any]]) -> float | None:
-        from ml_backend.polygons import polygons_to_mask
+        from ml_backend.masks.polygons import polygons_to_mask
 
         brushes = [r for r in result if r.get("type") == "brushlabels"]
         polygons = [r["value"]["points"] for r in result if r.get("type") == "polygonlabels"]

@@ -149,7 +149,7 @@ def check_prerequisites(args: argparse.Namespace) -> None:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         problems.append(f"checkpoint not found: {args.checkpoint}")
     from ml_backend.config import Settings  # torch-free
-    from ml_backend.model_store import served_checkpoint
+    from ml_backend.finetuning.model_store import served_checkpoint
 
     default_weights = served_checkpoint(Settings.from_env())[1]  # what the backend it starts will serve
     if args.engine == "adaptiveclick" and args.checkpoint is None and not default_weights.is_file():

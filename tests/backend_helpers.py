@@ -20,9 +20,9 @@ from PIL import Image
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.engine import Engine
 from ml_backend.errors import BadRequest
-from ml_backend.media import MediaFetcher
+from ml_backend.interactive.engine import Engine
+from ml_backend.media.fetcher import MediaFetcher
 from testkit.standins import DiskPredictor
 
 RECORDED = json.loads((Path(__file__).parent / "e2e" / "recorded" / "ls-1.23.2.json").read_text())["requests"]

@@ -103,7 +103,9 @@ def _import_graph() -> dict[str, set[str]]:
 def test_no_two_modules_import_each_other():
     """No import cycle of any length among model/, ml_backend/ and cli/ (lazy imports inside functions count)."""
     graph = _import_graph()
-    assert graph["cli.backend"] >= {"ml_backend.model_store"} and "model.weights" in graph["ml_backend.config"]
+    assert (
+        graph["cli.backend"] >= {"ml_backend.finetuning.model_store"} and "model.weights" in graph["ml_backend.config"]
+    )
     visiting: list[str] = []
     done: set[str] = set()
 
@@ -146,7 +148,7 @@ def test_tests_and_tools_do_not_import_each_other_or_patch_the_path_into_tests()
 
 def test_which_checkpoint_is_decided_in_one_place():
     """MODEL_CHECKPOINT / ADAPTIVECLICK_CHECKPOINT are read by ml_backend.config only; everyone else asks
-    ml_backend.model_store.served_checkpoint (the fallback used to be written four times)."""
+    ml_backend.finetuning.model_store.served_checkpoint (the fallback used to be written four times)."""
     readers = []
     for path in _sources(*SHIPPED, "scripts", "benchmarks"):
         text = path.read_text()

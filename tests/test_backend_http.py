@@ -17,8 +17,8 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.engine import Engine
-from ml_backend.media import decode_image
+from ml_backend.interactive.engine import Engine
+from ml_backend.media.fetcher import decode_image
 from testkit.standins import SEGMENTATION_ENGINE, DiskPredictor
 
 from backend_helpers import RECORDED, ImageFetcher, make_app, recorded, running_server, synthetic_image
@@ -342,7 +342,7 @@ def test_adaptiveclick_engine_with_real_predictor_and_prefix_cache(shared_dir):
 
 
 def test_served_inference_options_default_to_the_models_and_bad_ones_name_the_variable():
-    from ml_backend.engine import predictor_options
+    from ml_backend.interactive.engine import predictor_options
     from model.refine import DEFAULT_FLIP, DEFAULT_REFINE, Refinement
 
     options = predictor_options(Settings.from_env({}))
@@ -432,7 +432,7 @@ def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_
 def test_a_polygon_project_is_answered_with_closed_percent_polygons_that_match_the_mask():
     """The clicked label's output tag is PolygonLabels: one polygonlabels region per part, points in percent; the
     polygon rasterised back is the brush mask the same clicks give (IoU >= 0.98, the tolerance's measured floor)."""
-    from ml_backend.polygons import polygons_to_mask
+    from ml_backend.masks.polygons import polygons_to_mask
 
     image = synthetic_image()
     two = recorded("predict_interactive_2click")
@@ -499,7 +499,7 @@ def test_a_smart_box_starts_the_object_and_later_keypoints_refine_it_even_withou
 
 def _accepted(kind: str, region_id: str, box: tuple[int, int, int, int], w: int = 481, h: int = 321) -> dict:
     """A brush or polygon result as Label Studio stores it: the rows ``box[0]:box[1]``, columns ``box[2]:box[3]``."""
-    from ml_backend.rle import mask2rle
+    from ml_backend.masks.rle import mask2rle
 
     r0, r1, c0, c1 = box
     common = {"id": region_id, "from_name": "tag", "to_name": "image", "original_width": w, "original_height": h}

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ml_backend.config import Settings
 from ml_backend.errors import BadRequest, MediaError
-from ml_backend.media import MediaFetcher
+from ml_backend.media.fetcher import MediaFetcher
 
 LEGACY = "legacy-token-123"
 

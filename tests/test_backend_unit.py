@@ -12,11 +12,11 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 from ml_backend.errors import BadRequest, ConfigError, MediaError
-from ml_backend.labeling import OutputTag, extract_clicks, parse_label_config
-from ml_backend.media import decode_image
-from ml_backend.rle import mask2rle as fast_mask2rle
-from ml_backend.service import clicks_to_pixels, encode_mask, make_frame
-from ml_backend.sessions import RunStats, Session, SessionCache
+from ml_backend.interactive.sessions import RunStats, Session, SessionCache
+from ml_backend.labelstudio.adapter import clicks_to_pixels, encode_mask, make_frame
+from ml_backend.labelstudio.labeling_config import OutputTag, extract_clicks, parse_label_config
+from ml_backend.masks.rle import mask2rle as fast_mask2rle
+from ml_backend.media.fetcher import decode_image
 from testkit.standins import DiskPredictor
 
 CONFIG = """<View>
@@ -136,7 +136,7 @@ def test_polarity_from_value_positive_as_the_enterprise_backend_reads_it():
 
 
 def _decoded(h=480, w=640, orientation=1):
-    from ml_backend.media import DecodedImage
+    from ml_backend.media.fetcher import DecodedImage
 
     arr = np.zeros((h, w, 3), np.uint8)
     arr[:, :, 0] = np.arange(w, dtype=np.uint16)[None, :] % 256  # column ramp, to see transforms
@@ -312,7 +312,7 @@ def test_cache_evicts_least_recently_used_under_the_byte_budget_and_ttl(monkeypa
     assert cache.stats()["images"] == 3 and cache.get_image(("image", 0)) is None
     assert cache.get_image(("image", 4)) is not None
     cache.put_image(("image", 9), object(), 10)
-    import ml_backend.sessions as sessions
+    import ml_backend.interactive.sessions as sessions
 
     now = sessions.time.monotonic()
     monkeypatch.setattr(sessions.time, "monotonic", lambda: now + 1000)

@@ -22,10 +22,10 @@ import yaml
 from PIL import Image
 
 from ml_backend.config import Settings
-from ml_backend.core import InteractiveCore
-from ml_backend.cvat import FUNCTION_ANNOTATIONS, FUNCTION_NAME, CvatInteractor, encode_cvat_mask
-from ml_backend.engine import Engine
-from ml_backend.sessions import RunStats
+from ml_backend.cvat.interactor import FUNCTION_ANNOTATIONS, FUNCTION_NAME, CvatInteractor, encode_cvat_mask
+from ml_backend.interactive.core import InteractiveCore
+from ml_backend.interactive.engine import Engine
+from ml_backend.interactive.sessions import RunStats
 from testkit.standins import DiskPredictor
 
 from backend_helpers import make_app, running_server, synthetic_image

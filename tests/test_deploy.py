@@ -192,7 +192,7 @@ def test_the_fine_tuning_loop_is_on_in_the_compose_stack(compose):
     """The README's loop (Start Training -> a job -> a promoted version served) runs in the default stack: its
     MODEL_DIR turns fine-tuning on, and the server runs the jobs itself (no trainer service there)."""
     from ml_backend.config import Settings
-    from ml_backend.finetune import finetune_enabled
+    from ml_backend.finetuning.server import finetune_enabled
 
     env = env_of(compose["services"]["adaptiveclick"])
     settings = Settings.from_env({"MODEL_DIR": env["MODEL_DIR"]})
@@ -575,7 +575,7 @@ def test_trainer_shares_models_queue_and_settings_with_the_replicas(merged_scale
         assert t_env[name] == b_env[name], name
     sources = "".join(
         (ROOT / path).read_text()
-        for path in ("ml_backend/config.py", "cli/backend.py", "ml_backend/finetune_worker.py")
+        for path in ("ml_backend/config.py", "cli/backend.py", "ml_backend/finetuning/worker.py")
     )
     for name in set(t_env) | set(b_env):
         assert f'"{name}"' in sources, f"{name} is not read by ml_backend"

@@ -1,4 +1,5 @@
-"""``adaptiveclick export`` (ml_backend/export.py, cli/export.py): hand-made Label Studio JSON exports with brush
+"""``adaptiveclick export`` (ml_backend/labelstudio/export.py, cli/export.py): hand-made Label Studio JSON exports
+with brush
 and polygon results -> YOLO segmentation and COCO, rasterised back against the masks; hostile image paths and
 malformed files."""
 
@@ -14,9 +15,9 @@ import pytest
 
 from cli import main
 from ml_backend.config import Settings
-from ml_backend.export import ExportError, export_dataset, parse_export, uncompressed_rle
-from ml_backend.polygons import polygons_to_mask
-from ml_backend.rle import mask2rle
+from ml_backend.labelstudio.export import ExportError, export_dataset, parse_export, uncompressed_rle
+from ml_backend.masks.polygons import polygons_to_mask
+from ml_backend.masks.rle import mask2rle
 
 from prerequisites import missing
 

@@ -1,4 +1,5 @@
-"""Active-learning fine-tuning (ml_backend/finetune.py, ml_backend/finetune_worker.py, model/training/finetune.py):
+"""Active-learning fine-tuning (ml_backend/finetuning/server.py, ml_backend/finetuning/worker.py,
+model/training/finetune.py):
 webhooks only record, the N-updates rule, the job state machine on disk, the promotion rule, manifests, rollback,
 hot swap, and a worker SIGKILLed while it writes a checkpoint."""
 
@@ -23,18 +24,7 @@ from PIL import Image
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.engine import Engine
-from ml_backend.finetune_worker import (
-    JobConfig,
-    JobSteps,
-    LabelStudioAPI,
-    TaskData,
-    collect_annotations,
-    run_job,
-    split_tasks,
-    worker_loop,
-)
-from ml_backend.model_store import (
+from ml_backend.finetuning.model_store import (
     BASE,
     DONE,
     FAILED,
@@ -45,7 +35,18 @@ from ml_backend.model_store import (
     ModelStore,
     served_checkpoint,
 )
-from ml_backend.rle import mask2rle
+from ml_backend.finetuning.worker import (
+    JobConfig,
+    JobSteps,
+    LabelStudioAPI,
+    TaskData,
+    collect_annotations,
+    run_job,
+    split_tasks,
+    worker_loop,
+)
+from ml_backend.interactive.engine import Engine
+from ml_backend.masks.rle import mask2rle
 from testkit.standins import DiskPredictor
 
 from backend_helpers import StubLabelStudio, recorded
@@ -97,7 +98,7 @@ def test_webhook_answers_fast_and_only_records(tmp_path):
 
 
 def test_start_training_enqueues_and_starts_the_worker_off_the_request_path(tmp_path, monkeypatch):
-    from ml_backend.finetune import FinetuneServer
+    from ml_backend.finetuning.server import FinetuneServer
 
     started = threading.Event()
 
@@ -334,7 +335,7 @@ def test_validation_split_is_deterministic_by_task_id():
     # Adding tasks never moves a held-out task whose hash is below the fraction into training.
     bigger = many + [TaskData(i, None, tasks[0].image, tasks[0].masks) for i in range(25, 200)]
     held_big = {t.task_id for t in split_tasks("1", bigger, 0.2)[1]}
-    from ml_backend.finetune_worker import _task_hash
+    from ml_backend.finetuning.worker import _task_hash
 
     assert {i for i in range(1, 200) if _task_hash("1", i) < int(0.2 * (1 << 48))} <= held_big
 
@@ -415,7 +416,7 @@ def _stub_project(n_tasks: int = 2) -> StubLabelStudio:
 
 
 def test_collect_annotations_from_the_label_studio_api():
-    from ml_backend.media import MediaFetcher
+    from ml_backend.media.fetcher import MediaFetcher
 
     stub = _stub_project()
     try:
@@ -519,7 +520,7 @@ class OneImageFetcher:
     """Any URL -> one synthetic 481x321 image (the recorded clicks' size)."""
 
     def __new__(cls, settings):
-        from ml_backend.media import MediaFetcher
+        from ml_backend.media.fetcher import MediaFetcher
 
         rng = np.random.default_rng(1)
         image = rng.integers(0, 60, (321, 481, 3), dtype=np.uint8)
@@ -669,7 +670,7 @@ def test_every_consumer_gets_the_same_served_checkpoint(tiny_store, tmp_path, mo
     import cv2
 
     from cli import main
-    from ml_backend.finetune_worker import _served
+    from ml_backend.finetuning.worker import _served
 
     base, store, (v1, _) = tiny_store
     base = Path(shutil.copy(base, store.root / "base.safetensors"))
@@ -710,7 +711,7 @@ def test_the_worker_yields_the_cpu_to_serving():
     process: a test process must not lower its own priority)."""
     probe = (
         "import os, torch\n"
-        "from ml_backend.finetune_worker import JobConfig, yield_to_serving\n"
+        "from ml_backend.finetuning.worker import JobConfig, yield_to_serving\n"
         "cfg = JobConfig.from_env({'FINETUNE_NICE': '7', 'FINETUNE_THREADS': '1'})\n"
         "before = os.nice(0)\n"
         "yield_to_serving(cfg)\n"

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.engine import Engine
+from ml_backend.interactive.engine import Engine
 from testkit.standins import DiskPredictor
 
 from backend_helpers import running_server
@@ -157,7 +157,7 @@ def test_a_trickling_host_cannot_outlast_the_download_deadline(trickle):
     import time
 
     from ml_backend.errors import MediaError
-    from ml_backend.media import MediaFetcher
+    from ml_backend.media.fetcher import MediaFetcher
 
     settings = Settings.from_env({})
     settings.label_studio_url = trickle.url

@@ -1,4 +1,5 @@
-"""Fine-tuning jobs on RQ (FINETUNE_QUEUE=rq, ml_backend/job_queue.py): a job queued through a server runs on a
+"""Fine-tuning jobs on RQ (FINETUNE_QUEUE=rq, ml_backend/finetuning/job_queue.py): a job queued through a server runs
+on a
 worker process started separately, records and versions stay in MODEL_DIR, and a Redis that comes back empty
 loses no job."""
 
@@ -16,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.engine import Engine
-from ml_backend.job_queue import QUEUE_NAME, queue_kind, rq_job_id
-from ml_backend.model_store import QUEUED, SKIPPED, ModelStore
+from ml_backend.finetuning.job_queue import QUEUE_NAME, queue_kind, rq_job_id
+from ml_backend.finetuning.model_store import QUEUED, SKIPPED, ModelStore
+from ml_backend.interactive.engine import Engine
 from testkit.standins import DiskPredictor
 
 from backend_helpers import StubLabelStudio, recorded

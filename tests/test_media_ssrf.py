@@ -18,9 +18,9 @@ from PIL import Image
 
 from ml_backend.config import Settings
 from ml_backend.errors import BackendError
-from ml_backend.finetune_worker import LabelStudioAPI
-from ml_backend.media import MediaFetcher
-from ml_backend.urls import UnsafeURL, parse_destination
+from ml_backend.finetuning.worker import LabelStudioAPI
+from ml_backend.media.fetcher import MediaFetcher
+from ml_backend.media.urls import UnsafeURL, parse_destination
 
 TOKEN = "legacy-secret-token"
 

@@ -1,4 +1,4 @@
-"""Masks <-> polygons (ml_backend/polygons.py): parts, holes, specks, borders, the measured default tolerance and
+"""Masks <-> polygons (ml_backend/masks/polygons.py): parts, holes, specks, borders, the measured default tolerance and
 the Label Studio region format."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ml_backend.config import POLYGON_MIN_AREA_PX, POLYGON_TOLERANCE_PX, Settings
-from ml_backend.polygons import hole_pixels, mask_to_polygons, polygon_regions, polygons_to_mask
+from ml_backend.masks.polygons import hole_pixels, mask_to_polygons, polygon_regions, polygons_to_mask
 from model.evaluation.datasets import load_dataset
 
 from prerequisites import missing

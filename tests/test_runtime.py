@@ -15,7 +15,7 @@ from model.zoom_in import place_on_zeros
 
 
 def test_served_runtime_defaults_to_the_models_and_a_bad_one_names_the_variable():
-    from ml_backend.engine import predictor_options
+    from ml_backend.interactive.engine import predictor_options
 
     assert predictor_options(Settings.from_env({}))["runtime"] == DEFAULT_RUNTIME
     assert predictor_options(Settings.from_env({"MODEL_RUNTIME": " Torch "}))["runtime"] == "torch"

@@ -1,4 +1,5 @@
-"""Shared click states (SESSION_STORE=redis://..., ml_backend/session_store.py, model/state_codec.py): lossless
+"""Shared click states (SESSION_STORE=redis://..., ml_backend/interactive/session_store.py, model/state_codec.py):
+lossless
 state blobs of the real predictor, the circuit breaker, keys/TTL/versions in a real Redis, two backend processes
 sharing one Redis, and a Redis killed in the middle of a session."""
 
@@ -15,10 +16,10 @@ from PIL import Image
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.engine import Engine
-from ml_backend.service import Backend
-from ml_backend.session_store import CircuitBreaker, RedisStates, SharedStates
-from ml_backend.sessions import RunStats, Session
+from ml_backend.interactive.engine import Engine
+from ml_backend.interactive.session_store import CircuitBreaker, RedisStates, SharedStates
+from ml_backend.interactive.sessions import RunStats, Session
+from ml_backend.labelstudio.adapter import Backend
 from testkit.ls_harness import LABEL_CONFIG, keypoint
 from testkit.ls_harness import Backend as BackendProcess
 from testkit.standins import DiskPredictor

@@ -7,7 +7,7 @@
 * :func:`finetune` fine-tunes a checkpoint on such a source for a number of steps and returns the network.
 * :func:`evaluate_noc` measures NoC@85/90 with the robot clicker of ``model.evaluation``.
 
-Used by the Label Studio backend's fine-tuning worker (``ml_backend/finetune_worker.py``).
+Used by the Label Studio backend's fine-tuning worker (``ml_backend/finetuning/worker.py``).
 """
 
 from __future__ import annotations

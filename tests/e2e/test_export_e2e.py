@@ -13,9 +13,9 @@ from PIL import Image
 
 from cli import main
 from ml_backend.config import POLYGON_MIN_AREA_PX, POLYGON_TOLERANCE_PX
-from ml_backend.labeling import brush_region
-from ml_backend.polygons import polygon_regions, polygons_to_mask
-from ml_backend.rle import mask2rle
+from ml_backend.labelstudio.labeling_config import brush_region
+from ml_backend.masks.polygons import polygon_regions, polygons_to_mask
+from ml_backend.masks.rle import mask2rle
 from testkit.ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN
 
 pytestmark = pytest.mark.slow

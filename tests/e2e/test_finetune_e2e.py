@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.rle import mask2rle
+from ml_backend.masks.rle import mask2rle
 from testkit.ls_harness import E2E_IMAGES, LS_LEGACY_TOKEN, Backend, keypoint
 
 pytestmark = pytest.mark.slow

@@ -245,7 +245,7 @@ def test_polygon_project_answers_clicks_and_a_box_with_polygons_label_studio_sto
     """Through Label Studio's own interactive endpoint: a click in a PolygonLabels project comes back as polygons, a
     smart box as the first prompt too (then a click refines that object), and the answer saved as an annotation is
     stored as it is and holds the polygon in Label Studio's JSON export."""
-    from ml_backend.polygons import polygons_to_mask
+    from ml_backend.masks.polygons import polygons_to_mask
 
     client, root = stack["client"], stack["root"]
     name = E2E_IMAGES["upload"]

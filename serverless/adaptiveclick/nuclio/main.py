@@ -1,7 +1,8 @@
 """CVAT's nuclio function for AdaptiveClick: ``init_context`` loads the model once, ``handler`` answers a click.
 
 Thin on purpose: parsing, the image limits, the click sessions, ``SESSION_STORE``, the errors and CVAT's reply
-format are the ML backend's (``ml_backend/cvat.py`` on ``ml_backend/core.py``), the same code that answers CVAT
+format are the ML backend's (``ml_backend/cvat/interactor.py`` on ``ml_backend/interactive/core.py``), the same code
+that answers CVAT
 through ``adaptiveclick serve``'s dashboard routes. Settings come from the environment as for ``serve``
 (``MODEL_CHECKPOINT``, ``MODEL_DIR``, ``DEVICE``, ``SESSION_STORE``, ...)."""
 
@@ -13,9 +14,9 @@ import threading
 from typing import Any
 
 from ml_backend.config import Settings
-from ml_backend.core import InteractiveCore
-from ml_backend.cvat import CvatInteractor
-from ml_backend.engine import Engine, watch_versions
+from ml_backend.cvat.interactor import CvatInteractor
+from ml_backend.interactive.core import InteractiveCore
+from ml_backend.interactive.engine import Engine, watch_versions
 
 
 def init_context(context: Any) -> None:

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .core import Frame, InteractiveCore, image_key
-from .errors import BackendError, BadRequest, MediaError
-from .jsonbody import parse_json
-from .media import DecodedImage, decode_image
-from .sessions import BoxPrompt, Click, RunStats, box_prompt
+from ..errors import BackendError, BadRequest, MediaError
+from ..interactive.core import Frame, InteractiveCore, image_key
+from ..interactive.sessions import BoxPrompt, Click, RunStats, box_prompt
+from ..jsonbody import parse_json
+from ..media.fetcher import DecodedImage, decode_image
 
 log = logging.getLogger("adaptiveclick.backend")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from model.interactive import InteractivePredictor, StatefulPredictor  # torch-free
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 Click = tuple[int, int, bool]  # (row, col, positive) in the session frame's pixels
 # A box prompt in a click sequence: ("box", x0, y0, x1, y1), edges in the frame's pixels; only ever first.

@@ -3,7 +3,7 @@ percent of the image). The one reader of both that the export command and the fi
 annotation gives the same mask whether it is exported or trained on.
 
 A brush pixel is in the mask when its alpha is above half (the editor paints 255); a polygon is closed and
-rasterised with ``ml_backend.polygons.polygons_to_mask``. A result is untrusted input: each malformed field gets a
+rasterised with ``ml_backend.masks.polygons.polygons_to_mask``. A result is untrusted input: each malformed field gets a
 ``RegionError`` naming it and where it was found.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .polygons import polygons_to_mask
+from ..masks.polygons import polygons_to_mask
 
 MASK_RESULT_TYPES = ("brushlabels", "polygonlabels")
 

@@ -5,7 +5,7 @@ lines at all; this converts its plain JSON export instead (docs/export.md):
 
 * Per task, the newest annotation that was not cancelled; ``brushlabels`` (RLE) and ``polygonlabels`` results.
   Other result types (keypoints, choices, ...) are counted and left out.
-* Brush masks become polygons with ``ml_backend.polygons`` (one per part, holes filled, specks dropped);
+* Brush masks become polygons with ``ml_backend.masks.polygons`` (one per part, holes filled, specks dropped);
   Label Studio's polygons keep their own vertices.
 * YOLO: one line per polygon (a two-part region gives two lines); COCO: one annotation per region, its parts as
   polygons, or uncompressed RLE when a brush mask has holes (polygons would fill them).
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import requests
 
-from .config import Settings
-from .errors import BackendError
-from .polygons import hole_pixels, mask_to_polygons
+from ..config import Settings
+from ..errors import BackendError
+from ..masks.polygons import hole_pixels, mask_to_polygons
 from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
 FORMATS = ("yolo-seg", "coco")
@@ -416,7 +416,7 @@ def _data_yaml(out: Path, classes: list[str]) -> str:
 
 def download_project_export(settings: Settings, project: int, timeout_s: float = 600.0) -> bytes:
     """``GET /api/projects/{id}/export?exportType=JSON`` from ``LABEL_STUDIO_URL`` with ``LABEL_STUDIO_API_KEY``."""
-    from .media import MediaFetcher
+    from ..media.fetcher import MediaFetcher
 
     fetcher = MediaFetcher(settings)
     try:
@@ -446,7 +446,7 @@ def download_project_export(settings: Settings, project: int, timeout_s: float =
 def fetched_images(settings: Settings) -> Callable[[Task], bytes]:
     """Reads a task's image through ``MediaFetcher``: Label Studio's media with its auth, other hosts only as
     ``MEDIA_ALLOWED_HOSTS`` allows (the export's URLs are untrusted)."""
-    from .media import MediaFetcher
+    from ..media.fetcher import MediaFetcher
 
     fetcher = MediaFetcher(settings)
     return lambda task: fetcher.fetch(task.image_ref, task.id)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .model_store import BASE, served_checkpoint
+from ..config import Settings
+from ..finetuning.model_store import BASE, served_checkpoint
 
 if TYPE_CHECKING:
     from model.interactive import InteractivePredictor

@@ -1,8 +1,8 @@
 """Active-learning fine-tuning, the serving process's side: record webhooks, queue jobs, start the worker.
 
 The serving process only *records* webhooks (a few small file writes under a file lock: well under Label
-Studio's 1 s webhook timeout) and enqueues jobs in the model store (``ml_backend.model_store``); a separate
-worker process (``adaptiveclick worker``, ``ml_backend.finetune_worker``) runs them one at a time, so serving
+Studio's 1 s webhook timeout) and enqueues jobs in the model store (``ml_backend.finetuning.model_store``); a separate
+worker process (``adaptiveclick worker``, ``ml_backend.finetuning.worker``) runs them one at a time, so serving
 keeps its latency and a crashed, killed or out-of-memory job never touches the served model. Serving picks up a
 promoted version by polling ``current`` (``Engine.refresh``) and swaps the model under its inference lock.
 
@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .engine import watch_versions
-from .errors import BadRequest
-from .labeling import parse_label_config, project_id
+from ..errors import BadRequest
+from ..interactive.engine import watch_versions
+from ..labelstudio.labeling_config import parse_label_config, project_id
 from .model_store import TRAIN_EVENT, UPDATE_EVENTS, ModelStore
 
 log = logging.getLogger("adaptiveclick.finetune")

@@ -36,7 +36,7 @@ from typing import Any
 
 from model.interactive import PortableStatePredictor  # torch-free
 
-from .config import Settings
+from ..config import Settings
 from .sessions import Click, RunStats, Session, is_box
 
 log = logging.getLogger("adaptiveclick.backend")

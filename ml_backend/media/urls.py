@@ -18,7 +18,7 @@ import urllib.parse
 
 from urllib3.util import parse_url
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 3986 characters that may stand in a path or query as they are; everything else is percent-encoded.

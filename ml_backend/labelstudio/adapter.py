@@ -18,12 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from .config import Settings
-from .core import Frame, InteractiveCore, Superseded, image_key
-from .engine import Engine
-from .errors import BackendError, BadRequest, ConfigError
-from .finetune import FinetuneServer, finetune_enabled
-from .labeling import (
+from ..config import Settings
+from ..errors import BackendError, BadRequest, ConfigError
+from ..finetuning.server import FinetuneServer, finetune_enabled
+from ..interactive.core import Frame, InteractiveCore, Superseded, image_key
+from ..interactive.engine import Engine
+from ..interactive.session_store import SharedStates
+from ..interactive.sessions import Click, RunStats, SessionCache, box_prompt
+from ..masks.polygons import polygon_regions
+from ..masks.rle import mask2rle
+from ..media.fetcher import DecodedImage, MediaFetcher
+from .labeling_config import (
     ClickSet,
     LabelConfig,
     OutputTag,
@@ -32,12 +37,7 @@ from .labeling import (
     parse_label_config,
     project_id,
 )
-from .media import DecodedImage, MediaFetcher
-from .polygons import polygon_regions
 from .regions import RegionError, read_region
-from .rle import mask2rle
-from .session_store import SharedStates
-from .sessions import Click, RunStats, SessionCache, box_prompt
 
 log = logging.getLogger("adaptiveclick.backend")
 

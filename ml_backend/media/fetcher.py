@@ -33,8 +33,8 @@ import numpy as np
 import requests
 from urllib3 import exceptions as urllib3_errors
 
-from .config import Settings
-from .errors import BadRequest, MediaError
+from ..config import Settings
+from ..errors import BadRequest, MediaError
 from .urls import Destination, UnsafeURL, join_redirect, parse_destination
 
 log = logging.getLogger("adaptiveclick.backend")

@@ -12,7 +12,7 @@ import math
 import uuid
 from typing import Any
 
-from .errors import BadRequest, ConfigError
+from ..errors import BadRequest, ConfigError
 
 log = logging.getLogger("adaptiveclick.backend")
 

@@ -8,9 +8,10 @@ A job (:func:`run_job`):
 
 1. pulls the project's annotations through the Label Studio API (``/api/projects/{id}/export``), keeps per task
    the newest submitted annotation that is neither cancelled nor empty (a ground-truth one first), and reads
-   each of its brush and polygon regions as one instance mask (``ml_backend.regions``, the export's reader too);
+   each of its brush and polygon regions as one instance mask (``ml_backend.labelstudio.regions``, the export's
+   reader too);
    images are fetched
-   as the predictor fetches them (``ml_backend.media.MediaFetcher``);
+   as the predictor fetches them (``ml_backend.media.fetcher.MediaFetcher``);
 2. holds out a validation split, deterministic by task id (``FINETUNE_VAL_FRACTION``, at least one task);
 3. measures NoC@85/90 on it with the served model (robot clicker), fine-tunes from the served checkpoint with
    the training recipe (AFL, click simulation; ``model.training.finetune``), measures again;
@@ -37,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import Settings, env_choice, env_float, env_int, env_probability
-from .engine import base_version_name
+from ..config import Settings, env_choice, env_float, env_int, env_probability
+from ..interactive.engine import base_version_name
+from ..labelstudio.regions import MASK_RESULT_TYPES, RegionError, read_region
 from .model_store import (
     BASE,
     DONE,
@@ -51,7 +53,6 @@ from .model_store import (
     now_iso,
     served_checkpoint,
 )
-from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
 if TYPE_CHECKING:
     from model.training.trainer import TrainConfig
@@ -140,8 +141,8 @@ class LabelStudioAPI:
 
         import requests
 
-        from .errors import MediaError
-        from .urls import UnsafeURL
+        from ..errors import MediaError
+        from ..media.urls import UnsafeURL
 
         try:
             base = self.fetcher.ls_destination.with_path("").url
@@ -224,7 +225,7 @@ def collect_annotations(
     api: LabelStudioAPI, fetcher: Any, project: str, cfg: JobConfig
 ) -> tuple[list[TaskData], dict[str, int]]:
     """The project's usable annotations as (image, instance masks) per task, newest tasks last; and counts."""
-    from .labeling import parse_label_config
+    from ..labelstudio.labeling_config import parse_label_config
 
     stats = {
         "tasks": 0,
@@ -319,7 +320,7 @@ class JobSteps:
 def _evaluate(net: Any, samples: list[tuple[np.ndarray, np.ndarray]], cfg: JobConfig, settings: Settings) -> dict:
     from model.training.finetune import evaluate_noc
 
-    from .engine import predictor_options
+    from ..interactive.engine import predictor_options
 
     options = predictor_options(settings)  # the job measures the candidate the way the server will serve it
     return evaluate_noc(
@@ -419,7 +420,7 @@ def _run(
     if steps.collect is not None:
         tasks, stats = steps.collect(project, cfg)
     else:
-        from .media import MediaFetcher
+        from ..media.fetcher import MediaFetcher
 
         fetcher = MediaFetcher(settings)
         tasks, stats = collect_annotations(LabelStudioAPI(fetcher), fetcher, project, cfg)

@@ -21,12 +21,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .config import Settings
+from ..config import Settings
 from .model_store import QUEUED, ModelStore
 
 log = logging.getLogger("adaptiveclick.finetune")
 QUEUE_NAME = "adaptiveclick-finetune"
-RQ_FUNCTION = "ml_backend.finetune_worker.run_rq_job"  # by name: this module never imports the worker
+RQ_FUNCTION = "ml_backend.finetuning.worker.run_rq_job"  # by name: this module never imports the worker
 RECONCILE_S = 30.0
 RESULT_TTL_S = 7 * 24 * 3600  # RQ's own bookkeeping of finished jobs; the records in MODEL_DIR stay forever
 # RQ statuses under which a job will still run (anything else: finished, failed, stopped, canceled, gone).

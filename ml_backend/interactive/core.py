@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Settings
+from ..config import Settings
+from ..errors import BackendError, BadRequest, MediaError
+from ..media.fetcher import DecodedImage
 from .engine import Engine
-from .errors import BackendError, BadRequest, MediaError
-from .media import DecodedImage
 from .session_store import shared_states
 from .sessions import Click, RunStats, Session, SessionCache, order_clicks
 

@@ -32,7 +32,7 @@ from typing import Any
 from model.files import atomic_write_text, fsync_dir
 from model.weights import sha256_file
 
-from .config import Settings
+from ..config import Settings
 
 log = logging.getLogger("adaptiveclick.finetune")
 

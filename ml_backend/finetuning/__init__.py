@@ -1,0 +1,2 @@
+"""Active-learning fine-tuning: the serving process records webhooks and queues jobs (``server``, ``job_queue``),
+a separate worker process trains, gates and promotes versions (``worker``), all kept in the ``model_store``."""

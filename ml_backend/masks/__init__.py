@@ -1,0 +1,2 @@
+"""Mask encodings both platforms and the export share: polygons (``polygons``) and Label Studio's brush RLE
+(``rle``)."""
