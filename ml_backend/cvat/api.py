@@ -101,8 +101,8 @@ class CvatAPI:
         data = self._get(path, params, self.settings.max_image_bytes, "MAX_IMAGE_MB", f"frame {number}")
         try:
             return decode_image(data, self.settings.max_image_pixels, f"frame {number} of CVAT job {job_id}")
-        except MediaError as exc:
-            raise CvatError(exc.message) from None
+        except MediaError as exc:  # CVAT answered, with a frame that is not a usable image
+            raise CvatError(exc.message, 200) from None
 
     # --- plumbing -------------------------------------------------------------------------------
 

@@ -210,6 +210,7 @@ def run_job(
     try:
         fields = _run(store, job, settings, cfg, steps, work)
     except JobSkipped as exc:
+        log.warning("job %s skipped: %s", job_id, exc)  # in the job's log too
         fields = {"state": SKIPPED, "promoted": False, "message": str(exc)}
     except MemoryError:
         fields = {
