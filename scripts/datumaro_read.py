@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 from datumaro.components.annotation import AnnotationType
-from datumaro.components.dataset import Dataset
+from datumaro.components.dataset import StreamDataset
 from pycocotools import mask as mask_utils
 
 
@@ -23,7 +23,7 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 def main(path: str) -> None:
-    dataset = Dataset.import_from(path, "coco_instances")
+    dataset = StreamDataset.import_from(path, "coco_instances")  # the streaming reader, as CVAT's import uses
     labels = dataset.categories()[AnnotationType.label]
     items = []
     for item in dataset:

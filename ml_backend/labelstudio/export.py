@@ -319,7 +319,9 @@ def _write(
     if fmt == "yolo-seg":
         label_dir.mkdir(parents=True)
     summary = Summary(classes=list(classes))
-    coco: dict[str, list] = {"images": [], "annotations": [], "categories": []}
+    # "info" and "licenses" as COCO itself and CVAT's export have them: datumaro's streaming COCO reader (what CVAT's
+    # import uses) refuses a file without the licenses section.
+    coco: dict[str, Any] = {"info": {}, "licenses": [], "images": [], "annotations": [], "categories": []}
     coco["categories"] = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
     for task in tasks:
         regions, skipped = regions_of(
