@@ -121,6 +121,42 @@ class WebhookRecorder:
             return [c for c in self.calls if json.loads(c["body"]).get("event") == event]
 
 
+class Forwarder:
+    """Stands briefly where CVAT expects its nuclio dashboard and passes CVAT's calls to the backend, so CVAT's own
+    interactor route (``POST /api/lambda/functions/<name>``) is answered by the backend this run promoted."""
+
+    def __init__(self, port: int, target: str):
+        self.calls: list[str] = []
+        forwarder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                skip = ("host", "content-length", "authorization")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                reply = requests.request(
+                    self.command, target + self.path, data=raw or None, headers=headers, timeout=120
+                )
+                forwarder.calls.append(f"{self.command} {self.path} -> {reply.status_code}")
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Cvat:
     """CVAT's REST API as the admin (legacy key from /api/auth/login)."""
 
@@ -170,8 +206,18 @@ def main() -> int:
     parser.add_argument("--password", required=True)
     parser.add_argument("--out", default=str(REPO / "tests" / "e2e" / "recorded" / "cvat-2.73.0-finetune.json"))
     parser.add_argument("--checkpoint", default="", help="MODEL_CHECKPOINT (default: the starter)")
+    parser.add_argument(
+        "--export-tolerance", default="", help="--tolerance of the export (default: POLYGON_TOLERANCE_PX)"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the fine-tuning job(s)")
     parser.add_argument("--keep", help="keep MODEL_DIR and logs in this folder")
+    parser.add_argument(
+        "--nuclio-port",
+        type=int,
+        default=0,
+        help="where this CVAT calls its nuclio dashboard (CVAT_NUCLIO_PORT): when nothing listens there, stand there "
+        "for a moment and ask CVAT's own interactor route for a mask from the promoted version",
+    )
     parser.add_argument(
         "--cvat-env",
         default="",
@@ -345,6 +391,8 @@ def main() -> int:
                 f"/health serves {health['model_version']}; the interactor's next answer: {reply.status_code}, "
                 f"IoU {iou:.3f} with the blob"
             )
+            if args.nuclio_port:
+                record["cvat_lambda_after"] = _through_cvat(cvat, args.nuclio_port, backend.url, task, jobs[0], blob)
         versions = subprocess.run(
             [sys.executable, "-m", "cli", "versions", "list", "--model-dir", str(model_dir)],
             capture_output=True,
@@ -381,7 +429,9 @@ def main() -> int:
             "jobs": [j["id"] for j in jobs],
             "webhook": hook["id"],
         }
-        record["cvat_import"] = _export_and_import(cvat, project["id"], frames, work, stamp, args.cvat_env)
+        record["cvat_import"] = _export_and_import(
+            cvat, project["id"], frames, work, stamp, args.cvat_env, args.export_tolerance
+        )
     finally:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -391,11 +441,46 @@ def main() -> int:
     return 0
 
 
+def _through_cvat(cvat: Cvat, port: int, backend: str, task: dict, job: dict, blob: np.ndarray) -> dict:
+    """CVAT's interactor route on frame 0, answered by the backend through a forwarder on CVAT's dashboard port."""
+    try:
+        forwarder = Forwarder(port, backend)
+    except OSError as exc:
+        step(f"port {port} is taken ({exc}): CVAT's own interactor route not tried")
+        return {"skipped": f"port {port} is taken"}
+    try:
+        rows, cols = np.nonzero(blob)
+        body = {
+            "task": task["id"],
+            "job": job["id"],
+            "frame": 0,
+            "pos_points": [[float(cols.mean()), float(rows.mean())]],
+        }
+        reply = cvat.session.post(
+            f"{cvat.url}/api/lambda/functions/pth-adaptiveclick", json=dict(body, neg_points=[]), timeout=120
+        )
+    finally:
+        forwarder.stop()
+    result: dict[str, Any] = {"status": reply.status_code, "calls": forwarder.calls}
+    if reply.status_code == 200:
+        shapes = reply.json().get("shapes") or []
+        result["iou"] = _iou(decode_box_rle(shapes[0]["points"], W, H, "cvat"), blob) if shapes else 0.0
+    served = requests.get(backend + "/health", timeout=5).json()["model_version"]
+    result["served"] = served
+    step(
+        f"CVAT's own interactor route: {reply.status_code} via {forwarder.calls}, served by {served}, "
+        f"IoU {result.get('iou')}"
+    )
+    return result
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b) / max(1, np.count_nonzero(a | b)))
 
 
-def _export_and_import(cvat: Cvat, project_id: int, frames, work: Path, stamp: str, env_sh: str) -> dict:
+def _export_and_import(
+    cvat: Cvat, project_id: int, frames, work: Path, stamp: str, env_sh: str, tolerance: str
+) -> dict:
     """The frames' objects as a Label Studio export -> ``adaptiveclick export --format coco-cvat`` -> a new task of
     the real CVAT (its frames: the export's images) -> ``COCO 1.0`` import -> the task's annotations read back."""
     images = work / "ls-images"
@@ -439,7 +524,8 @@ def _export_and_import(cvat: Cvat, project_id: int, frames, work: Path, stamp: s
             str(out),
             "--images",
             str(images),
-        ],
+        ]
+        + (["--tolerance", tolerance] if tolerance else []),
         check=True,
         cwd=REPO,
     )
