@@ -204,7 +204,7 @@ def main() -> int:
     parser.add_argument("--cvat", required=True, help="CVAT's URL, e.g. http://127.0.0.1:7000")
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
-    parser.add_argument("--out", default=str(REPO / "tests" / "e2e" / "recorded" / "cvat-2.73.0-finetune.json"))
+    parser.add_argument("--out", required=True, help="the recording (tests/e2e/recorded/cvat-2.73.0-finetune.json)")
     parser.add_argument("--checkpoint", default="", help="MODEL_CHECKPOINT (default: the starter)")
     parser.add_argument(
         "--export-tolerance", default="", help="--tolerance of the export (default: POLYGON_TOLERANCE_PX)"
