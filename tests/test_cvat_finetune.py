@@ -402,7 +402,7 @@ def test_collect_reads_the_finished_jobs_masks_and_polygons(tmp_path, caplog):
     stub, truth = stub_project(page_size=2)  # two pages of jobs
     try:
         settings = cvat_settings(tmp_path, stub)
-        source = CvatSource(settings, {"project": "3", "platform": "cvat", "source": {"job": 12}})
+        source = CvatSource(settings, {"project": "3", "platform": "cvat", "source": {"job": 12, "organization": 2}})
         with caplog.at_level(logging.WARNING, "adaptiveclick"):
             tasks, stats = source.collect(JobConfig())
     finally:
@@ -418,6 +418,7 @@ def test_collect_reads_the_finished_jobs_masks_and_polygons(tmp_path, caplog):
     assert "CVAT job 12 shapes[" in caplog.text and "not inside the 80x60 frame" in caplog.text
     assert {auth for _, auth in stub.requests} == {"Bearer AbCd1234.pat-secret"}
     assert any("quality=original" in path for path, _ in stub.requests)
+    assert all("org_id=2" in path for path, _ in stub.requests if path.startswith("/api/jobs?"))  # the job's org
 
 
 def fake_steps(before: float, after: float) -> JobSteps:

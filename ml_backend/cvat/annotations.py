@@ -115,11 +115,11 @@ class CvatSource:
     def _jobs(self) -> list[dict[str, Any]]:
         """The jobs of the project (or of the task that has none) that count as finished now."""
         api = self.api()
+        org = self.source.get("organization")
+        org = org if isinstance(org, int) and not isinstance(org, bool) else None
         if self.project.startswith("task-"):
-            jobs = api.jobs(task_id=int(self.project[5:]))
-        else:
-            jobs = api.jobs(project_id=int(self.project))
-        return jobs
+            return api.jobs(task_id=int(self.project[5:]), org_id=org)
+        return api.jobs(project_id=int(self.project), org_id=org)
 
     def _collect(self, cfg: Any) -> tuple[list[TaskData], dict[str, int]]:
         api = self.api()

@@ -70,9 +70,14 @@ class CvatAPI:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._object(f"/api/jobs/{int(job_id)}", f"job {job_id}")
 
-    def jobs(self, *, project_id: int | None = None, task_id: int | None = None) -> list[dict[str, Any]]:
-        """All jobs of a project (or of a task), page by page."""
+    def jobs(
+        self, *, project_id: int | None = None, task_id: int | None = None, org_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """All jobs of a project (or of a task), page by page; ``org_id``: the organization that owns it (CVAT lists
+        an organization's objects in that organization's context)."""
         params: dict[str, Any] = {"page_size": PAGE_SIZE}
+        if org_id is not None:
+            params["org_id"] = int(org_id)
         if project_id is not None:
             params["project_id"] = int(project_id)
         if task_id is not None:
