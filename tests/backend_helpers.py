@@ -176,9 +176,9 @@ class StubCvat:
                         rest = segments[3:]
                         if rest == []:
                             return self._send(200, json.dumps(job))
-                        if rest == ["annotations"]:
+                        if rest == ["annotations"] and job_id in stub.annotations:
                             return self._send(200, json.dumps(stub.annotations[job_id]))
-                        if rest == ["data", "meta"]:
+                        if rest == ["data", "meta"] and job_id in stub.meta:
                             return self._send(200, json.dumps(stub.meta[job_id]))
                         key = (job_id, int(query.get("number", -1)))
                         if rest == ["data"] and query.get("type") == "frame" and key in stub.frames:

@@ -226,6 +226,15 @@ def test_the_signed_webhook_passes_basic_auth_which_still_guards_the_rest(tmp_pa
         assert post(c, webhook(cvat_job(11, "annotation", "completed"))).status_code == 401
 
 
+def test_without_model_dir_a_signed_webhook_is_answered_and_nothing_is_queued(tmp_path):
+    settings = Settings.from_env({})
+    settings.no_traffic_warning_s, settings.cvat_webhook_secret = 0, SECRET
+    with TestClient(create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="d"))) as client:
+        reply = post(client, webhook(cvat_job(11, "annotation", "completed")))
+        assert reply.status_code == 200 and reply.json()["finetune"] == "off"
+        assert post(client, webhook(cvat_job(11, "annotation", "completed")), secret="x").status_code == 403
+
+
 def test_an_unwritable_model_dir_is_a_503_so_cvat_delivers_again(tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
@@ -419,6 +428,19 @@ def test_collect_reads_the_finished_jobs_masks_and_polygons(tmp_path, caplog):
     assert {auth for _, auth in stub.requests} == {"Bearer AbCd1234.pat-secret"}
     assert any("quality=original" in path for path, _ in stub.requests)
     assert all("org_id=2" in path for path, _ in stub.requests if path.startswith("/api/jobs?"))  # the job's org
+
+
+def test_a_job_deleted_between_the_list_and_its_annotations_is_left_out_with_a_log_line(tmp_path, caplog):
+    stub, _ = stub_project()
+    del stub.annotations[12]  # CVAT answers 404 for it now
+    try:
+        source = CvatSource(cvat_settings(tmp_path, stub), {"project": "3", "platform": "cvat"})
+        with caplog.at_level(logging.WARNING, "adaptiveclick"):
+            tasks, stats = source.collect(JobConfig())
+    finally:
+        stub.stop()
+    assert [t.annotation_id for t in tasks] == [11, 11] and stats["jobs"] == 2
+    assert "CVAT job 12 is gone" in caplog.text
 
 
 def fake_steps(before: float, after: float) -> JobSteps:
