@@ -2,7 +2,8 @@
 
 Routes: ``GET /health`` and ``GET /`` (health), ``POST /setup``, ``POST /predict``, ``POST /webhook``,
 ``GET /versions`` (and ``POST /train``, which older Label Studio versions call on "Start Training"); for CVAT, the
-nuclio dashboard's ``GET /api/functions``, ``GET /api/functions/<name>`` and ``POST /api/function_invocations``.
+nuclio dashboard's ``GET /api/functions``, ``GET /api/functions/<name>`` and ``POST /api/function_invocations``, and
+``POST /cvat/webhook`` (its signed webhooks, for fine-tuning: ``cvat/webhook.py``).
 
 * ``/health``, ``/setup``, ``/versions`` and ``/webhook`` run on the event loop and never wait for the model;
   ``/predict`` runs in a worker thread, and model work is serialised by ``Engine.lock``.
