@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint format label-studio redis-server clean
+.PHONY: install serve test test-fast lint format label-studio redis-server datumaro clean
 
 $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,16 @@ format: $(STAMP)
 
 test-fast: $(STAMP) redis-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+# Opt-in: PyPI datumaro (what CVAT's COCO import uses) in its own venv, for tests/test_export_datumaro.py; its
+# numpy pin conflicts with ours, and most of its many requirements are not needed to read COCO.
+DATUMARO_VENV := .cache/datumaro-venv
+datumaro:
+	[ -x $(DATUMARO_VENV)/bin/python ] || $(PYTHON) -m venv $(DATUMARO_VENV)
+	$(DATUMARO_VENV)/bin/pip install -q --disable-pip-version-check --no-deps datumaro==1.11.1
+	$(DATUMARO_VENV)/bin/pip install -q --disable-pip-version-check "numpy<2.2" attrs defusedxml imagesize \
+	  orjson pillow ruamel.yaml pycocotools pyyaml json-stream shapely scipy networkx tqdm typing_extensions \
+	  cryptography lxml tabulate portalocker opencv-python-headless pandas tensorboardX
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -229,6 +229,40 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the task's image") -
     return DecodedImage(array, (width, height), orientation, len(data))
 
 
+def read_capped(
+    resp: requests.Response, url: str, deadline: float, cap: int, cap_name: str, late: str, what: str
+) -> bytes:
+    """A streamed response's body, at most ``cap`` bytes (``cap_name`` in the message), by ``deadline`` (a host
+    trickling bytes cannot hold the read open; ``late`` is the message then). Every platform's downloads use it."""
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > cap:
+        raise MediaError(
+            f"{what} at {url[:200]} is {int(length) / 2**20:.1f} MiB, above {cap_name}={cap // 2**20}", status=413
+        )
+    buf = bytearray()
+    raw = resp.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MediaError(late, status=504)
+            if sock is not None:
+                sock.settimeout(remaining)  # no single read may outlast the deadline either
+            # read1: whatever has arrived (up to a chunk), so the deadline is checked between small reads
+            chunk = raw.read1(_CHUNK, decode_content=True)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > cap:
+                raise MediaError(f"{what} at {url[:200]} is larger than {cap_name}={cap // 2**20}", status=413)
+    except (TimeoutError, OSError, urllib3_errors.HTTPError) as exc:
+        if time.monotonic() >= deadline or isinstance(exc, (TimeoutError, urllib3_errors.ReadTimeoutError)):
+            raise MediaError(late, status=504) from None
+        raise MediaError(f"the download from {url[:200]} broke off ({type(exc).__name__})", status=502) from None
+    return bytes(buf)
+
+
 class MediaFetcher:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -468,36 +502,9 @@ class MediaFetcher:
         )
 
     def _read_capped(self, resp: requests.Response, url: str, deadline: float) -> bytes:
-        """The body, at most MAX_IMAGE_MB, by ``deadline`` (a host trickling bytes cannot hold the read open)."""
-        cap = self.settings.max_image_bytes
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > cap:
-            raise MediaError(
-                f"the image at {url[:200]} is {int(length) / 2**20:.1f} MiB, above MAX_IMAGE_MB={cap // 2**20}",
-                status=413,
-            )
-        buf = bytearray()
-        raw = resp.raw
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise MediaError(self._deadline_message(url), status=504)
-                if sock is not None:
-                    sock.settimeout(remaining)  # no single read may outlast the deadline either
-                # read1: whatever has arrived (up to a chunk), so the deadline is checked between small reads
-                chunk = raw.read1(_CHUNK, decode_content=True)
-                if not chunk:
-                    break
-                buf += chunk
-                if len(buf) > cap:
-                    raise MediaError(f"the image at {url[:200]} is larger than MAX_IMAGE_MB={cap // 2**20}", status=413)
-        except (TimeoutError, OSError, urllib3_errors.HTTPError) as exc:
-            if time.monotonic() >= deadline or isinstance(exc, (TimeoutError, urllib3_errors.ReadTimeoutError)):
-                raise MediaError(self._deadline_message(url), status=504) from None
-            raise MediaError(f"the download from {url[:200]} broke off ({type(exc).__name__})", status=502) from None
-        return bytes(buf)
+        return read_capped(
+            resp, url, deadline, self.settings.max_image_bytes, "MAX_IMAGE_MB", self._deadline_message(url), "the image"
+        )
 
     def _status_hint(self, url: str, status: int, is_ls: bool) -> str:
         where = urllib.parse.urlsplit(url)
