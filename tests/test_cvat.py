@@ -190,15 +190,16 @@ def test_handler_takes_json_bytes_too_and_reports_bad_bodies_with_4xx(nuclio_han
         "not numbers": (body(b64, [("a", 1)]), "pos_points[0].x must be a finite number"),
         "nan": ({**body(b64, [(1, 1)]), "pos_points": [[1, float("nan")]]}, "finite number"),
         "not pairs": (body(b64, [(1, 2, 3)]), "must be an [x, y] pair"),
-        "no click": (body(b64, [], []), "pos_points is empty"),
         "points not a list": ({**body(b64), "pos_points": "1,2"}, "must be a list"),
     }
     for name, (payload, message) in cases.items():
         status, reply = nuclio_handler(payload)
         assert 400 <= status < 500, (name, status, reply)
         assert message in reply["error"], (name, reply)
-    # A right-click first (the box option off, min_pos_points 0): no object yet, not an error notification.
+    # A right-click first (the box option off) or the last click removed (min_pos_points 0 lets the UI send
+    # both): no object, not an error notification.
     assert nuclio_handler(body(b64, [], [(5, 5)])) == (200, {"shapes": []})
+    assert nuclio_handler(body(b64, [], [])) == (200, {"shapes": []})
 
 
 def _call(interactor: CvatInteractor, payload: dict) -> tuple[dict, RunStats]:

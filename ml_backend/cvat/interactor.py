@@ -226,17 +226,31 @@ class CvatInteractor:
             return decode_image(data, settings.max_image_pixels, what="the image")
 
         decoded = self.core.image(key, decode, stats)
-        positives = _points(body.get("pos_points"), "pos_points", decoded.size)
-        negatives = _points(body.get("neg_points"), "neg_points", decoded.size)
-        box = _box(body.get("obj_bbox"), decoded.size)
+        return self.answer(key[1], decoded, body.get("pos_points"), body.get("neg_points"), body.get("obj_bbox"), stats)
+
+    def answer(
+        self,
+        image_id: str,
+        decoded: DecodedImage,
+        pos_points: Any,
+        neg_points: Any,
+        obj_bbox: Any,
+        stats: RunStats | None = None,
+    ) -> dict[str, Any]:
+        """CVAT's reply for prompts on a decoded image named ``image_id`` (its content hash: the object's key
+        across calls); the prompts as CVAT sends them (``[[x, y], ...]``, ``obj_bbox`` two corners or empty)."""
+        stats = stats or RunStats()
+        positives = _points(pos_points, "pos_points", decoded.size)
+        negatives = _points(neg_points, "neg_points", decoded.size)
+        box = _box(obj_bbox, decoded.size)
         if not positives and box is None:
-            if negatives:  # a right-click first, with the box option off: nothing is the object yet
-                return {"shapes": []}
-            raise BadRequest("pos_points is empty and there is no obj_bbox: a positive click or a box is needed")
+            # A right-click first with the box option off, or the last positive click removed (min_pos_points 0
+            # lets the UI send both): nothing is the object, which is an answer, not an error notification.
+            return {"shapes": []}
         # A box starts its own object (it is the first item of every click sequence of that object).
         prompts = ([box] if box else []) + list(dict.fromkeys(positives + negatives))
         frame = Frame.of(decoded)
-        object_key = ("cvat", key[1], box)
+        object_key = ("cvat", image_id, box)
         result = self.core.segment(object_key, frame, prompts, encode_cvat_shapes, stats, ordered=False)
         self.calls += 1
         return shapes_reply(unpack_shapes(result.encoded), slider_confidence(result.score, self._threshold(object_key)))
