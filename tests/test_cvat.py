@@ -1,8 +1,9 @@
 """CVAT: the nuclio function (through nuclio-sdk's test platform), the dashboard routes of ``adaptiveclick serve``
 (over HTTP, called the way CVAT's lambda manager calls them), and the reply decoded by cvat-core's rules.
 
-A real CVAT cannot run here (Docker, OPA, a Rust-built datumaro fork): these tests pin the exact wire format of
-``../shared/docs/cvat.md`` instead; the first real-CVAT run belongs on a Docker host."""
+These pin the exact wire format of ``../shared/docs/cvat.md`` and what CVAT's UI does with a reply
+(``cvat_helpers.py``); a real CVAT v2.73.0 drove the backend too (``make test-cvat``), and its capture is replayed by
+``test_cvat_replay.py``."""
 
 from __future__ import annotations
 
@@ -405,7 +406,7 @@ def dashboard():
 
 def lambda_gateway(port: int, host: str = "cvat:s3cret@127.0.0.1", invoke_method: str = "dashboard"):
     """CVAT's LambdaGateway._http: the URL from CVAT_NUCLIO_SCHEME/HOST/PORT, nuclio's headers, no auth object:
-    credentials can only travel in CVAT_NUCLIO_HOST (``user:password@host``), which requests turns into basic auth."""
+    credentials travel through requests' own netrc support (or, leaking into CVAT's error texts, in the host)."""
     gateway = f"http://{host}:{port}"
     headers = {
         "x-nuclio-project-name": "cvat",
@@ -455,3 +456,38 @@ def test_dashboard_routes_are_behind_the_backends_basic_auth(dashboard):
         assert http(url="/api/functions").status_code == 401
         reply = http("post", "/api/function_invocations", {"image": "x"}, {"x-nuclio-function-name": FUNCTION_NAME})
         assert reply.status_code == 401
+
+
+def test_the_documented_dashboard_set_up_keeps_the_password_out_of_cvats_error_texts(dashboard, tmp_path, monkeypatch):
+    """Issue 34: CVAT answers its clients ``str(HTTPError)`` on any dashboard error, the dashboard URL included; with
+    the password in ``CVAT_NUCLIO_HOST`` every CVAT user could read it. The set-up docs/cvat.md gives (route B) is
+    followed here to the letter, and the calls are made as CVAT's lambda manager makes them."""
+    doc = (REPO / "docs" / "cvat.md").read_text()
+    section = doc[doc.index("## B.") : doc.index("## C.")]
+    blocks = section.split("```")[1::2]
+    (compose,) = [b for b in blocks if b.startswith("yaml")]
+    env = yaml.safe_load(compose.removeprefix("yaml"))["services"]["cvat_server"]["environment"]
+    fill = {"<backend host>": "127.0.0.1", "<password>": "s3cret"}
+
+    def filled(text: str) -> str:
+        for placeholder, value in fill.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    for block in blocks:
+        if block.lstrip("\n").startswith("machine "):
+            netrc_file = tmp_path / "netrc"
+            netrc_file.write_text(filled(block))
+            monkeypatch.setenv("NETRC", str(netrc_file))  # what the compose file points CVAT's server at
+    http = lambda_gateway(dashboard, host=filled(env["CVAT_NUCLIO_HOST"]))
+    assert http(url="/api/functions").status_code == 200  # the credentials still reach the backend
+    invoke = {"x-nuclio-function-name": FUNCTION_NAME, "x-nuclio-path": "/"}
+    outside = body(png_b64(synthetic_image(64, 48)), [(500, 5)])
+    for reply in (
+        http(url="/api/functions/no-such-function"),
+        http("post", "/api/function_invocations", outside, invoke),
+    ):
+        assert reply.status_code in (404, 422)
+        with pytest.raises(requests.HTTPError) as error:
+            reply.raise_for_status()  # CVAT's LambdaGateway; its views answer str(error) to the user
+        assert "s3cret" not in str(error.value) and "for url: http://127.0.0.1:" in str(error.value)
