@@ -25,7 +25,7 @@ from ml_backend.interactive.core import InteractiveCore
 from ml_backend.interactive.engine import Engine
 from ml_backend.interactive.sessions import RunStats
 
-from cvat_helpers import decode_cvat_mask, ui_objects
+from cvat_helpers import SLIDER_DEFAULT, decode_cvat_mask, shape_confidence, ui_objects
 
 CAPTURE = json.loads((Path(__file__).parent / "e2e" / "recorded" / "cvat-2.73.0.json").read_text())
 INVOCATIONS = [c for c in CAPTURE["calls"] if c["path"].startswith("/api/function_invocations")]
@@ -98,6 +98,8 @@ def test_replaying_every_call_gives_the_recorded_replies_at_the_recorded_cost(in
         inter, total = np.count_nonzero(got & recorded), np.count_nonzero(got | recorded)
         assert total == 0 or inter / total >= 0.99, (i, inter / total)
         assert len(reply["shapes"]) == len(call["reply"]["shapes"]), i
+        # Every shape showed at CVAT's slider default, as it shows now.
+        assert all(shape_confidence(s) >= SLIDER_DEFAULT for s in call["reply"]["shapes"] + reply["shapes"]), i
         assert str(stats.forwards) == call["forwards"], (i, stats.forwards, call["forwards"])
         if len(reply["shapes"]) > 1:  # every part survives polygon mode, each as its own polygon
             kept = np.logical_or.reduce(ui_objects(reply, height, width, polygons=True))
