@@ -198,3 +198,44 @@ def test_bad_requests_fail_cleanly_and_the_agent_keeps_serving(agent, shared_dir
         kind, body, _ = agent.click(task, [(x, y)])  # and still answers a good click
         assert kind == "complete" and body["shapes"], (name, body)
     assert not agent.api.unknown, agent.api.unknown  # the stand-in answered every call the agent made
+
+
+def test_the_agent_serves_the_version_fine_tuning_promotes(tmp_path, tiny_model):
+    """``MODEL_DIR``: the agent loads what ``MODEL_DIR/current`` names and follows a promotion without a restart
+    (in-process: the same ``AdaptiveClickAgent`` that ``run-agent``'s worker creates)."""
+    import copy
+
+    import torch
+
+    from ml_backend.config import Settings
+    from ml_backend.cvat.agent import AdaptiveClickAgent
+    from ml_backend.finetuning.model_store import ModelStore
+    from model.checkpoint import save_checkpoint
+
+    base = save_checkpoint(tiny_model, tmp_path / "base.safetensors")
+    store = ModelStore(tmp_path / "models")
+    net = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.01)
+    job, _ = store.enqueue("1", "test")
+    version = store.write_version(job["id"], lambda p: save_checkpoint(net, p), {"parent": "x"}, make_current=False)
+    settings = Settings.from_env({})
+    settings.model_dir, settings.model_checkpoint, settings.device = str(store.root), str(base), "cpu"
+    settings.model_watch_s, settings.finetune_worker = 0.2, "external"
+    agent = AdaptiveClickAgent(settings)
+
+    class Prompts:
+        pos_points, neg_points, bounding_box = ((40.5, 30.5),), (), None
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    frame = agent.preprocess_image(None, image)
+    assert isinstance(agent.detect(None, frame, Prompts()), list)
+    engine = agent.interactor.core.engine
+    assert engine.model_version == engine.base_version
+    store.set_current(version)  # what a promoting fine-tuning job does
+    deadline = time.monotonic() + 60
+    while engine.model_version != version and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine.model_version == version
+    assert isinstance(agent.detect(None, frame, Prompts()), list)  # answers on the promoted version
