@@ -88,9 +88,9 @@ def encode_cvat_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
-    """The parts of a bool mask as CVAT's UI outlines them, largest first: it dilates a mask by a 2x2 kernel
-    (towards the top-left) before taking external contours, so pixels within one pixel of each other are one part.
-    Every pixel of the mask is in exactly one part."""
+    """The parts of a bool mask as CVAT's UI outlines them, largest first: it dilates a mask by a 2x2 kernel before
+    taking external contours, so pixels one pixel apart are one part (one outline, one polygon). Every pixel of the
+    mask is in exactly one part."""
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((2, 2), np.uint8), anchor=(1, 1), borderValue=0)
     count, labels = cv2.connectedComponents(grown, connectivity=8)
     if count <= 2:
