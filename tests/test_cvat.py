@@ -2,7 +2,7 @@
 (over HTTP, called the way CVAT's lambda manager calls them), and the reply decoded by cvat-core's rules.
 
 These pin the exact wire format of ``../shared/docs/cvat.md`` and what CVAT's UI does with a reply
-(``cvat_helpers.py``); a real CVAT v2.73.0 drove the backend too (``make test-cvat``), and its capture is replayed by
+(``testkit/cvat_ui.py``); a real CVAT v2.73.0 drove the backend too (``make test-cvat``), and its capture is replayed by
 ``test_cvat_replay.py``."""
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from ml_backend.cvat.interactor import (
 from ml_backend.interactive.core import InteractiveCore
 from ml_backend.interactive.engine import Engine
 from ml_backend.interactive.sessions import RunStats
+from testkit.cvat_ui import SLIDER_DEFAULT, decode_cvat_mask, polygon_mode_mask, shape_confidence, ui_objects
 from testkit.standins import DiskPredictor
 
 from backend_helpers import make_app, running_server, synthetic_image
-from cvat_helpers import SLIDER_DEFAULT, decode_cvat_mask, polygon_mode_mask, shape_confidence, ui_objects
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = REPO / "serverless" / "adaptiveclick" / "nuclio"

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testkit.cvat_ui import SLIDER_DEFAULT, decode_cvat_mask, shape_confidence
+
 from cvat_agent_api import TOKEN, AgentApi, serving
-from cvat_helpers import SLIDER_DEFAULT, decode_cvat_mask, shape_confidence
 
 pytest.importorskip("cvat_sdk", reason="pip install -e '.[test]' (the cvat-agent extra)")
 

@@ -24,8 +24,7 @@ from ml_backend.cvat.interactor import CvatInteractor
 from ml_backend.interactive.core import InteractiveCore
 from ml_backend.interactive.engine import Engine
 from ml_backend.interactive.sessions import RunStats
-
-from cvat_helpers import SLIDER_DEFAULT, decode_cvat_mask, shape_confidence, ui_objects
+from testkit.cvat_ui import SLIDER_DEFAULT, decode_cvat_mask, shape_confidence, ui_objects
 
 CAPTURE = json.loads((Path(__file__).parent / "e2e" / "recorded" / "cvat-2.73.0.json").read_text())
 INVOCATIONS = [c for c in CAPTURE["calls"] if c["path"].startswith("/api/function_invocations")]

@@ -45,11 +45,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
+from testkit.cvat_ui import decode_cvat_mask, ui_objects  # noqa: E402
 from testkit.ls_harness import Backend  # noqa: E402
-
-from cvat_helpers import decode_cvat_mask, ui_objects  # noqa: E402
 
 SHARED = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared"))
 IMAGES = ("GrabCut/images/124080.jpg", "Berkeley/images/42049.jpg")  # frame 0, frame 1

@@ -1,6 +1,6 @@
 """What CVAT's browser code does with an interactor's reply, by its rules (cvat-core ``rle-utils.ts`` and
-``opencv-interface.ts``, cvat-ui ``tools-control.tsx``, v2.73.0), for the CVAT tests: the mask a shape decodes to,
-the polygon "Convert masks to polygons" keeps of it, and what the confidence slider hides."""
+``opencv-interface.ts``, cvat-ui ``tools-control.tsx``, v2.73.0), for the CVAT tests and the real-CVAT drive: the
+mask a shape decodes to, the polygon "Convert masks to polygons" keeps of it, and what the confidence slider hides."""
 
 from __future__ import annotations
 
