@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint format label-studio redis-server datumaro clean
+.PHONY: install serve test test-fast test-cvat lint format label-studio redis-server datumaro clean
 
 $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -60,3 +60,15 @@ datumaro:
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# A real CVAT v2.73.0 (server + React UI, no Docker; scripts/cvat/, cached under $CVAT_CACHE) driven against
+# `adaptiveclick serve`; opt-in (minutes the first time: it builds CVAT's server venv). CI replays the capture.
+CVAT_CACHE ?= .cache/cvat
+test-cvat: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,docs]'
+	CVAT_CACHE=$(CVAT_CACHE) bash scripts/cvat/setup.sh all
+	CVAT_CACHE=$(CVAT_CACHE) bash scripts/cvat/setup.sh ui
+	CVAT_CACHE=$(CVAT_CACHE) bash scripts/cvat/services.sh start
+	CVAT_CACHE=$(CVAT_CACHE) bash scripts/cvat/services.sh start-ui
+	ADAPTIVECLICK_CVAT=1 CVAT_CACHE=$(CVAT_CACHE) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m cvat_real \
+	  tests/e2e/test_cvat_real_e2e.py $(PYTEST_ARGS)
