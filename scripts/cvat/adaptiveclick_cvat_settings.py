@@ -1,4 +1,4 @@
-"""Django settings for a CVAT v2.73.0 server run without Docker on 127.0.0.1 (see scripts/cvat/setup.sh).
+"""Django settings for a CVAT v2.73.0 server run without Docker on 127.0.0.1 (installed as docs/cvat.md says).
 
 CVAT's own `cvat.settings.base` plus what Docker and `cvat.settings.development` would set; upstream's development
 settings need silk and django-extensions, which the server's requirements do not install. No CVAT file is changed.

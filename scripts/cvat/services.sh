@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts/stops the real CVAT set up by setup.sh, every service on 127.0.0.1, pids and logs under $CVAT_CACHE.
+# Starts/stops a real CVAT installed under $CVAT_CACHE (docs/cvat.md), every service on 127.0.0.1, pids and logs under $CVAT_CACHE.
 #   bash scripts/cvat/services.sh start      PostgreSQL, 2 redis-servers, OPA, CVAT's server (:7000), one rqworker
 #   bash scripts/cvat/services.sh start-ui   the React UI's webpack dev server (:3000, proxies /api to :7000)
 #   bash scripts/cvat/services.sh stop | status
