@@ -53,6 +53,7 @@ from ml_backend.cvat.interactor import encode_cvat_mask  # noqa: E402
 from ml_backend.masks.polygons import polygons_to_mask  # noqa: E402
 from ml_backend.masks.rle import mask2rle  # noqa: E402
 from testkit.ls_harness import Backend, free_port  # noqa: E402
+from testkit.proxy import ForwardingProxy  # noqa: E402
 
 SECRET = "adaptiveclick-webhook-secret-0123456789"
 H, W = 120, 160
@@ -127,34 +128,15 @@ class Forwarder:
 
     def __init__(self, port: int, target: str):
         self.calls: list[str] = []
-        forwarder = self
+        self.proxy = ForwardingProxy(
+            target, self._note, port=port, drop=("host", "content-length", "authorization"), timeout_s=120
+        ).start()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _forward(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                skip = ("host", "content-length", "authorization")
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
-                reply = requests.request(
-                    self.command, target + self.path, data=raw or None, headers=headers, timeout=120
-                )
-                forwarder.calls.append(f"{self.command} {self.path} -> {reply.status_code}")
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            do_GET = do_POST = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _note(self, method: str, path: str, headers: Any, raw: bytes, reply: requests.Response) -> None:
+        self.calls.append(f"{method} {path} -> {reply.status_code}")
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.proxy.stop()
 
 
 class Cvat:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import http.server
 import json
 import netrc
 import os
@@ -48,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from testkit.cvat_ui import decode_cvat_mask, ui_objects  # noqa: E402
 from testkit.ls_harness import Backend  # noqa: E402
+from testkit.proxy import ForwardingProxy  # noqa: E402
 
 SHARED = Path(os.environ.get("ADAPTIVECLICK_SHARED", REPO.parent / "shared"))
 IMAGES = ("GrabCut/images/124080.jpg", "Berkeley/images/42049.jpg")  # frame 0, frame 1
@@ -70,32 +70,7 @@ class Recorder:
     def __init__(self, target: str, port: int, images: dict[str, str]):
         self.target, self.calls, self.images = target, [], images
         self.lock = threading.Lock()
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _forward(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                reply = requests.request(
-                    self.command, target + self.path, data=raw or None, headers=headers, timeout=300
-                )
-                recorder.record(self.command, self.path, self.headers, raw, reply)
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            do_GET = do_POST = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.proxy = ForwardingProxy(target, self.record, port=port, http11=True).start()
 
     def record(self, method: str, path: str, headers: Any, raw: bytes, reply: requests.Response) -> None:
         body: Any = None
@@ -130,8 +105,7 @@ class Recorder:
             return [c for c in self.calls if c["path"].startswith("/api/function_invocations")]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.proxy.stop()
 
 
 def dashboard_password(cache: Path) -> tuple[str, str]:
