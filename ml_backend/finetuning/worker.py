@@ -40,6 +40,7 @@ import numpy as np
 
 from ..config import Settings, env_choice, env_float, env_int, env_probability
 from ..interactive.engine import base_version_name
+from ..jsonbody import loads
 from ..labelstudio.regions import MASK_RESULT_TYPES, RegionError, read_region
 from .model_store import (
     BASE,
@@ -173,7 +174,10 @@ class LabelStudioAPI:
                 )
             if resp.status_code >= 400:
                 raise RuntimeError(f"Label Studio answered {resp.status_code} for GET {path}: {resp.text[:300]}")
-            return resp.json()
+            try:
+                return loads(resp.content)
+            except (ValueError, RecursionError) as exc:  # NumberTooLarge, not JSON, nested too deeply
+                raise RuntimeError(f"Label Studio sent unusable JSON for GET {path}: {str(exc)[:200]}") from None
         raise RuntimeError("unreachable")  # pragma: no cover
 
     def project(self, project: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import requests
 
 from ..config import Settings
 from ..errors import BackendError
+from ..jsonbody import NumberTooLarge, loads
 from ..masks.polygons import hole_pixels, mask_to_polygons
 from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
@@ -86,7 +87,9 @@ class Summary:
 def parse_export(data: bytes, image_key: str | None = None) -> list[Task]:
     """Tasks of a Label Studio JSON export (``exportType=JSON``) that have an annotation that was not cancelled."""
     try:
-        raw = json.loads(data)
+        raw = loads(data)
+    except NumberTooLarge as exc:
+        raise ExportError(f"the export is refused: {exc}") from None
     except RecursionError:
         raise ExportError("the export is nested too deeply to be Label Studio's JSON export") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
