@@ -93,6 +93,9 @@ class Settings:
     max_image_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     fetch_timeout_s: float = 30.0
+    # --- `adaptiveclick export --project`: the project export downloaded from Label Studio ---
+    export_max_bytes: int = 1024 * 1024 * 1024
+    export_timeout_s: float = 600.0
     # --- HTTP server ---
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
@@ -150,6 +153,8 @@ class Settings:
             max_image_bytes=env_int(env, "MAX_IMAGE_MB", 64) * 1024 * 1024,
             max_image_pixels=int(env_float(env, "MAX_IMAGE_MEGAPIXELS", 64.0) * 1_000_000),
             fetch_timeout_s=env_float(env, "FETCH_TIMEOUT_S", 30.0),
+            export_max_bytes=env_int(env, "EXPORT_MAX_MB", 1024) * 1024 * 1024,
+            export_timeout_s=env_non_negative(env, "EXPORT_TIMEOUT_S", 600.0),
             basic_auth_user=env.get("BASIC_AUTH_USER", ""),
             basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
             max_request_bytes=env_int(env, "MAX_REQUEST_MB", 64) * 1024 * 1024,

@@ -274,7 +274,7 @@ def collect_annotations(
         masks = []
         for i, region in enumerate(annotation["result"]):
             try:
-                saved = read_region(region, f"task {task['id']} result[{i}]")
+                saved = read_region(region, f"task {task['id']} result[{i}]", fetcher.settings.max_image_pixels)
             except RegionError as exc:  # one bad region does not fail the task
                 log.warning("%s", exc)
                 continue

@@ -44,6 +44,7 @@ log = logging.getLogger("adaptiveclick.backend")
 LS_USER_AGENT = "heartex/"
 # PIL's Image.transpose methods that undo each EXIF orientation (EXIF-shown image -> stored pixels).
 _UNDO_ORIENTATION = {2: 0, 3: 3, 4: 1, 5: 5, 6: 2, 7: 6, 8: 4}
+MAX_REGIONS_PER_CLICK = 32  # saved regions (newest first) a click may be continuing; docs/security.md
 
 
 def make_frame(
@@ -145,6 +146,7 @@ def region_to_continue(
     holders = [h for h in holders if not h.get("was_cancelled")]
     holders.sort(key=lambda h: str(h.get("updated_at") or h.get("created_at") or ""), reverse=True)
     row, col = click[0], click[1]
+    read = 0
     for holder in holders:
         for result in reversed(holder["result"]):
             if not isinstance(result, dict) or result.get("type") != rtype or not isinstance(result.get("id"), str):
@@ -157,8 +159,12 @@ def region_to_continue(
                 continue
             if (result.get("item_index") or 0) != item_index:
                 continue
-            try:
-                saved = read_region(result, f"saved region {result['id']}", limit)
+            read += 1
+            if read > MAX_REGIONS_PER_CLICK:  # a draft can hold any number of regions; each costs a rasterisation
+                log.info("more than %d saved regions of this label: the rest are not continued", MAX_REGIONS_PER_CLICK)
+                return None
+            try:  # only at the frame's size: a region's claimed size is rasterised, so it must be this image's
+                saved = read_region(result, f"saved region {result['id']}", limit, {frame.size, frame.out_size})
             except RegionError:
                 continue  # a malformed region is not continued; the click starts a new object
             mask = saved.mask_at(frame.size[1], frame.size[0])
