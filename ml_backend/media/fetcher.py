@@ -194,6 +194,9 @@ LARGE_DECODE_PIXELS = 16_000_000
 LARGE_DECODES = 1
 _large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
 _ROWS_PER_BLOCK_PIXELS = 1 << 20  # 16-bit to 8-bit conversion in blocks of about this many pixels
+# What a labeling UI shows (browsers; JPEG includes MPO), plus TIFF and PPM (microscopy, datasets): Pillow's other readers (EPS runs
+# Ghostscript, PSD, DDS, FITS, ...) are never tried on bytes from a request.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "AVIF", "TIFF", "ICO", "PPM")
 _ADDRESS = re.compile(r"<[^<>]*>|\b0x[0-9a-fA-F]+\b|\d{40,}")
 
 
@@ -229,7 +232,7 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the task's image") -
     try:
         with warnings.catch_warnings():  # PIL's own warning threshold: the limit below is ours
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         with opened as im:
             width, height = im.size
             if width * height > max_pixels:
@@ -249,7 +252,9 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the task's image") -
         raise MediaError(f"{what} is too large to decode in the memory available", status=413) from None
     except Exception as exc:  # every decoder failure (also NotImplementedError, TypeError, ...) is the file's
         raise MediaError(
-            f"{what} could not be decoded ({short_reason(exc)}); is it an image file?", status=422
+            f"{what} could not be decoded ({short_reason(exc)}); is it an image file "
+            f"({', '.join(ACCEPTED_FORMATS[:-4])}, ...)?",
+            status=422,
         ) from None
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise MediaError(f"decoded image has an unusable shape {array.shape}", status=422)
@@ -270,7 +275,7 @@ def _pixels(im: Any, image_ops: Any) -> tuple[np.ndarray, int]:
     shown = image_ops.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
     if shown.mode != "RGB":
         if shown.mode in ("I;16", "I;16B", "I;16L", "I"):
-            shown = Image.fromarray(_gray8_of_16bit(shown), "L")
+            shown = Image.fromarray(_gray8_of_16bit(shown))
         shown = shown.convert("RGB")
     return np.asarray(shown), orientation
 
