@@ -194,8 +194,8 @@ LARGE_DECODE_PIXELS = 16_000_000
 LARGE_DECODES = 1
 _large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
 _ROWS_PER_BLOCK_PIXELS = 1 << 20  # 16-bit to 8-bit conversion in blocks of about this many pixels
-# What a labeling UI shows (browsers; JPEG includes MPO), plus TIFF and PPM (microscopy, datasets): Pillow's other readers (EPS runs
-# Ghostscript, PSD, DDS, FITS, ...) are never tried on bytes from a request.
+# What a labeling UI shows (browsers; JPEG includes MPO), plus TIFF and PPM (microscopy, datasets): Pillow's other
+# readers (EPS runs Ghostscript, PSD, DDS, FITS, ...) are never tried on bytes from a request.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "AVIF", "TIFF", "ICO", "PPM")
 _ADDRESS = re.compile(r"<[^<>]*>|\b0x[0-9a-fA-F]+\b|\d{40,}")
 
