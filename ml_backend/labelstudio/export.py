@@ -396,7 +396,8 @@ def _copy_image(
         data = read_image(task)
         extension, size = image_format(data, max_pixels)
     except (OSError, ExportError, BackendError) as exc:
-        summary.missing_images.append(f"{task.where}: {getattr(exc, 'message', None) or exc}")
+        name = _file_names(task.image_ref)[-1][:80]
+        summary.missing_images.append(f"{task.where} ({name}): {getattr(exc, 'message', None) or exc}")
         return f"{stem}{guessed}", None
     (image_dir / f"{stem}{extension}").write_bytes(data)
     summary.images += 1
