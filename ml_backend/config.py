@@ -83,6 +83,17 @@ def _session_store(raw: str) -> str:
     return value
 
 
+def auth_pair_problem(settings: Settings) -> str:
+    """Why a half-set basic-auth pair is refused (an empty password would be accepted on 0.0.0.0)."""
+    given, missing = (
+        ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if settings.basic_auth_user else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+    )
+    return (
+        f"{given} is set but {missing} is empty: set both (basic auth protects every route) or neither "
+        "(the backend then listens on 127.0.0.1 only)"
+    )
+
+
 @dataclasses.dataclass
 class Settings:
     # --- Label Studio access (media download) ---
@@ -142,6 +153,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        if bool(env.get("BASIC_AUTH_USER", "")) != bool(env.get("BASIC_AUTH_PASS", "")):
+            raise ValueError(auth_pair_problem(cls(basic_auth_user=env.get("BASIC_AUTH_USER", ""))))
         hosts = tuple(h.strip().lower() for h in env.get("MEDIA_ALLOWED_HOSTS", "").split(",") if h.strip())
         return cls(
             label_studio_url=env.get("LABEL_STUDIO_URL", env.get("LABEL_STUDIO_HOST", "")).strip(),
