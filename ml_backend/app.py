@@ -312,7 +312,7 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
-        body = await _json_body(request, settings.max_request_bytes)
+        body = backend.read(await _json_body(request, settings.max_request_bytes))  # 4xx when malformed
         needed = backend.image_to_fetch(body)
         if needed is not None:
             # Download first, on the download limiter's threads: a burst of slow image hosts then waits for those

@@ -13,6 +13,7 @@ from model.weights import PROJECT_WEIGHTS_DIR, STARTER_WEIGHTS
 # splits (benchmarks/polygon_tolerance.py, docs/export.md).
 POLYGON_TOLERANCE_PX = 0.75
 POLYGON_MIN_AREA_PX = 16  # parts smaller than a 4x4 speck get no polygon
+BURST_POLICIES = ("exact", "merged")
 
 
 def _bool(value: str | None, default: bool | None) -> bool | None:
@@ -135,6 +136,9 @@ class Settings:
     session_cache_mb: int = 2048
     session_ttl_s: float = 1800.0
     max_clicks: int = 100
+    # BURST_CLICKS: the clicks of a request that overtook older ones run one forward each ("exact": the mask of the
+    # same clicks made slowly) or in one forward ("merged"); docs/evaluation.md measures the trade
+    burst_clicks: str = "exact"
     prefetch_on_open: bool = True
     log_level: str = "INFO"
     # --- shared click states and the job queue of several workers/replicas (session_store, job_queue) ---
@@ -193,6 +197,7 @@ class Settings:
             session_cache_mb=env_int(env, "SESSION_CACHE_MB", 2048),
             session_ttl_s=env_float(env, "SESSION_TTL_S", 1800.0),
             max_clicks=env_int(env, "MAX_CLICKS", 100),
+            burst_clicks=env_choice(env, "BURST_CLICKS", "exact", BURST_POLICIES),
             prefetch_on_open=_bool(env.get("PREFETCH_ON_TASK_OPEN"), True),
             log_level=(env.get("LOG_LEVEL", "INFO").strip() or "INFO").upper(),
             session_store=_session_store(env.get("SESSION_STORE", "")),

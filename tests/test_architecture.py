@@ -1,7 +1,10 @@
-"""The layering: ``model/`` (the library) <- ``ml_backend/`` (the web adapter) <- ``cli/`` (the command line).
+"""The layering: ``model/`` (the library) <- ``ml_backend/`` (the serving layer) <- ``cli/`` (the command line).
 
 Each layer imports only the ones below it; the command line is the only place that parses arguments, ``model/``
-reads no environment variable, and nothing shipped imports the test support (``testkit``) or the tests."""
+reads no environment variable, and nothing shipped imports the test support (``testkit``) or the tests. Inside
+``ml_backend/``: the platform folders (``labelstudio/``, ``cvat/``) never import each other, the core
+(``interactive/``) and the shared parts (``media/``, ``masks/``) import no platform, and serving never reaches the
+fine-tuning worker or ``model.training``."""
 
 import ast
 import re
@@ -121,6 +124,53 @@ def test_no_two_modules_import_each_other():
     for name in sorted(graph):
         if name not in done:
             visit(name)
+
+
+PLATFORMS = ("ml_backend.labelstudio", "ml_backend.cvat")
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_ml_backend_is_laid_out_by_concern():
+    packages = sorted(p.parent.name for p in (REPO / "ml_backend").glob("*/__init__.py"))
+    assert packages == ["cvat", "finetuning", "interactive", "labelstudio", "masks", "media"]
+    shell = sorted(p.stem for p in (REPO / "ml_backend").glob("*.py") if p.stem != "__init__")
+    assert shell == ["app", "config", "errors", "jsonbody"], "the top holds the server shell only"
+
+
+def test_platform_folders_never_import_each_other():
+    for name, targets in _import_graph().items():
+        for platform in PLATFORMS:
+            if _in(name, platform):
+                other = [t for t in targets if any(_in(t, p) for p in PLATFORMS if p != platform)]
+                assert not other, f"{name} imports another platform: {other}"
+
+
+def test_the_core_and_the_shared_parts_import_no_platform():
+    neutral = ("ml_backend.interactive", "ml_backend.media", "ml_backend.masks")
+    for name, targets in _import_graph().items():
+        if any(_in(name, package) for package in neutral):
+            platform = [t for t in targets if any(_in(t, p) for p in PLATFORMS)]
+            assert not platform, f"{name} imports a platform: {platform}"
+        if _in(name, "ml_backend.media") or _in(name, "ml_backend.masks"):
+            core = [t for t in targets if _in(t, "ml_backend.interactive") or _in(t, "ml_backend.finetuning")]
+            assert not core, f"{name} (shared by everyone) imports {core}"
+
+
+def test_serving_never_reaches_the_finetuning_worker_or_training_code():
+    """What ``serve`` and the CVAT function import, followed through every import (lazy ones too), never loads the
+    worker (it trains in its own process) or ``model.training``."""
+    graph = _import_graph()
+    reached, pending = set(), ["ml_backend.app", "ml_backend.cvat.interactor"]
+    while pending:
+        for target in graph[pending.pop()] - reached:
+            reached.add(target)
+            pending.append(target)
+    assert "ml_backend.labelstudio.adapter" in reached and "ml_backend.finetuning.server" in reached
+    training = sorted(m for m in reached if _in(m, "ml_backend.finetuning.worker") or _in(m, "model.training"))
+    assert not training, f"serving imports training code: {training}"
 
 
 def test_only_the_command_line_parses_arguments():

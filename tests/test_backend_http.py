@@ -399,11 +399,13 @@ def _keypoint(x: float, y: float, positive: bool, n: int) -> dict:
     return region
 
 
-def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_one_forward():
+@pytest.mark.parametrize("policy", ["exact", "merged"])
+def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_by_the_burst_policy(policy):
     """Clicks faster than the model: requests 2 and 3 queue behind request 1; request 2 is answered at once
     without a forward (the editor shows only the reply to its newest request) and request 3 adds its two new
-    clicks in one forward: 3 clicks, 2 forwards."""
-    app = make_app(lambda: DiskPredictor(cost_ms=1200))
+    clicks one forward each (BURST_CLICKS=exact, the default: the mask of the three clicks made slowly) or in one
+    forward (merged)."""
+    app = make_app(lambda: DiskPredictor(cost_ms=1200), burst_clicks=policy)
     clicks = [_keypoint(52.0, 48.5, True, 1), _keypoint(40.0, 45.0, True, 2), _keypoint(8.5, 10.0, False, 3)]
     replies: dict[int, requests.Response] = {}
     with running_server(app) as url:
@@ -424,9 +426,17 @@ def test_a_burst_of_clicks_skips_the_superseded_requests_and_runs_the_newest_in_
     assert replies[1].headers["x-forwards"] == "1"
     assert replies[2].headers["x-forwards"] == "0" and replies[2].headers.get("x-superseded") == "1"
     assert replies[2].json()["results"][0]["result"] == []
-    assert replies[3].headers["x-forwards"] == "1" and "x-superseded" not in replies[3].headers
+    assert replies[3].headers["x-forwards"] == ("2" if policy == "exact" else "1")
+    assert "x-superseded" not in replies[3].headers
     mask = brush_mask(replies[3].json()["results"][0]["result"][0])
     assert mask[pixel(clicks[1])] == 255 and mask[pixel(clicks[2])] == 0
+    if policy == "exact":  # the stand-in's disks are the same either way: only exact's equality is the point
+        with TestClient(make_app()) as client:  # the same three clicks, one at a time
+            for n in (1, 2, 3):
+                payload = recorded("predict_interactive_1click")
+                payload["params"]["context"]["result"] = clicks[:n]
+                slow = client.post("/predict", json=payload)
+        assert brush_mask(slow.json()["results"][0]["result"][0]).tolist() == mask.tolist()
 
 
 def test_a_polygon_project_is_answered_with_closed_percent_polygons_that_match_the_mask():

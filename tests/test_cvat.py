@@ -221,14 +221,18 @@ def _interactor(settings: Settings | None = None) -> CvatInteractor:
     return CvatInteractor(InteractiveCore(settings, Engine(settings, factory=DiskPredictor, name="disk")))
 
 
-def test_two_new_clicks_in_one_request_cost_one_forward_in_a_documented_order():
-    cvat = _interactor()
+@pytest.mark.parametrize("policy", ["exact", "merged"])
+def test_two_new_clicks_in_one_request_run_by_the_burst_policy_in_a_documented_order(policy):
+    """BURST_CLICKS=exact (the default): one forward per new click, as if each had been answered; merged: one."""
+    settings = Settings.from_env({"BURST_CLICKS": policy})
+    cvat = _interactor(settings)
     b64 = png_b64(synthetic_image(200, 150))
     first, stats = _call(cvat, body(b64, [(100, 75)]))
     assert stats.forwards == 1
     # The user clicked twice while the first request was in flight: a negative and a positive arrive together.
     reply, stats = _call(cvat, body(b64, [(100, 75), (60, 70)], [(150, 40)]))
-    assert stats.forwards == 1 and stats.restored_prefix == 1  # continued the first click's mask, one forward
+    assert stats.forwards == (2 if policy == "exact" else 1)
+    assert stats.restored_prefix == 1  # continued the first click's mask
     session = next(iter(cvat.core.cache._sessions.values()))
     # positives before negatives, each in CVAT's list order, after the sequence already computed
     assert session.applied == ((75, 100, True), (70, 60, True), (40, 150, False))

@@ -298,3 +298,60 @@ def test_real_predictor_behind_two_backends_gives_the_single_process_masks(redis
             assert reply.status_code == 200 and reply.headers["x-forwards"] == "1", (k, reply.text[:300])
             assert rle_of(reply) == expected[k - 1], f"click {k}: the mask differs from one process's"
         assert a.app.state.backend.shared.restored + b.app.state.backend.shared.restored == n - 1
+
+
+SMART_BOX = '<RectangleLabels name="box" toName="image" smart="true"><Label value="Object"/></RectangleLabels>'
+
+
+def box_then_click_bodies() -> list[dict]:
+    """What the labeling UI sends for a box drawn around the ellipse, then a negative click inside it without the
+    box (Label Studio's editor sends the box once)."""
+    box = {
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "value": {"x": 15.0, "y": 10.0, "width": 70.0, "height": 80.0, "rectanglelabels": ["Object"]},
+        "id": "box1",
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+    }
+    bodies = []
+    for result in ([box], [keypoint(60, 100, False, W, H, 1)]):
+        body = predict_body(0)
+        body["label_config"] = LABEL_CONFIG.replace("</View>", SMART_BOX + "</View>")
+        body["params"]["context"]["result"] = result
+        bodies.append(body)
+    return bodies
+
+
+def test_a_box_then_a_click_on_another_process_gives_the_single_process_mask(redis_server, files, tmp_path):
+    """The remembered box lives in SESSION_STORE: the click after a box may land on a replica that never saw the
+    box and still refines the box's object."""
+    box_body, click_body = box_then_click_bodies()
+    settings = Settings.from_env({"LOCAL_FILES_DOCUMENT_ROOT": str(files)})
+    settings.no_traffic_warning_s = 0
+    with TestClient(create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))) as single:
+        boxed = rle_of(single.post("/predict", json=box_body))
+        expected = rle_of(single.post("/predict", json=click_body))
+    click_alone = Settings.from_env({"LOCAL_FILES_DOCUMENT_ROOT": str(files)})
+    click_alone.no_traffic_warning_s = 0
+    with TestClient(create_app(click_alone, engine=Engine(click_alone, factory=DiskPredictor, name="disk"))) as fresh:
+        unboxed = rle_of(fresh.post("/predict", json=click_body))
+    assert expected != boxed and expected != unboxed  # the click refines the box's mask, not a click-only object
+
+    env = _backend_env(files, redis_server.url)
+    backends = [BackendProcess(env, tmp_path / f"{name}.log") for name in ("a", "b")]
+    try:
+        for backend in backends:
+            backend.start()
+        reply = requests.post(backends[0].url + "/predict", json=box_body, timeout=60)
+        assert reply.status_code == 200 and rle_of(reply) == boxed, reply.text[:300]
+        reply = requests.post(backends[1].url + "/predict", json=click_body, timeout=60)
+        assert reply.status_code == 200, reply.text[:300]
+        assert rle_of(reply) == expected, "the click on the other process did not continue the box's object"
+        assert any(key.startswith(b"ac:box:") for key in redis_server.client().keys("ac:box:*"))
+        assert 0 < redis_server.client().pttl(redis_server.client().keys("ac:box:*")[0]) <= 1800 * 1000
+    finally:
+        for backend in backends:
+            backend.stop()

@@ -80,6 +80,9 @@ class _OneBlobStore:
     def get_longest(self, keys):
         return 0, self.blob
 
+    def get(self, key):  # the remembered box of an object
+        return True, ("[" + "9" * 400 + ", 1, 2, 3]").encode()
+
     def recent(self, key):
         return [b"[" * 100_000 + b"]" * 100_000, b"[[1e400, 2, true]]", json.dumps([[10**30, 2, True]]).encode()]
 
@@ -96,3 +99,4 @@ def test_a_tampered_state_in_the_store_is_a_miss_for_the_click(predictor_and_blo
         assert shared.restore(session, clicks, "v1", RunStats()) is None, name
         # The remembered click orders are read the same way: the unreadable ones are left out, none raises.
         assert shared.known_sequences(session, "v1") == [((10**30, 2, True),)]
+        assert shared.recall_box(("p", 1, name)) == (True, None)  # a box of a 400-digit number is no box

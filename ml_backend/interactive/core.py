@@ -1,10 +1,12 @@
 """The platform-neutral core: an image, clicks and an object key in; a mask (encoded as the platform wants) out.
 
-Label Studio (``service.py``) and CVAT (``cvat.py``) are thin adapters on it: each parses its platform's request
-into a :class:`Frame`, the clicks in that frame's pixels and an object key, and formats what :meth:`segment`
-returns. Everything that makes a click cheap and safe lives here once: the decoded-image cache (one fetch or decode
-per image, even for concurrent requests), the per-object sessions with the predictor state after every click
-prefix, the shared store (``SESSION_STORE``), ``MAX_CLICKS``, the engine's lock and hot swaps.
+Label Studio (``labelstudio/adapter.py``) and CVAT (``cvat/interactor.py``) are thin adapters on it: each reads its
+platform's request into a :class:`Frame`, the clicks in that frame's pixels and an object key, and formats what
+:meth:`InteractiveCore.segment` returns. Everything that makes a click cheap and safe lives here once: the
+decoded-image cache (one fetch or decode per image, even for concurrent requests), the per-object sessions with the
+predictor state after every click prefix, the box an object started from, all shared between replicas through
+``SESSION_STORE``, ``MAX_CLICKS``, requests overtaken by newer ones (``BURST_CLICKS``), the engine's lock and hot
+swaps.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ..media.fetcher import DecodedImage
 from .engine import Engine
 from .session_store import shared_states
 from .sessions import Click, RunStats, Session, SessionCache, order_clicks
+
+Box = tuple[float, float, float, float]  # a box as the platform gave it (Label Studio: x, y, width, height in %)
 
 if TYPE_CHECKING:
     from model.interactive import InteractivePredictor
@@ -92,6 +96,32 @@ class InteractiveCore:
         # request was answered as superseded since the object last ran (its newest then runs its clicks together).
         self._queue: collections.OrderedDict[Hashable, _ObjectQueue] = collections.OrderedDict()
         self._queue_lock = threading.Lock()
+        self._boxes: collections.OrderedDict[Hashable, tuple[Box, float]] = collections.OrderedDict()  # box, expiry
+
+    # --- boxes ----------------------------------------------------------------------------------
+
+    def remember_box(self, where: Hashable, box: Box) -> None:
+        """Keep the box an object starts from under ``where``, for the requests that carry its clicks without it
+        (Label Studio's editor sends the box once): in this process and in ``SESSION_STORE``, with the sessions'
+        TTL, so the click after a box finds it on any replica."""
+        with self._queue_lock:
+            self._boxes[where] = (box, time.monotonic() + self.settings.session_ttl_s)
+            self._boxes.move_to_end(where)
+            while len(self._boxes) > MAX_QUEUED_OBJECTS:
+                self._boxes.popitem(last=False)
+        if self.shared is not None:
+            self.shared.remember_box(where, box)
+
+    def recall_box(self, where: Hashable) -> Box | None:
+        """The box last remembered under ``where``: the shared store's when there is one (another replica may
+        have seen a newer box), else, or while the store is down, this process's."""
+        if self.shared is not None:
+            found, box = self.shared.recall_box(where)
+            if found:
+                return box
+        with self._queue_lock:
+            entry = self._boxes.get(where)
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
     # --- images ---------------------------------------------------------------------------------
 
@@ -202,9 +232,12 @@ class InteractiveCore:
         """The object ``key``'s mask after ``clicks`` (``(row, col, positive)`` in ``frame``'s pixels), encoded.
 
         ``ordered=False``: ``clicks`` is a set whose order was lost (positives and negatives sent apart); it
-        continues the longest sequence already computed for this object, and its new clicks run in one forward.
+        continues the longest sequence already computed for this object, and its new clicks follow in a fixed
+        order (``sessions.order_clicks``).
         ``supersede``: a request that waited for the model while a newer one for the same object arrived raises
-        :class:`Superseded` without a forward, and the newest runs all its new clicks in one forward.
+        :class:`Superseded` without a forward; the newest runs all its new clicks, one forward each
+        (``BURST_CLICKS=exact``: the mask of the same clicks made one at a time) or together in one forward
+        (``merged``).
         ``seed``: an existing mask (bool, in ``frame``'s pixels) the object continues; ``key`` must name it, since
         a session keeps the seed it was created with.
         ``encode`` turns the bool mask into what the platform sends; its result is cached per click sequence,
@@ -219,7 +252,8 @@ class InteractiveCore:
             together_from = None
             sequence = tuple(clicks)
             if not ordered:
-                sequence, together_from = self._order(session, clicks, version)
+                sequence, known = self._order(session, clicks, version)
+                together_from = known if self.settings.burst_clicks == "merged" else None
             cached = session.cached_result(sequence)
             if cached is not None:
                 stats.result_hit = True
@@ -273,15 +307,16 @@ class InteractiveCore:
                 queue.waiting -= 1
 
     def _supersede(self, place: tuple[_ObjectQueue, int], together_from: int | None) -> int | None:
-        """Under the engine lock: raise :class:`Superseded` when a newer request for the object exists; the newest
-        runs its new clicks together (from index 0: whatever the session holds) when it superseded any."""
+        """Under the engine lock: raise :class:`Superseded` when a newer request for the object exists; with
+        ``BURST_CLICKS=merged`` the newest runs its new clicks together (from index 0: whatever the session holds)
+        when it superseded any."""
         queue, number = place
         with self._queue_lock:
             if number != queue.newest:
                 queue.superseded = True
                 raise Superseded(f"request {number} was superseded by request {queue.newest} for the same object")
             burst, queue.superseded = queue.superseded or queue.waiting > 1, False
-        return 0 if burst else together_from
+        return 0 if burst and self.settings.burst_clicks == "merged" else together_from
 
 
 @dataclasses.dataclass

@@ -11,6 +11,9 @@ Platforms that send click sets without their order (CVAT) also need the order a 
 also push the click sequence onto ``ac:state:<namespace>:<session>:sequences`` (the newest 32, same TTL), which a
 worker new to the object reads to continue the longest of them (``sessions.order_clicks``).
 
+The box an object started from (Label Studio's editor sends it once, then clicks without it) is kept under
+``ac:box:<where hash>`` as JSON, with the same TTL, so the click after a box may land on any replica.
+
 Keys: ``ac:state:<namespace>:<session>:<k>:<prefix hash>``. The namespace hashes the served model version and
 the predictor's settings (``state_tag``), so a hot-swapped model or a replica with other settings never reuses
 another's states; the session part hashes the session key (project, task, image URL, item, labels, frame).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +45,7 @@ from .sessions import Click, RunStats, Session, is_box
 
 log = logging.getLogger("adaptiveclick.backend")
 KEY_PREFIX = "ac:state"
+BOX_PREFIX = "ac:box"
 RECENT_SEQUENCES = 32  # click sequences remembered per object for platforms that send click sets
 
 
@@ -172,6 +177,15 @@ class RedisStates:
 
         return self._call(put)[0]
 
+    def get(self, key: str) -> tuple[bool, bytes | None]:
+        """(reachable, the value of ``key`` or None)."""
+        ok, value = self._call(lambda: self.client.get(key))
+        return ok, None if value is None else bytes(value)
+
+    def put(self, key: str, value: bytes) -> bool:
+        """Store one value with the TTL; False when the store is unavailable."""
+        return self._call(lambda: self.client.set(key, value, px=self.ttl_ms))[0]
+
     def recent(self, key: str) -> list[bytes]:
         """The list ``key``, newest first ([] when absent or the store is unavailable)."""
         ok, values = self._call(lambda: self.client.lrange(key, 0, -1))
@@ -302,6 +316,21 @@ class SharedStates:
         if self.store.put_many(items, recent):
             self.published += len(items)
         stats.store_ms += (time.perf_counter() - t0) * 1000
+
+    def remember_box(self, where: Any, box: tuple[float, ...]) -> None:
+        self.store.put(f"{BOX_PREFIX}:{_digest(where, 32)}", json.dumps([float(v) for v in box]).encode())
+
+    def recall_box(self, where: Any) -> tuple[bool, tuple[float, float, float, float] | None]:
+        """(the store answered, the box remembered under ``where`` or None); a value that is not four finite
+        numbers is no box."""
+        ok, raw = self.store.get(f"{BOX_PREFIX}:{_digest(where, 32)}")
+        if not ok or raw is None:
+            return ok, None
+        try:
+            box = tuple(float(v) for v in json.loads(raw))
+        except (ValueError, TypeError, RecursionError, OverflowError):  # OverflowError: a 400-digit integer
+            return True, None
+        return True, box if len(box) == 4 and all(math.isfinite(v) for v in box) else None
 
     def known_sequences(self, session: Session, version: str) -> list[tuple[Click, ...]]:
         """The click sequences other workers computed for this object (newest first), for a click set that

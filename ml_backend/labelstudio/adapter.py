@@ -1,11 +1,12 @@
 """The Label Studio adapter: what each ML-backend protocol call does (``app.py`` wires it to routes).
 
-It parses Label Studio's requests (the labeling config, the task's image URL, the smart keypoints) and formats the
-brush regions; images, sessions and the model are the platform-neutral core's (``core.py``)."""
+A ``/predict`` body is read once into a :class:`~.predict_request.PredictRequest` (``predict_request.py``); this
+module turns it into the core's terms (the frame, clicks in pixels, the object's key, its box or the saved region
+it continues) and formats the core's mask with ``predict_request.answer_regions``. Images, sessions and the model
+are the platform-neutral core's (``interactive/core.py``)."""
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -19,24 +20,16 @@ from typing import Any
 import numpy as np
 
 from ..config import Settings
-from ..errors import BackendError, BadRequest, ConfigError
+from ..errors import BackendError, BadRequest
 from ..finetuning.server import FinetuneServer, finetune_enabled
 from ..interactive.core import Frame, InteractiveCore, Superseded, image_key
 from ..interactive.engine import Engine
 from ..interactive.session_store import SharedStates
 from ..interactive.sessions import Click, RunStats, SessionCache, box_prompt
-from ..masks.polygons import polygon_regions
 from ..masks.rle import mask2rle
 from ..media.fetcher import DecodedImage, MediaFetcher
-from .labeling_config import (
-    ClickSet,
-    LabelConfig,
-    OutputTag,
-    brush_region,
-    extract_clicks,
-    parse_label_config,
-    project_id,
-)
+from .labeling_config import ClickSet, LabelConfig, parse_label_config, project_id
+from .predict_request import ClickRequest, PredictRequest, answer_regions, read_predict
 from .regions import RegionError, read_region
 
 log = logging.getLogger("adaptiveclick.backend")
@@ -133,64 +126,28 @@ class SavedRegion:
     digest: str  # names the mask in the session key
 
 
-def region_to_continue(
-    task: dict[str, Any], output: OutputTag, image_name: str, item_index: int, click: Click, frame: Frame, limit: int
-) -> SavedRegion | None:
-    """The saved region the first click lies in, of the label and output tag the answer goes to
-    (docs/labeling_ui.md): from the task's drafts and annotations (not cancelled ones), newest first (Label Studio
-    autosaves the annotation being edited as a draft); within one, the last such region in its result, which is
-    the newest and the one the editor draws on top."""
-    rtype = "brushlabels" if output.kind == "brush" else "polygonlabels"
-    holders = [h for key in ("drafts", "annotations") if isinstance(task.get(key), list) for h in task[key]]
-    holders = [h for h in holders if isinstance(h, dict) and isinstance(h.get("result"), list)]
-    holders = [h for h in holders if not h.get("was_cancelled")]
-    holders.sort(key=lambda h: str(h.get("updated_at") or h.get("created_at") or ""), reverse=True)
+def region_to_continue(request: ClickRequest, click: Click, frame: Frame, limit: int) -> SavedRegion | None:
+    """The first of the request's saved regions (``predict_request.saved_regions``: the preferred first) that
+    ``click`` lies in, with its mask in the frame; malformed ones are skipped (the click starts a new object)."""
     row, col = click[0], click[1]
-    read = 0
-    for holder in holders:
-        for result in reversed(holder["result"]):
-            if not isinstance(result, dict) or result.get("type") != rtype or not isinstance(result.get("id"), str):
-                continue
-            value = result.get("value")
-            labels = value.get(rtype) if isinstance(value, dict) else None
-            if (result.get("from_name"), result.get("to_name")) != (output.from_name, image_name):
-                continue
-            if not isinstance(labels, list) or output.label not in labels:
-                continue
-            if (result.get("item_index") or 0) != item_index:
-                continue
-            read += 1
-            if read > MAX_REGIONS_PER_CLICK:  # a draft can hold any number of regions; each costs a rasterisation
-                log.info("more than %d saved regions of this label: the rest are not continued", MAX_REGIONS_PER_CLICK)
-                return None
-            try:  # only at the frame's size: a region's claimed size is rasterised, so it must be this image's
-                saved = read_region(result, f"saved region {result['id']}", limit, {frame.size, frame.out_size})
-            except RegionError:
-                continue  # a malformed region is not continued; the click starts a new object
-            mask = saved.mask_at(frame.size[1], frame.size[0])
-            if mask[row, col]:
-                digest = hashlib.sha1(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()[:16]
-                return SavedRegion(result["id"], mask, digest)
+    for read, result in enumerate(request.saved):
+        if read >= MAX_REGIONS_PER_CLICK:  # a draft can hold any number of regions; each costs a rasterisation
+            log.info("more than %d saved regions of this label: the rest are not continued", MAX_REGIONS_PER_CLICK)
+            return None
+        try:  # only at the frame's size: a region's claimed size is rasterised, so it must be this image's
+            saved = read_region(result, f"saved region {result['id']}", limit, {frame.size, frame.out_size})
+        except RegionError:
+            continue  # a malformed region is not continued; the click starts a new object
+        mask = saved.mask_at(frame.size[1], frame.size[0])
+        if mask[row, col]:
+            digest = hashlib.sha1(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()[:16]
+            return SavedRegion(result["id"], mask, digest)
     return None
 
 
 def _url_key(url: Any) -> tuple[str, str]:
     """The image cache's key for a task image URL."""
     return image_key(url if isinstance(url, str) else repr(url))
-
-
-def _image_name(clickset: ClickSet, config: LabelConfig) -> str:
-    """The <Image> tag the clicks were made on (the first one when they name none of the config's)."""
-    return clickset.to_name if clickset.to_name in config.images else next(iter(config.images), "")
-
-
-def _task_id(task: dict[str, Any], where: str) -> int | None:
-    tid = task.get("id")
-    if tid is None:
-        return None
-    if isinstance(tid, bool) or not isinstance(tid, int):
-        raise BadRequest(f"{where}.id must be an integer")
-    return tid
 
 
 class Backend:
@@ -202,7 +159,6 @@ class Backend:
         self._lock = threading.Lock()
         self._prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._prefetch_pending = 0
-        self._boxes: collections.OrderedDict[tuple, tuple[float, float, float, float]] = collections.OrderedDict()
         self._schemas: dict[str, str] = {}
         self._reported_configs: set[int] = set()
         self.started = time.time()
@@ -319,84 +275,36 @@ class Backend:
 
     # --- /predict ------------------------------------------------------------------------------
 
-    def predict(self, body: Any, cancelled: threading.Event | None = None) -> tuple[dict[str, Any], RunStats]:
-        """Answer a /predict body; ``cancelled`` (set when the client disconnects) stops the click loop."""
+    def read(self, body: Any) -> PredictRequest:
+        """A ``/predict`` body read once (``predict_request.read_predict``); ``BadRequest`` when malformed."""
+        return read_predict(body, self._schemas, self.settings.output_shape, self._report_config)
+
+    def predict(
+        self, request: PredictRequest, cancelled: threading.Event | None = None
+    ) -> tuple[dict[str, Any], RunStats]:
+        """Answer a ``/predict`` request; ``cancelled`` (set when the client disconnects) stops the click loop."""
         stats = RunStats() if cancelled is None else RunStats(cancelled=cancelled)
-        if not isinstance(body, dict):
-            raise BadRequest("the /predict body must be a JSON object")
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise BadRequest('the /predict body needs "tasks": a non-empty list of task objects')
-        for i, task in enumerate(tasks):
-            if not isinstance(task, dict):
-                raise BadRequest(f"tasks[{i}] must be an object")
-            if not isinstance(task.get("data"), dict):
-                raise BadRequest(f"tasks[{i}].data must be an object")
-            _task_id(task, f"tasks[{i}]")
-        params = body.get("params")
-        if params is not None and not isinstance(params, dict):
-            raise BadRequest("params must be an object or null")
-        context = (params or {}).get("context")
-        if context is not None and not isinstance(context, dict):
-            raise BadRequest("params.context must be an object or null")
-        project = project_id(body.get("project"))
-        label_config = body.get("label_config")
-        if label_config is not None and not isinstance(label_config, str):
-            raise BadRequest("label_config must be a string")
-        if not label_config:
-            label_config = self._schemas.get(project)
         version = self.engine.model_version
         empty = {"result": [], "score": 0.0, "model_version": version}
-
-        if context is None:  # task open / batch: no clicks, answer at once
-            if self.settings.prefetch_on_open and len(tasks) == 1 and label_config:
-                self._prefetch_image(tasks[0], label_config)
-            return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
-
-        if not label_config:
-            raise BadRequest("label_config is missing from the request and no /setup was received for this project")
-        config = parse_label_config(label_config)
-        self._report_config(label_config, config, project)
-        clickset = extract_clicks(context.get("result"), config)
-        if clickset is None or not (clickset.clicks or clickset.box):
-            return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
+        if request.click is None:  # a task opened, a batch, or nothing to answer: at once
+            if request.prefetch is not None and self.settings.prefetch_on_open:
+                self._prefetch_image(*request.prefetch)
+            return {"results": [dict(empty) for _ in range(request.tasks)], "model_version": version}, stats
         try:
-            regions, score = self._interactive(tasks[0], clickset, config, project, stats)
+            regions, score = self._interactive(request.click, stats)
         except Superseded as exc:  # the editor shows only the reply to its newest request: nothing to compute
-            log.debug("task %s: %s", tasks[0].get("id"), exc)
+            log.debug("task %s: %s", request.click.task_id, exc)
             stats.superseded = True
-            return {"results": [dict(empty) for _ in tasks], "model_version": version}, stats
+            return {"results": [dict(empty) for _ in range(request.tasks)], "model_version": version}, stats
         self.predictions += 1
         first = {"result": regions, "score": score, "model_version": version}
-        return {"results": [first] + [dict(empty) for _ in tasks[1:]], "model_version": version}, stats
-
-    def _image_url(self, task: dict[str, Any], config: LabelConfig, image_name: str, item_index: int) -> Any:
-        tag = config.images.get(image_name)
-        if tag is None:
-            if not config.images:
-                raise ConfigError("the labeling config has no <Image> tag")
-            tag = next(iter(config.images.values()))
-        data = task["data"]
-        if tag.data_key not in data:
-            keys = ", ".join(sorted(map(str, data))[:10])
-            raise BadRequest(
-                f'task {task.get("id")} has no data field "{tag.data_key}" (the Image tag reads '
-                f"${tag.data_key}; the task has: {keys})"
-            )
-        value = data[tag.data_key]
-        if tag.multi or isinstance(value, list):
-            if not isinstance(value, list) or not value:
-                raise BadRequest(f'task data "{tag.data_key}" must be a non-empty list of image URLs (valueList)')
-            if item_index >= len(value):
-                raise BadRequest(f"item_index {item_index} is out of range for {len(value)} images")
-            value = value[item_index]
-        return value
+        return {"results": [first] + [dict(empty) for _ in range(request.tasks - 1)], "model_version": version}, stats
 
     def _load_image(self, url: Any, task_id: int | None, stats: RunStats | None = None) -> DecodedImage:
         """The task's decoded image, from the core's cache or fetched once (``MediaFetcher``: limits, auth)."""
 
         def fetch() -> DecodedImage:
-            image = self.fetcher.load(url, task_id)  # bounded by FETCH_TIMEOUT_S (a deadline, see media.py)
+            image = self.fetcher.load(url, task_id)  # bounded by FETCH_TIMEOUT_S (a deadline, see media/fetcher.py)
             log.info(
                 "fetched %s (%dx%d, %.0f ms fetch + %.0f ms decode)",
                 str(url)[:120],
@@ -408,28 +316,13 @@ class Backend:
 
         return self.core.image(_url_key(url), fetch, stats)
 
-    def image_to_fetch(self, body: Any) -> tuple[Any, Any] | None:
-        """``(url, task id)`` of the image a click request needs and the cache lacks, else ``None``.
-
-        Lets the server download it before the request takes a request thread (app.py); malformed bodies give
-        ``None`` here and their error from :meth:`predict`.
-        """
-        try:
-            tasks, context = body["tasks"], body["params"]["context"]
-            task = tasks[0]
-            label_config = body.get("label_config") or self._schemas.get(project_id(body.get("project")))
-            if not isinstance(context, dict) or not isinstance(task, dict) or not isinstance(label_config, str):
-                return None
-            config = parse_label_config(label_config)
-            clickset = extract_clicks(context.get("result"), config)
-            if clickset is None or not (clickset.clicks or clickset.box):
-                return None
-            image_name = _image_name(clickset, config)
-            url = self._image_url(task, config, image_name, clickset.item_index)
-        except (BackendError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
+    def image_to_fetch(self, request: PredictRequest) -> tuple[Any, Any] | None:
+        """``(url, task id)`` of the image a click request needs and the cache lacks, else ``None``: lets the
+        server download it before the request takes a request thread (app.py)."""
+        click = request.click
+        if click is None or self.core.has_image(_url_key(click.image_url)):
             return None
-        key = _url_key(url)
-        return None if self.core.has_image(key) else (url, task.get("id"))
+        return click.image_url, click.task_id
 
     def fetch_image(self, url: Any, task_id: Any) -> None:
         """Download and cache an image (errors surface again, with their status, in the request that needs it)."""
@@ -438,17 +331,9 @@ class Backend:
         except BackendError:
             pass
 
-    def _prefetch_image(self, task: dict[str, Any], label_config: str) -> None:
+    def _prefetch_image(self, task_id: int | None, url: Any) -> None:
         """Warm the image cache when a task opens, so the first click does not wait for the download."""
-        try:
-            config = parse_label_config(label_config)
-            if not config.images or not config.keypoints:
-                return
-            url = self._image_url(task, config, next(iter(config.images)), 0)
-        except BackendError:
-            return
-        key = _url_key(url)
-        if self.core.has_image(key):
+        if self.core.has_image(_url_key(url)):
             return
         with self._lock:
             if self._prefetch_pending >= 4:  # the annotator cannot open tasks faster than this
@@ -457,50 +342,37 @@ class Backend:
 
         def run() -> None:
             try:
-                self._load_image(url, task.get("id"))
+                self._load_image(url, task_id)
             except BackendError as exc:
-                log.warning("prefetch of task %s's image failed: %s", task.get("id"), exc.message)
+                log.warning("prefetch of task %s's image failed: %s", task_id, exc.message)
             except Exception:
-                log.exception("prefetch of task %s's image failed", task.get("id"))
+                log.exception("prefetch of task %s's image failed", task_id)
             finally:
                 with self._lock:
                     self._prefetch_pending -= 1
 
         self._prefetch.submit(run)
 
-    def _box_of(self, clickset: ClickSet, where: tuple) -> tuple[float, float, float, float] | None:
-        """The box the clicks refine: the request's smart rectangle (remembered for ``where``: project, task,
-        image, item, label), else the one remembered there when the first click lies inside it, because the
-        labeling UI may send the keypoints after a box without the box."""
-        if clickset.box is not None:
-            with self._lock:
-                self._boxes[where] = clickset.box
-                self._boxes.move_to_end(where)
-                while len(self._boxes) > 10_000:
-                    self._boxes.popitem(last=False)
-            return clickset.box
-        with self._lock:
-            box = self._boxes.get(where)
-        if box is None or not clickset.clicks:
+    def _box_of(self, click: ClickRequest) -> tuple[float, float, float, float] | None:
+        """The box the clicks refine: the request's smart rectangle (remembered by the core, shared between
+        replicas), else the one remembered for this image and label when the first click lies inside it, because
+        the labeling UI sends the keypoints after a box without the box."""
+        clicks = click.clicks
+        if clicks.box is not None:
+            self.core.remember_box(click.box_key, clicks.box)
+            return clicks.box
+        box = self.core.recall_box(click.box_key) if clicks.clicks else None
+        if box is None:
             return None
         x, y, w, h = box
-        first = clickset.clicks[0]
+        first = clicks.clicks[0]
         return box if x <= first.x <= x + w and y <= first.y <= y + h else None
 
-    def _interactive(
-        self, task: dict[str, Any], clickset: ClickSet, config: LabelConfig, project: str, stats: RunStats
-    ) -> tuple[list[dict[str, Any]], float]:
+    def _interactive(self, click: ClickRequest, stats: RunStats) -> tuple[list[dict[str, Any]], float]:
         """The regions answering the clicks: one brush mask, or one polygon per part of the mask, as the clicked
         label's output tag is BrushLabels or PolygonLabels (``OUTPUT_SHAPE`` decides when the config has both)."""
-        image_name = _image_name(clickset, config)
-        try:
-            output = config.output_for(image_name, clickset.label, self.settings.output_shape)
-        except ConfigError as exc:
-            log.error("cannot answer the click on task %s: %s", task.get("id"), exc.message)
-            return [], 0.0
-        task_id = task.get("id")
-        url = self._image_url(task, config, image_name, clickset.item_index)
-        decoded = self._load_image(url, task_id, stats)
+        clickset = click.clicks
+        decoded = self._load_image(click.image_url, click.task_id, stats)
         frame = make_frame(
             decoded,
             clickset.original_width,
@@ -509,8 +381,8 @@ class Backend:
             self.settings.max_image_pixels,
         )
         clicks = clicks_to_pixels(clickset, frame)
-        key = (project, task_id, str(url), clickset.item_index, clickset.from_name, clickset.label, frame.key)
-        box = self._box_of(clickset, key[:4] + (clickset.label,))
+        key = (*click.object_key, frame.key)
+        box = self._box_of(click)
         box_key = prompt = None
         if box is not None:
             w, h = frame.size
@@ -524,41 +396,26 @@ class Backend:
             started = self.core.knows_prefix(key, clicks[:1])
             started = started or (box_key is not None and self.core.knows_prefix(box_key, (prompt, clicks[0])))
             if not started:
-                limit = self.settings.max_image_pixels
-                region = region_to_continue(task, output, image_name, clickset.item_index, clicks[0], frame, limit)
+                region = region_to_continue(click, clicks[0], frame, self.settings.max_image_pixels)
         if region is not None:  # an accepted region's object: its own session, seeded with the region's mask
             key = key[:4] + ("region", clickset.label, frame.key, region.digest)
         elif box_key is not None:  # a box object: its own session, whose every click sequence starts with the box
             key = box_key
             clicks = (prompt, *clicks)
         # The cached answer per click sequence: the brush RLE, or the mask's bits (polygons are made from it).
-        encode = functools.partial(encode_mask, out_size=frame.out_size) if output.kind == "brush" else np.packbits
+        brush = click.output.kind == "brush"
+        encode = functools.partial(encode_mask, out_size=frame.out_size) if brush else np.packbits
         seed = None if region is None else region.mask
         result = self.core.segment(key, frame, clicks, encode, stats, supersede=True, seed=seed)
-        multi = getattr(config.images.get(image_name), "multi", False)
-        common = {
-            "from_name": output.from_name,
-            "to_name": image_name,
-            "label": output.label,
-            "rotation": clickset.image_rotation,
-            "score": result.score,
-            "item_index": clickset.item_index if multi else None,
-        }
-        width, height = frame.out_size
-        if output.kind == "brush":
-            answer = brush_region(rle=result.encoded.tolist(), width=width, height=height, **common)
-            if region is not None and result.seeded:  # the editor replaces the region of that id on accepting
-                answer["id"] = region.id
-            return [answer], result.score
-        mask = np.unpackbits(result.encoded, count=frame.size[0] * frame.size[1]).reshape(frame.size[::-1])
-        regions = polygon_regions(
-            mask=mask.view(bool),
-            tolerance_px=self.settings.polygon_tolerance_px,
-            min_area_px=self.settings.polygon_min_area_px,
-            **common,
+        continued = region.id if region is not None and result.seeded else None
+        regions = answer_regions(
+            click,
+            result.encoded,
+            result.score,
+            frame.size,
+            frame.out_size,
+            continued,
+            self.settings.polygon_tolerance_px,
+            self.settings.polygon_min_area_px,
         )
-        for polygon in regions:  # points are in percent; the size is the one the labeling UI reported
-            polygon["original_width"], polygon["original_height"] = width, height
-        if region is not None and result.seeded and regions:  # the largest part (first) takes the region's id
-            regions[0]["id"] = region.id
         return regions, result.score
