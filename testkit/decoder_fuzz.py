@@ -114,10 +114,15 @@ def mutants(seed: int, count: int | None = None) -> Iterator[tuple[str, bytes]]:
 
 
 def run(
-    decode: Callable[[bytes], object], seed: int, count: int | None, budget_s: float
+    decode: Callable[[bytes], object],
+    seed: int,
+    count: int | None,
+    budget_s: float,
+    slow: list[tuple[float, str, bytes]] | None = None,
 ) -> tuple[int, Counter, list[tuple[str, str]]]:
     """Decode mutants until ``count`` or ``budget_s``: (inputs tried, outcome counts, failures). An outcome is
-    ``ok``, or the HTTP status of the ``BackendError`` raised; anything else is a failure (name, exception)."""
+    ``ok``, or the HTTP status of the ``BackendError`` raised; anything else is a failure (name, exception).
+    ``slow`` collects ``(seconds, name, input)`` of the inputs that took over a second."""
     from ml_backend.errors import BackendError
 
     outcomes: Counter = Counter()
@@ -130,6 +135,7 @@ def run(
             if time.monotonic() > deadline:
                 break
             tried += 1
+            started = time.monotonic()
             try:
                 decode(data)
                 outcomes["ok"] += 1
@@ -140,4 +146,7 @@ def run(
             except Exception as exc:  # what the decoder let through: a 500 in the server
                 outcomes["uncaught"] += 1
                 failures.append((name, f"{type(exc).__name__}: {str(exc)[:200]}"))
+            took = time.monotonic() - started
+            if slow is not None and took > 1.0:
+                slow.append((took, name, data))
     return tried, outcomes, failures
