@@ -10,7 +10,8 @@ and the wall time. Cases:
 * ``decode``: ``decode_image`` of an 8-bit RGB PNG at 16, 32, 48 and 64 MP, a 16-bit grey PNG at 64 MP, and two
   64 MP decodes at once (the large-decode slot makes them take turns);
 * ``regions``: a brush RLE whose header claims 4 GB, a 16-byte RLE claiming 16 MP, a real 64 MP brush region, a
-  polygon claiming 8000x8000 on a 481x321 frame (refused) and one rasterised at 64 MP;
+  polygon claiming 8000x8000 on a 481x321 frame (refused) and one rasterised at 64 MP, and a 256 MB project export
+  of brush regions parsed (``EXPORT_MAX_MB``: the peak scales with it);
 * ``predict``: one ``/predict`` click of the shipped starter on an image of the given megapixels (decode, frame,
   model, RLE), through the real app.
 """
@@ -131,6 +132,15 @@ def case(name: str, arg: str) -> dict:
                   "value": {"points": [[5, 5], [95, 8], [60, 95]], "polygonlabels": ["x"]}}  # fmt: skip
         sizes = {(481, 321)} if name == "polygon-other-size" else None
         return measure(lambda: read_region(result, "polygon", 64_000_000, sizes).mask.shape)
+    if name == "export-parse":  # a project export of ARG MB of brush RLE (what --project downloads), parsed
+        from ml_backend.labelstudio.export import parse_export
+
+        rle = json.dumps(list(range(256)) * 400)  # ~100 KB of JSON per region
+        task = '{"id": %d, "data": {"image": "a.png"}, "annotations": [{"id": 1, "result": [{"type": "brushlabels",'
+        task += ' "original_width": 10, "original_height": 10, "value": {"rle": ' + rle + ', "brushlabels": ["x"]}}]}]}'
+        count = int(float(arg) * MB / len(task))
+        data = ("[" + ",".join(task % i for i in range(count)) + "]").encode()
+        return measure(lambda: len(parse_export(data)))
     if name == "predict":
         return _predict(float(arg))
     raise SystemExit(f"unknown case {name}")
@@ -191,7 +201,7 @@ def main() -> int:
         plan += [("decode", mp) for mp in ("16", "32", "48", "64")] + [("decode16", "64"), ("decode2", "64")]
     if "regions" in groups:
         plan += [("rle-bomb", "-"), ("rle-short", "-"), ("rle-real", "16"), ("rle-real", "64")]
-        plan += [("polygon-other-size", "-"), ("polygon", "64")]
+        plan += [("polygon-other-size", "-"), ("polygon", "64"), ("export-parse", "256")]
     if "predict" in groups:
         plan += [("predict", mp) for mp in args.predict_mp.split(",")]
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores, shared with other work)")

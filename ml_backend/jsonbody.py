@@ -16,6 +16,8 @@ from .errors import BadRequest
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 MAX_INT_DIGITS = 19  # every signed 64-bit integer; longer ones are refused
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
 
 
 class NumberTooLarge(ValueError):
@@ -50,6 +52,11 @@ def check_numbers(value: Any) -> Any:
 
 def loads(data: bytes | str) -> Any:
     """``json.loads`` with integers bounded to 64 bits (``NumberTooLarge``, a ``ValueError``, above)."""
+    # The hook costs a Python call per integer (6x slower on brush RLE): used only when some run of digits is long
+    # enough to be such an integer; up to 18 digits always fit.
+    pattern = _LONG_DIGITS if isinstance(data, (bytes, bytearray)) else _LONG_DIGITS_TEXT
+    if pattern.search(data) is None:
+        return json.loads(data)
     return json.loads(data, parse_int=_bounded_int)
 
 

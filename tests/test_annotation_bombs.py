@@ -131,6 +131,11 @@ def test_a_click_looks_at_a_bounded_number_of_saved_regions(client, monkeypatch)
     body = predict_with_draft([brush(W, H, empty, f"r{i}") for i in range(adapter.MAX_REGIONS_PER_CLICK + 40)])
     assert client.post("/predict", json=body).status_code == 200
     assert len(reads) == adapter.MAX_REGIONS_PER_CLICK
+    reads.clear()  # on a large frame the pixel budget binds first: here, as if the frame were 1/5 of the budget
+    monkeypatch.setattr(adapter, "REGION_PIXELS_PER_CLICK", W * H * 5)
+    body = predict_with_draft([brush(W, H, empty, f"r{i}") for i in range(20)])
+    assert client.post("/predict", json=body).status_code == 200
+    assert len(reads) == 5
 
 
 # --- the export and the fine-tuning worker ----------------------------------------------------------------------
