@@ -58,3 +58,61 @@ def test_formats_no_labeling_ui_shows_are_refused_before_their_decoder_runs(fmt)
     with pytest.raises(MediaError) as refused:
         decode_image(buf.getvalue(), 10**7)
     assert refused.value.status == 422 and "JPEG" in refused.value.message
+
+
+def test_a_16_bit_decode_makes_no_float64_copy():
+    import tracemalloc
+
+    values = np.random.default_rng(0).integers(0, 65535, (2000, 2000), dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    decode_image(buf.getvalue(), 10**8)  # imports and Pillow's first-use allocations outside the measurement
+    tracemalloc.start()
+    try:
+        decode_image(buf.getvalue(), 10**8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The result (12 MB RGB) and the uint16 copy (8 MB) are needed; a float64 copy alone would be 32 MB (the tree
+    # before: 92 MB).
+    assert peak < 40 * 2**20, peak / 2**20
+
+
+def test_large_decodes_take_turns(monkeypatch):
+    import threading
+    import time
+
+    from ml_backend.media import fetcher
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = fetcher._pixels
+
+    def counting(im, ops):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(im, ops)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(fetcher, "_pixels", counting)
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buf, format="PNG")
+    data = buf.getvalue()
+
+    def decode_in_threads() -> int:
+        most[0] = 0
+        threads = [threading.Thread(target=decode_image, args=(data, 10**7)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return most[0]
+
+    assert decode_in_threads() > 1  # small images decode side by side
+    monkeypatch.setattr(fetcher, "LARGE_DECODE_PIXELS", 300 * 200 - 1)  # as if each were above the threshold
+    assert decode_in_threads() == 1
