@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import itertools
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from PIL import Image
 
 from ml_backend.config import Settings
 from ml_backend.labelstudio.export import ExportError, download_project_export
+from testkit.decoder_fuzz import mutants
 
 
 class _Server:
@@ -148,7 +150,15 @@ def test_a_corrupt_image_is_named_and_skipped_and_the_rest_written(tmp_path, cap
     good = _image("PNG")
     tiff = bytearray(_image("TIFF"))
     tiff[4:8] = (0xFFFFFFF0).to_bytes(4, "little")  # the first IFD's offset far past the end
-    broken = {"a.png": good, "b.tif": bytes(tiff), "c.png": good[:60], "d.jpg": _image("JPEG")[:200]}
+    fuzzed = dict(itertools.islice(((i, d) for i, (_, d) in enumerate(mutants(37))), 20224))
+    broken = {
+        "a.png": good,
+        "b.tif": bytes(tiff),
+        "c.png": good[:60],
+        "d.jpg": _image("JPEG")[:200],
+        "e.png": fuzzed[5225],
+        "f.tif": fuzzed[20223],
+    }  # fmt: skip  (ValueError at open; TypeError at load)
     for name, data in broken.items():
         (images / name).write_bytes(data)
     polygon = {"type": "polygonlabels", "original_width": 40, "original_height": 30,
@@ -161,10 +171,10 @@ def test_a_corrupt_image_is_named_and_skipped_and_the_rest_written(tmp_path, cap
     assert main(["export", "--from-json", str(source), "--format", "yolo-seg", "--out", str(out), "--images",
                  str(images)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    for task, name in ((2, "b.tif"), (3, "c.png"), (4, "d.jpg")):
+    for task, name in ((2, "b.tif"), (3, "c.png"), (4, "d.jpg"), (5, "e.png"), (6, "f.tif")):
         assert f"image not copied: task {task} ({name}):" in printed, printed
     assert [p.name for p in (out / "images" / "train").iterdir()] == ["1_a.png"]
-    assert len(list((out / "labels" / "train").iterdir())) == 4  # the labels of every task are written
+    assert len(list((out / "labels" / "train").iterdir())) == 6  # the labels of every task are written
 
 
 @pytest.mark.parametrize("link", ["to an empty folder", "dangling"])
