@@ -1,4 +1,4 @@
-"""Label Studio brush RLE, vectorised.
+"""Label Studio brush RLE, vectorised, and its reader with the checks an untrusted stream needs.
 
 Produces exactly the bytes of ``label_studio_sdk.converter.brush.mask2rle`` (the tests compare them on random and
 real masks, and decode with the SDK's ``decode_rle``), in a few numpy passes over the pixels instead of a Python
@@ -8,6 +8,9 @@ per-click overhead outside the model. The SDK's encoder is used for anything but
 The format (the SDK's ``encode_rle`` on the mask repeated 4 times, as RGBA): a 32-bit length, 5 bits word size - 1
 (7), four 4-bit run-size classes - 1 (3, 4, 8, 16 bits), then per run a token ``flag(1) class(2) length-1 value(8)``
 (runs longer than 65536 are split into 65536-long tokens first), zero-padded with 1..8 bits to whole bytes.
+
+``decode_rle`` reads that format back (the editor's own strokes included) after checking the header against the
+size the caller expects and against what the stream's length can encode, so a few bytes cannot claim gigabytes.
 """
 
 from __future__ import annotations
