@@ -210,3 +210,32 @@ def test_the_worker_reads_saved_regions_with_the_pixel_limit(monkeypatch):
     with peak_below(32 * MB):
         tasks, stats = collect_annotations(API(), Fetcher(), "1", cfg)
     assert len(tasks) == 1 and len(tasks[0].masks) == 1
+
+
+def test_our_rle_reader_matches_the_sdk_and_fails_only_with_rle_errors():
+    from label_studio_sdk.converter.brush import decode_rle as sdk_decode
+    from label_studio_sdk.converter.brush import encode_rle
+
+    from ml_backend.masks.rle import RLEError, decode_rle
+
+    rng = np.random.default_rng(11)
+    streams = []
+    for shape in ((7, 5), (64, 48), (120, 333)):
+        mask = (rng.random(shape) > 0.7).astype(np.uint8) * 255
+        mask[: shape[0] // 2] = 0  # long runs too
+        streams.append((mask2rle(mask), mask.size * 4))
+    values = rng.integers(0, 256, 3000).astype(np.uint8)  # literal tokens, as the editor writes for strokes' edges
+    streams.append((encode_rle(values), values.size))
+    for rle, size in streams:
+        assert np.array_equal(decode_rle(rle, size), sdk_decode(rle))
+    rle, size = streams[1]
+    for cut in (3, 10, len(rle) // 2, len(rle) - 3):
+        with pytest.raises(RLEError):
+            decode_rle(rle[:cut], size)
+    for i in range(200):  # random damage after the header: decoded, or an RLEError, nothing else
+        damaged = list(rle)
+        damaged[8 + i % (len(rle) - 8)] ^= 1 << (i % 8)
+        try:
+            decode_rle(damaged, size)
+        except RLEError:
+            pass
