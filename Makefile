@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint format label-studio redis-server clean
+.PHONY: install serve test test-fast test-cvat lint format label-studio redis-server datumaro clean
 
 $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -48,5 +48,28 @@ format: $(STAMP)
 test-fast: $(STAMP) redis-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
+# Opt-in: PyPI datumaro (what CVAT's COCO import uses) in its own venv, for tests/test_export_datumaro.py; its
+# numpy pin conflicts with ours, and most of its many requirements are not needed to read COCO.
+DATUMARO_VENV := .cache/datumaro-venv
+datumaro:
+	[ -x $(DATUMARO_VENV)/bin/python ] || $(PYTHON) -m venv $(DATUMARO_VENV)
+	$(DATUMARO_VENV)/bin/pip install -q --disable-pip-version-check --no-deps datumaro==1.11.1
+	$(DATUMARO_VENV)/bin/pip install -q --disable-pip-version-check "numpy<2.2" attrs defusedxml imagesize \
+	  orjson pillow ruamel.yaml pycocotools pyyaml json-stream shapely scipy networkx tqdm typing_extensions \
+	  cryptography lxml tabulate portalocker opencv-python-headless pandas tensorboardX
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# A real CVAT v2.73.0 (server + React UI, no Docker) driven against `adaptiveclick serve`; opt-in. It runs a CVAT
+# installed under $CVAT_CACHE as ../shared/docs/cvat-real.md describes (src/, venv/: docs/cvat.md); no recipe that
+# builds CVAT's code is kept here (the project commits nothing built from fetched code). CI replays the capture.
+CVAT_CACHE ?= .cache/cvat
+test-cvat: $(STAMP)
+	@[ -x $(CVAT_CACHE)/venv/bin/python ] && [ -d $(CVAT_CACHE)/src/cvat ] || { echo "no CVAT install under \
+	  $(CVAT_CACHE) (src/, venv/): set one up as ../shared/docs/cvat-real.md describes (docs/cvat.md)"; exit 2; }
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,docs]'
+	CVAT_CACHE=$(CVAT_CACHE) bash scripts/cvat/services.sh start
+	CVAT_CACHE=$(CVAT_CACHE) bash scripts/cvat/services.sh start-ui
+	ADAPTIVECLICK_CVAT=1 CVAT_CACHE=$(CVAT_CACHE) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m cvat_real \
+	  tests/e2e/test_cvat_real_e2e.py $(PYTEST_ARGS)

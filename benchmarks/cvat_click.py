@@ -70,10 +70,10 @@ def main() -> None:
 
     def decode(reply: dict, shape: tuple[int, int]) -> np.ndarray:
         mask = np.zeros(shape, bool)
-        if reply["shapes"]:
-            *runs, left, top, right, bottom = reply["shapes"][0]["points"]
+        for item in reply["shapes"]:  # one shape per part of the mask
+            *runs, left, top, right, bottom = item["points"]
             flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
-            mask[top : bottom + 1, left : right + 1] = flat.reshape(bottom - top + 1, right - left + 1)
+            mask[top : bottom + 1, left : right + 1] |= flat.reshape(bottom - top + 1, right - left + 1)
         return mask
 
     per_index: dict[int, list[float]] = {}

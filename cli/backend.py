@@ -115,6 +115,7 @@ def versions_command(args: argparse.Namespace) -> int:
     import json
 
     from ml_backend.finetuning.model_store import BASE, ModelStore
+    from ml_backend.finetuning.sources import describe_job, job_platform
 
     if not args.model_dir:
         raise ValueError("set MODEL_DIR or pass --model-dir: the folder the backend keeps versions and jobs in")
@@ -136,7 +137,9 @@ def versions_command(args: argparse.Namespace) -> int:
                         k: job.get(k)
                         for k in (
                             "id",
+                            "platform",
                             "project",
+                            "source",
                             "state",
                             "reason",
                             "created",
@@ -146,6 +149,7 @@ def versions_command(args: argparse.Namespace) -> int:
                             "message",
                         )
                     }
+                    | {"platform": job_platform(job)}
                 )
             )
         return 0
@@ -157,7 +161,7 @@ def versions_command(args: argparse.Namespace) -> int:
         before, after = metrics.get("before") or {}, metrics.get("after") or {}
         print(
             f"{'*' if name == current else ' '} {name}  parent={manifest.get('parent')}  "
-            f"created={manifest.get('created')}  job={manifest.get('job')}  "
+            f"created={manifest.get('created')}  job={manifest.get('job')}  data={describe_job(manifest)}  "
             f"NoC@85 {before.get('noc85')} -> {after.get('noc85')}"
         )
     return 0

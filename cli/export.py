@@ -1,6 +1,6 @@
 """``adaptiveclick export``: a Label Studio JSON export -> a YOLO segmentation or COCO instance dataset.
 
-    adaptiveclick export --from-json LS_EXPORT.json | --project ID  --format yolo-seg|coco  --out DIR
+    adaptiveclick export --from-json LS_EXPORT.json | --project ID  --format yolo-seg|coco|coco-cvat  --out DIR
         [--images DIR | --download] [--classes A,B] [--image-key KEY] [--tolerance PX]
 
 The conversion is ``ml_backend/labelstudio/export.py``; this module parses the arguments and prints the summary.
@@ -30,7 +30,13 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument(
         "--project", type=int, metavar="ID", help="download the export of project ID (LABEL_STUDIO_URL/_API_KEY)"
     )
-    parser.add_argument("--format", required=True, choices=("yolo-seg", "coco"), dest="fmt", help="output format")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=("yolo-seg", "coco", "coco-cvat"),
+        dest="fmt",
+        help="output format (coco-cvat: COCO laid out as CVAT's 'COCO 1.0' import reads it)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     images = parser.add_mutually_exclusive_group()
     images.add_argument("--images", metavar="DIR", help="copy images found by file name in DIR (only there)")
@@ -92,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out}: {summary.tasks} task(s), {summary.objects} {what}, {summary.images} image(s) copied; "
         f"classes {summary.classes}"
     )
+    if args.fmt == "coco-cvat":
+        print(f"for CVAT: zip what is inside {args.out} and upload it as 'COCO 1.0' (docs/cvat.md)")
     if read_image is None:
         print("images not copied: give --images DIR (files named as in the export) or --download")
     if summary.missing_images:

@@ -5,10 +5,10 @@ platform-neutral core:
 
 * ``interactive/``: the core: decoded images, per-object click sessions, the shared session store, the engine;
 * ``labelstudio/``: Label Studio's ML backend protocol, its labeling config, its saved regions and its export;
-* ``cvat/``: CVAT's interactor protocol (the nuclio dashboard routes and the function in ``serverless/``);
+* ``cvat/``: CVAT's interactor (dashboard routes, ``serverless/``'s function), its agent function, its webhooks;
 * ``media/``: fetching task images under the URL rules, and decoding them within the pixel limits;
-* ``masks/``: masks as polygons and as Label Studio's brush RLE, for both platforms and the export;
-* ``finetuning/``: the active-learning loop: webhooks recorded, the job queue, the worker, the model store.
+* ``masks/``: polygons, brush RLE and saved regions' masks, for both platforms, the export and fine-tuning;
+* ``finetuning/``: the active-learning loop: jobs queued from either platform, the worker, the model store.
 
 Platform folders never import each other, the core imports no platform, and serving never imports the
 fine-tuning worker (``tests/test_architecture.py``); ``model/`` never imports this package.

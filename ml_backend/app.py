@@ -2,7 +2,8 @@
 
 Routes: ``GET /health`` and ``GET /`` (health), ``POST /setup``, ``POST /predict``, ``POST /webhook``,
 ``GET /versions`` (and ``POST /train``, which older Label Studio versions call on "Start Training"); for CVAT, the
-nuclio dashboard's ``GET /api/functions``, ``GET /api/functions/<name>`` and ``POST /api/function_invocations``.
+nuclio dashboard's ``GET /api/functions``, ``GET /api/functions/<name>`` and ``POST /api/function_invocations``, and
+``POST /cvat/webhook`` (its signed webhooks, for fine-tuning: ``cvat/webhook.py``).
 
 * ``/health``, ``/setup``, ``/versions`` and ``/webhook`` run on the event loop and never wait for the model;
   ``/predict`` runs in a worker thread, and model work is serialised by ``Engine.lock``.
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings, auth_pair_problem
 from .cvat.interactor import FUNCTION_NAME, CvatInteractor, function_info
+from .cvat.webhook import MAX_WEBHOOK_BYTES, SIGNATURE_HEADER, CvatWebhooks
 from .errors import BackendError, BadRequest
 from .interactive.engine import Engine
 from .interactive.sessions import ClientGone, RunStats
@@ -46,6 +48,7 @@ try:
 except PackageNotFoundError:
     __version__ = "0+unknown"
 INLINE_JSON_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
+CVAT_WEBHOOK_PATH = "/cvat/webhook"
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -77,7 +80,9 @@ class GuardMiddleware:
         if headers.get(b"user-agent", b"").decode("latin-1").startswith(LS_USER_AGENT):
             self.backend.ls_requests += 1
         path = scope.get("path", "")
-        if self.settings.basic_auth_enabled and path != "/health":
+        # CVAT cannot send basic auth with a webhook; its HMAC signature (checked by the route) authenticates it.
+        signed_route = path == CVAT_WEBHOOK_PATH and bool(self.settings.cvat_webhook_secret)
+        if self.settings.basic_auth_enabled and path != "/health" and not signed_route:
             given = headers.get(b"authorization", b"")
             if not secrets.compare_digest(given, self._expected):
                 self._log_refusal(path, bool(given))
@@ -126,13 +131,19 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any], extra: li
     await send({"type": "http.response.body", "body": body})
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    """The request's JSON, read with a size cap (also for chunked bodies); 4xx with a message otherwise."""
+async def _raw_body(request: Request, limit: int, cap: str = "") -> bytes:
+    """The request's bytes, read with a size cap (also for chunked bodies); 413 naming ``cap`` above it."""
     chunks = bytearray()
     async for chunk in request.stream():
         chunks += chunk
         if len(chunks) > limit:
-            raise BackendError(f"request body above MAX_REQUEST_MB={limit // 2**20}", status=413)
+            raise BackendError(f"request body above {cap or f'MAX_REQUEST_MB={limit // 2**20}'}", status=413)
+    return bytes(chunks)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON, read with a size cap (also for chunked bodies); 4xx with a message otherwise."""
+    chunks = await _raw_body(request, limit)
     if len(chunks) > INLINE_JSON_BYTES:
         return await run_in_threadpool(parse_json, bytes(chunks))
     return parse_json(bytes(chunks))
@@ -224,6 +235,7 @@ def create_app(
     _configure_logging(settings.log_level)
     backend = Backend(settings, engine, fetcher)
     cvat = CvatInteractor(backend.core)
+    cvat_webhooks = CvatWebhooks(settings, backend.finetune)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -347,6 +359,13 @@ def create_app(
         response = await run_in_threadpool(AsciiJSONResponse, reply)
         _timing_headers(response, stats, t0)
         return response
+
+    @app.post(CVAT_WEBHOOK_PATH)
+    async def cvat_webhook(request: Request) -> dict[str, Any]:
+        # CVAT's job/task/project events (cvat/webhook.py): signature checked before the body is parsed.
+        limit = min(settings.max_request_bytes, MAX_WEBHOOK_BYTES)
+        body = await _raw_body(request, limit, f"{limit // 1024} KiB (a CVAT webhook is a few kB)")
+        return cvat_webhooks.handle(body, request.headers.get(SIGNATURE_HEADER))
 
     # --- CVAT: the three calls CVAT's lambda manager makes to a nuclio dashboard (CVAT_NUCLIO_HOST/PORT, with
     # CVAT_NUCLIO_INVOKE_METHOD=dashboard), answered by this server: no nuclio needed. Behind the same basic auth.

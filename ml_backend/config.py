@@ -95,6 +95,27 @@ def auth_pair_problem(settings: Settings) -> str:
     )
 
 
+def _id_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of project ids (``FINETUNE_PROJECTS``, ``FINETUNE_CVAT_PROJECTS``)."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+# The CVAT job changes that make a finished job worth learning from: a stage it enters, or the state "completed".
+CVAT_TRIGGERS = ("annotation", "validation", "acceptance", "completed")
+
+
+def _cvat_finetune_on(raw: str) -> tuple[str, ...]:
+    """``CVAT_FINETUNE_ON``: which CVAT job changes queue a fine-tuning job (default ``acceptance,completed``)."""
+    words = tuple(dict.fromkeys(w.strip().lower() for w in raw.split(",") if w.strip()))
+    unknown = [w for w in words if w not in CVAT_TRIGGERS]
+    if unknown:
+        raise ValueError(
+            f"environment variable CVAT_FINETUNE_ON={raw!r}: {', '.join(unknown)} is not one of "
+            f"{', '.join(CVAT_TRIGGERS)} (a job stage it enters, or the state 'completed')"
+        )
+    return words or ("acceptance", "completed")
+
+
 @dataclasses.dataclass
 class Settings:
     # --- Label Studio access (media download) ---
@@ -153,6 +174,12 @@ class Settings:
     finetune_worker: str = "spawn"  # spawn: the server starts the worker process; external: `adaptiveclick worker`
     model_version_pin: str = ""  # serve this version whatever MODEL_DIR/current says ("base" = MODEL_CHECKPOINT)
     model_watch_s: float = 2.0  # how often the server checks MODEL_DIR/current for a new version
+    # --- CVAT as a source of fine-tuning data (ml_backend/cvat/webhook.py, ml_backend/cvat/annotations.py) ---
+    cvat_url: str = ""  # CVAT_URL: the CVAT server the worker reads annotations and frames from
+    cvat_access_token: str = ""  # CVAT_ACCESS_TOKEN: a personal access token (Bearer) or a legacy API key (Token)
+    cvat_webhook_secret: str = ""  # CVAT_WEBHOOK_SECRET: the webhook's secret; unset = CVAT webhooks refused
+    cvat_finetune_on: tuple[str, ...] = ("acceptance", "completed")  # CVAT_FINETUNE_ON: job stages/states
+    finetune_cvat_projects: tuple[str, ...] = ()  # FINETUNE_CVAT_PROJECTS: only these CVAT project ids (empty: any)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -206,10 +233,15 @@ class Settings:
             finetune_queue=env_choice(env, "FINETUNE_QUEUE", "auto", ("auto", "file", "rq")),
             finetune=(env.get("FINETUNE", "auto").strip() or "auto").lower(),
             start_training_each_n_updates=max(0, env_int(env, "START_TRAINING_EACH_N_UPDATES", 0)),
-            finetune_projects=tuple(p.strip() for p in env.get("FINETUNE_PROJECTS", "").split(",") if p.strip()),
+            finetune_projects=_id_list(env.get("FINETUNE_PROJECTS", "")),
             finetune_worker=(env.get("FINETUNE_WORKER", "spawn").strip() or "spawn").lower(),
             model_version_pin=env.get("MODEL_VERSION_PIN", "").strip(),
             model_watch_s=env_float(env, "MODEL_WATCH_S", 2.0),
+            cvat_url=env.get("CVAT_URL", "").strip(),
+            cvat_access_token=env.get("CVAT_ACCESS_TOKEN", "").strip(),
+            cvat_webhook_secret=env.get("CVAT_WEBHOOK_SECRET", "").strip(),
+            cvat_finetune_on=_cvat_finetune_on(env.get("CVAT_FINETUNE_ON", "")),
+            finetune_cvat_projects=_id_list(env.get("FINETUNE_CVAT_PROJECTS", "")),
         )
 
     @property

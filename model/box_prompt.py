@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from .interactive import nearest_edge
 from .zoom_in import Box, Click, clamp_bbox, expand_bbox
 
 __all__ = ["DEFAULT_BOX_STRATEGY", "BoxPrompt", "BoxStrategy", "box_from_corners", "inner_click"]
@@ -111,8 +112,10 @@ DEFAULT_BOX_STRATEGY = BoxStrategy(roi_ratio=2.0, corner_negatives=True, clip_ma
 
 
 def box_from_corners(x0: float, y0: float, x1: float, y1: float, image_hw: tuple[int, int]) -> Box:
-    """The inclusive pixel box covered by the rectangle with left/top edge ``(x0, y0)`` and right/bottom edge
-    ``(x1, y1)`` (pixel ``c`` spans ``[c, c + 1)``), clipped to the image.
+    """The inclusive pixel box of the rectangle with left/top edge ``(x0, y0)`` and right/bottom edge ``(x1, y1)``
+    (pixel ``c`` spans ``[c, c + 1)``), clipped to the image. Fractional edges (CVAT's box corners, Label Studio's
+    percentages times the size) are rounded to the nearest pixel edge, the one rule for a box everywhere
+    (``predict --box``, ``serve``, both platforms); a rectangle thinner than a pixel keeps the pixel it is in.
 
     Raises ValueError for non-finite, inverted or empty rectangles and for ones wholly outside the image: a wrong
     box is a client bug worth reporting, whereas a box hanging over the image edge is ordinary and is clipped.
@@ -123,8 +126,13 @@ def box_from_corners(x0: float, y0: float, x1: float, y1: float, image_hw: tuple
         raise ValueError(f"box {corners} must be four finite numbers x0, y0, x1, y1")
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"box x0={x0}, y0={y0}, x1={x1}, y1={y1} is empty or inverted: need x0 < x1 and y0 < y1")
-    cmin, rmin = max(0, math.floor(x0)), max(0, math.floor(y0))
-    cmax, rmax = min(width, math.ceil(x1)) - 1, min(height, math.ceil(y1)) - 1
+    left, top, right, bottom = (nearest_edge(v) for v in corners)
+    if right <= left:  # thinner than a pixel after rounding: the pixels it touches
+        left, right = math.floor(x0), math.ceil(x1)
+    if bottom <= top:
+        top, bottom = math.floor(y0), math.ceil(y1)
+    cmin, rmin = max(0, left), max(0, top)
+    cmax, rmax = min(width, right) - 1, min(height, bottom) - 1
     if cmin > cmax or rmin > rmax:
         raise ValueError(f"box x0={x0}, y0={y0}, x1={x1}, y1={y1} lies outside the {width}x{height} image")
     return rmin, rmax, cmin, cmax

@@ -7,6 +7,7 @@ backend can type against it without importing the network.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -46,6 +47,12 @@ class InteractivePredictor(Protocol):
 
     def prediction(self) -> Prediction:
         """Mask, probabilities and score after the last click (raises before the first click)."""
+
+
+def nearest_edge(value: float) -> int:
+    """A box edge in fractional pixels (CVAT's corners, Label Studio's percentages times the size) -> the nearest
+    pixel edge, halves up: the one rule for a box's edges everywhere (``set_box``, ``predict --box``, ``serve``)."""
+    return math.floor(value + 0.5)
 
 
 @runtime_checkable

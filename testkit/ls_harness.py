@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import itertools
 import json
 import os
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from testkit.proxy import ForwardingProxy
 
 REPO = Path(__file__).resolve().parents[1]
 LS_VENV = Path(os.environ.get("LS_VENV", REPO / ".cache" / "ls-venv"))
@@ -305,59 +306,40 @@ class RecordingProxy:
     arrived, in which order, and what it cost."""
 
     def __init__(self, target: str):
-        self.target = target.rstrip("/")
         self.calls: list[dict[str, Any]] = []
         self.arrivals = itertools.count()
         self.lock = threading.Lock()
-        proxy = self
+        self.arrived = threading.local()
+        self.proxy = ForwardingProxy(target, self._record, before=self._arrive)
+        self.url = self.proxy.url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # the calls are recorded, not printed
-                pass
+    def _arrive(self) -> None:
+        with self.lock:
+            self.arrived.number = next(self.arrivals)
 
-            def _forward(self) -> None:
-                with proxy.lock:
-                    arrived = next(proxy.arrivals)
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                reply = requests.request(
-                    self.command, proxy.target + self.path, data=raw or None, headers=headers, timeout=300
-                )
-                try:
-                    body: Any = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode(errors="replace")
-                call = {
-                    "method": self.command,
-                    "path": self.path,
-                    "body": body,
-                    "status": reply.status_code,
-                    "forwards": reply.headers.get("X-Forwards"),
-                    "superseded": reply.headers.get("X-Superseded") == "1",
-                    "arrived": arrived,
-                }
-                with proxy.lock:
-                    proxy.calls.append(call)
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            do_GET = do_POST = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def _record(self, method: str, path: str, headers: Any, raw: bytes, reply: requests.Response) -> None:
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        call = {
+            "method": method,
+            "path": path,
+            "body": body,
+            "status": reply.status_code,
+            "forwards": reply.headers.get("X-Forwards"),
+            "superseded": reply.headers.get("X-Superseded") == "1",
+            "arrived": self.arrived.number,
+        }
+        with self.lock:
+            self.calls.append(call)
 
     def start(self) -> RecordingProxy:
-        self.thread.start()
+        self.proxy.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.proxy.stop()
 
     def predictions(self) -> list[dict[str, Any]]:
         """The recorded ``/predict`` calls that carried clicks (``params.context`` set), oldest first."""

@@ -136,3 +136,82 @@ class StubLabelStudio:
 
     def stop(self):
         self.server.shutdown()
+
+
+class StubCvat:
+    """Serves the read calls a CVAT fine-tuning job makes, as CVAT 2.73 answers them: ``/api/jobs`` (paginated,
+    filtered by ``project_id`` / ``task_id``), ``/api/jobs/{id}``, ``/api/jobs/{id}/annotations``,
+    ``/api/jobs/{id}/data/meta`` and ``/api/jobs/{id}/data?type=frame&number=N``. ``delay_s``, ``garbage`` (a
+    path prefix answered with HTML) and ``redirect`` (a path prefix answered 302) make it misbehave."""
+
+    def __init__(self, jobs: list[dict], annotations: dict, meta: dict, frames: dict, page_size: int = 100):
+        self.jobs, self.annotations, self.meta, self.frames = jobs, annotations, meta, frames
+        self.page_size, self.requests = page_size, []
+        self.delay_s, self.garbage, self.redirect = 0.0, "", ""
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                from urllib.parse import parse_qs, urlsplit
+
+                stub.requests.append((self.path, self.headers.get("Authorization")))
+                if stub.delay_s:
+                    time.sleep(stub.delay_s)
+                parts = urlsplit(self.path)
+                path, query = parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
+                if stub.redirect and path.startswith(stub.redirect):
+                    return self._send(302, b"", headers={"Location": "http://169.254.169.254/latest/"})
+                if stub.garbage and path.startswith(stub.garbage):
+                    return self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
+                segments = path.strip("/").split("/")
+                if segments == ["api", "jobs"]:
+                    return self._list(query)
+                if segments[:2] == ["api", "jobs"] and len(segments) >= 3 and segments[2].isdigit():
+                    job_id = int(segments[2])
+                    job = next((j for j in stub.jobs if j["id"] == job_id), None)
+                    if job is not None:
+                        rest = segments[3:]
+                        if rest == []:
+                            return self._send(200, json.dumps(job))
+                        if rest == ["annotations"] and job_id in stub.annotations:
+                            return self._send(200, json.dumps(stub.annotations[job_id]))
+                        if rest == ["data", "meta"] and job_id in stub.meta:
+                            return self._send(200, json.dumps(stub.meta[job_id]))
+                        key = (job_id, int(query.get("number", -1)))
+                        if rest == ["data"] and query.get("type") == "frame" and key in stub.frames:
+                            return self._send(200, stub.frames[key], "image/png")
+                self._send(404, b'{"detail": "Not found."}')
+
+            def _list(self, query):
+                jobs = [
+                    j
+                    for j in stub.jobs
+                    if all(str(j.get(k)) == query[k] for k in ("project_id", "task_id") if k in query)
+                ]
+                size = min(int(query.get("page_size", 10)), stub.page_size)
+                page = int(query.get("page", 1))
+                chunk = jobs[(page - 1) * size : page * size]
+                more = page * size < len(jobs)
+                nxt = f"http://127.0.0.1/api/jobs?page={page + 1}" if more else None
+                self._send(200, json.dumps({"count": len(jobs), "next": nxt, "previous": None, "results": chunk}))
+
+            def _send(self, status, body, ctype="application/json", headers=None):
+                body = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -240,3 +240,20 @@ def test_no_two_tracked_paths_differ_only_in_case():
         folded.setdefault(prefix.lower(), set()).add(prefix)
     clashes = sorted(sorted(names) for names in folded.values() if len(names) > 1)
     assert not clashes, f"paths that differ only in case: {clashes}"
+
+
+def test_platform_folders_never_import_each_other_and_the_core_imports_none():
+    """Label Studio's and CVAT's adapters meet only in what they share (the core, masks, media, fine-tuning): neither
+    reaches into the other, and the platform-neutral core and shared layers import neither (lazy imports count).
+    The fine-tuning worker is the one place that picks a platform's annotation source."""
+    graph = _import_graph()
+    platforms = ("ml_backend.labelstudio", "ml_backend.cvat")
+    for name, targets in graph.items():
+        mine = next((p for p in platforms if name == p or name.startswith(p + ".")), None)
+        for target in targets:
+            theirs = next((p for p in platforms if target == p or target.startswith(p + ".")), None)
+            if theirs is None or theirs == mine:
+                continue
+            assert mine is None, f"{name} (a platform) imports {target} (another platform)"
+            shared = name.startswith(("ml_backend.interactive", "ml_backend.masks", "ml_backend.media"))
+            assert not shared, f"{name} (platform-neutral) imports {target}"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cli import main
+from ml_backend.interactive.sessions import box_prompt
 from model.box_prompt import BoxStrategy, box_from_corners, clip_to_box, inner_click
 from model.evaluation.datasets import load_dataset
 from model.evaluation.grabcut import GrabCutPredictor
@@ -250,3 +251,12 @@ def test_gt_box_is_the_tight_box_of_object_pixels():
     assert gt_box(gt, pad=1.0) == (0, 0, 80, 30)  # clipped to the image
     with pytest.raises(ValueError, match="no object"):
         gt_box(np.zeros((5, 5), np.int8))
+
+
+def test_fractional_box_edges_round_to_the_nearest_pixel_edge():
+    """One rule for a box everywhere (CVAT's fractional corners, Label Studio's percentages): the nearest pixel
+    edge, halves up; a box thinner than a pixel keeps the pixels it touches."""
+    assert box_from_corners(10.4, 5.6, 50.5, 40.49, (100, 100)) == (6, 39, 10, 50)
+    assert box_from_corners(10.5, 11.5, 20.5, 21.5, (100, 100)) == (12, 21, 11, 20)
+    assert box_from_corners(10.6, 5.0, 10.9, 8.0, (100, 100)) == (5, 7, 10, 10)
+    assert box_prompt(10.4, 5.6, 50.5, 40.49) == ("box", 10, 6, 51, 40)  # the session key is the box the model sees

@@ -157,8 +157,8 @@ def test_two_part_brush_gives_one_line_per_part_and_a_hole_is_filled_in_yolo_but
     coco = json.loads((tmp_path / "coco/annotations.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["A", "B"]
     parts, ring_annotation = coco["annotations"]
-    assert len(parts["segmentation"]) == 2 and parts["area"] == int(two_parts.sum())
     back = polygons_to_mask([np.array(p).reshape(-1, 2) for p in parts["segmentation"]], H, W)
+    assert len(parts["segmentation"]) == 2 and parts["area"] == int(back.sum())  # what the polygons cover
     assert _iou(back, two_parts) >= 0.98
     assert np.array_equal(_decode_coco_rle(ring_annotation["segmentation"]), ring)  # holes kept exactly
     assert ring_annotation["bbox"] == [40, 20, 81, 81] and ring_annotation["category_id"] == 2
@@ -392,6 +392,54 @@ def test_coco_output_reads_back_in_pycocotools(tmp_path):
     assert _iou(masks[0], two_parts) >= 0.98
     assert np.array_equal(masks[1], ring)
     assert _iou(masks[2], polygon_mask) >= 0.99
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    rows, cols = np.nonzero(mask)
+    return [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)]
+
+
+def test_coco_bbox_and_area_are_those_of_the_segmentation_not_of_dropped_specks(tmp_path):
+    """A speck under POLYGON_MIN_AREA_PX is dropped from the polygons; it must not stretch the box (it made one box
+    17.6x its segmentation's) or count in the area. pycocotools decodes each segmentation: its mask's box and
+    pixel count are the annotation's."""
+    try:
+        from pycocotools.coco import COCO
+    except ImportError:
+        missing("pycocotools is not installed (pip install -e '.[test]')")
+    speck = np.zeros((H, W), bool)
+    speck[110:113, 150:153] = True  # 9 px, far from the object
+    small = _disc((20, 20), 8)
+    ring = _disc((80, 60), 40) & ~_disc((80, 60), 16)
+    results = [_brush(small | speck, "A"), _brush(ring | speck, "B"), _polygon(POLYGON, "C")]
+    tasks = parse_export(json.dumps([_task(4, "a.png", results)]).encode())
+    export_dataset(tasks, tmp_path / "coco", fmt="coco", settings=Settings.from_env({}))
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    annotations = coco.loadAnns(coco.getAnnIds(imgIds=[4]))
+    assert len(annotations) == 3
+    for annotation in annotations:
+        decoded = coco.annToMask(annotation).astype(bool)
+        assert annotation["bbox"] == _bbox(decoded), annotation["category_id"]
+        # Rasterisers differ along the outline (pycocotools' vs our pixel centres): a few pixels, never a speck's 9.
+        assert abs(annotation["area"] - int(decoded.sum())) <= max(0.01 * decoded.sum(), 6)
+    assert annotations[0]["bbox"][2] < 20 and not coco.annToMask(annotations[0])[111, 151]  # no speck
+    assert coco.annToMask(annotations[1])[111, 151]  # RLE (the ring's hole) keeps the speck, and so does its box
+
+
+def test_coco_cvat_layout_is_what_cvat_and_datumaro_import(tmp_path, capsys):
+    export = _write_export(tmp_path, _two_tasks())
+    images = _image_dir(tmp_path, "cat.png", "dog.png")
+    out = tmp_path / "cvat"
+    assert (
+        main(
+            ["export", "--from-json", str(export), "--format", "coco-cvat", "--out", str(out), "--images", str(images)]
+        )
+        == 0
+    )
+    assert "COCO 1.0" in capsys.readouterr().out
+    coco = json.loads((out / "annotations" / "instances_default.json").read_text())
+    assert sorted(p.name for p in (out / "images" / "default").iterdir()) == [i["file_name"] for i in coco["images"]]
+    assert sorted(p.name for p in out.iterdir()) == ["annotations", "images"]
 
 
 def test_data_yaml_reads_back_with_odd_label_names(tmp_path):

@@ -8,9 +8,12 @@ are all in the set; the set's other clicks follow, **positives before negatives,
 them**, and run in one forward. One new click per request is therefore exactly ``adaptiveclick predict`` with the
 clicks in the order they were made; a removed click continues from the longest sequence without it.
 
-The reply is CVAT's current format (v2.60+): one ``mask`` shape whose points are CVAT's integer RLE over the
-mask's tight bounding box followed by the box, and the score as a string attribute with ``spec_id`` 0. The
-function's description (what ``function.yaml`` declares and what the dashboard routes list) is defined here once.
+The reply is CVAT's current format (v2.60+): ``mask`` shapes whose points are CVAT's integer RLE over the shape's
+tight bounding box followed by the box, and a confidence as a string attribute with ``spec_id`` 0. **One shape per
+part of the mask**, as CVAT's UI sees parts: with "Convert masks to polygons" it keeps only the longest outline of
+each shape, so one shape holding two parts would lose one. The confidence is on the scale of CVAT's slider, whose
+default (0.5) hides what is below it: 0.5 is the mask threshold, 1 a mask of certain pixels. The function's
+description (what ``function.yaml`` declares and what the dashboard routes list) is defined here once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import math
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..errors import BackendError, BadRequest, MediaError
@@ -41,12 +45,16 @@ FUNCTION_ANNOTATIONS: dict[str, str] = {
     "version": "2",
     "spec": "",
     "framework": "pytorch",
-    "min_pos_points": "1",
+    # 0: the UI sends a box as soon as it is drawn (with 1 it waits for a positive click and sends both at once).
+    "min_pos_points": "0",
     "min_neg_points": "0",
+    # "Start with a bounding box" is then on by default in CVAT's UI: the first two left-clicks draw a box.
     "startswith_box_optional": "true",
     "help_message": (
-        "AdaptiveClick: left-click inside the object (or draw a box around it first), right-click on what should "
-        "not be in it; each click refines the previous mask"
+        "AdaptiveClick. With 'Start with a bounding box' on (the default), left-click two opposite corners of a box "
+        "around the object: the box gives a mask. Then left-click on what is missing, right-click on what should "
+        "not be there; each click refines the previous mask. 'N' (Done) saves it. With the box option off, start "
+        "with a left-click inside the object."
     ),
     "animated_gif": "",
 }
@@ -79,17 +87,56 @@ def encode_cvat_mask(mask: np.ndarray) -> np.ndarray:
     return np.concatenate((runs, [left, top, right, bottom])).astype(np.int64)
 
 
-def shapes_reply(encoded: np.ndarray, score: float) -> dict[str, Any]:
-    """CVAT's reply for an encoded mask: one ``mask`` shape, or no shape when the mask is empty."""
-    if encoded.size < 6:  # CVAT treats fewer than 6 numbers as empty
-        return {"shapes": []}
+def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The parts of a bool mask as CVAT's UI outlines them, largest first: it dilates a mask by a 2x2 kernel before
+    taking external contours, so pixels one pixel apart are one part (one outline, one polygon). Every pixel of the
+    mask is in exactly one part."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2, 2), np.uint8), anchor=(1, 1), borderValue=0)
+    count, labels = cv2.connectedComponents(grown, connectivity=8)
+    if count <= 2:
+        return [mask] if mask.any() else []
+    labels = np.where(mask, labels, 0)
+    sizes = np.bincount(labels.ravel(), minlength=count)
+    order = [int(i) for i in np.argsort(-sizes[1:], kind="stable") + 1 if sizes[i] > 0]
+    return [labels == i for i in order]
+
+
+def encode_cvat_shapes(mask: np.ndarray) -> np.ndarray:
+    """Bool mask -> CVAT's points of each part (:func:`mask_parts`), packed in one integer array as
+    ``[n, *points of part 1]`` repeated (``n`` the number of points), so the core caches it like any encoding."""
+    packed = []
+    for part in mask_parts(mask):
+        points = encode_cvat_mask(part)
+        packed.append(np.concatenate(([points.size], points)))
+    return np.concatenate(packed).astype(np.int64) if packed else np.zeros(0, dtype=np.int64)
+
+
+def unpack_shapes(packed: np.ndarray) -> list[list[int]]:
+    """The per-part points :func:`encode_cvat_shapes` packed."""
+    out, i = [], 0
+    while i < packed.size:
+        n = int(packed[i])
+        out.append(packed[i + 1 : i + 1 + n].tolist())
+        i += 1 + n
+    return out
+
+
+def slider_confidence(score: float, threshold: float) -> float:
+    """The model's score (mean probability inside the mask, >= the mask threshold) on CVAT's confidence slider:
+    the threshold maps to 0.5, certainty to 1. CVAT's slider (default 0.5) hides a shape below it, and "Done"
+    then saves nothing; a mask we answer passed the threshold, so it must show at the default."""
+    threshold = min(max(threshold, 0.0), 0.999)
+    return min(1.0, max(0.5, 0.5 + 0.5 * (score - threshold) / (1.0 - threshold)))
+
+
+def shapes_reply(parts: list[list[int]], confidence: float) -> dict[str, Any]:
+    """CVAT's reply: one ``mask`` shape per part (points as :func:`encode_cvat_mask` gives them), each with the
+    confidence; no shape when the mask is empty (CVAT treats fewer than 6 numbers as empty)."""
     return {
         "shapes": [
-            {
-                "type": "mask",
-                "points": encoded.tolist(),
-                "attributes": [{"spec_id": 0, "value": f"{score:.4f}"}],
-            }
+            {"type": "mask", "points": points, "attributes": [{"spec_id": 0, "value": f"{confidence:.4f}"}]}
+            for points in parts
+            if len(points) >= 6
         ]
     }
 
@@ -181,17 +228,41 @@ class CvatInteractor:
             return decode_image(data, settings.max_image_pixels, what="the image")
 
         decoded = self.core.image(key, decode, stats)
-        positives = _points(body.get("pos_points"), "pos_points", decoded.size)
-        negatives = _points(body.get("neg_points"), "neg_points", decoded.size)
-        box = _box(body.get("obj_bbox"), decoded.size)
+        return self.answer(key[1], decoded, body.get("pos_points"), body.get("neg_points"), body.get("obj_bbox"), stats)
+
+    def answer(
+        self,
+        image_id: str,
+        decoded: DecodedImage,
+        pos_points: Any,
+        neg_points: Any,
+        obj_bbox: Any,
+        stats: RunStats | None = None,
+    ) -> dict[str, Any]:
+        """CVAT's reply for prompts on a decoded image named ``image_id`` (its content hash: the object's key
+        across calls); the prompts as CVAT sends them (``[[x, y], ...]``, ``obj_bbox`` two corners or empty)."""
+        stats = stats or RunStats()
+        positives = _points(pos_points, "pos_points", decoded.size)
+        negatives = _points(neg_points, "neg_points", decoded.size)
+        box = _box(obj_bbox, decoded.size)
         if not positives and box is None:
-            raise BadRequest("pos_points is empty and there is no obj_bbox: a positive click or a box is needed")
+            # A right-click first with the box option off, or the last positive click removed (min_pos_points 0
+            # lets the UI send both): nothing is the object, which is an answer, not an error notification.
+            return {"shapes": []}
         # A box starts its own object (it is the first item of every click sequence of that object).
         prompts = ([box] if box else []) + list(dict.fromkeys(positives + negatives))
         frame = Frame.of(decoded)
-        result = self.core.segment(("cvat", key[1], box), frame, prompts, encode_cvat_mask, stats, ordered=False)
+        object_key = ("cvat", image_id, box)
+        result = self.core.segment(object_key, frame, prompts, encode_cvat_shapes, stats, ordered=False)
         self.calls += 1
-        return shapes_reply(result.encoded, result.score)
+        return shapes_reply(unpack_shapes(result.encoded), slider_confidence(result.score, self._threshold(object_key)))
+
+    def _threshold(self, object_key: Any) -> float:
+        """The mask threshold of the object's predictor (``MASK_THRESHOLD`` or the model's own)."""
+        if self.core.settings.mask_threshold is not None:
+            return self.core.settings.mask_threshold
+        session = self.core.cache.get_session(object_key)
+        return float(getattr(session.predictor, "threshold", 0.5)) if session is not None else 0.5
 
     def handle(self, body: Any, stats: RunStats | None = None) -> tuple[int, dict[str, Any]]:
         """``(status, JSON reply)`` for a call: the shapes, or ``{"error": message}`` with a 4xx/5xx."""

@@ -33,6 +33,7 @@ from model.files import atomic_write_text, fsync_dir
 from model.weights import sha256_file
 
 from ..config import Settings
+from .sources import LABEL_STUDIO, job_platform
 
 log = logging.getLogger("adaptiveclick.finetune")
 
@@ -162,12 +163,14 @@ class ModelStore:
                 out.append(job)
         return out
 
-    def enqueue(self, project: str, reason: str, **extra: Any) -> tuple[dict[str, Any], bool]:
-        """A queued job for ``project``; (job, created). A job already queued for it is reused: it will read
-        the project's annotations when it starts, so it sees the newer ones too."""
+    def enqueue(
+        self, project: str, reason: str, platform: str = LABEL_STUDIO, **extra: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """A queued job for ``project`` of ``platform``; (job, created). A job already queued for it is reused: it
+        will read the project's annotations when it starts, so it sees the newer ones too."""
         with self.lock("jobs"):
             for job in self.jobs():
-                if job.get("state") == QUEUED and job.get("project") == project:
+                if job.get("state") == QUEUED and job_platform(job) == platform and job.get("project") == project:
                     return job, False
             self.jobs_dir.mkdir(parents=True, exist_ok=True)
             numbers = [
@@ -176,6 +179,7 @@ class ModelStore:
             job_id = f"job-{max(numbers, default=0) + 1:06d}"
             job = {
                 "id": job_id,
+                "platform": platform,
                 "project": project,
                 "state": QUEUED,
                 "reason": reason,

@@ -23,6 +23,7 @@ from ..errors import BadRequest
 from ..interactive.engine import watch_versions
 from ..labelstudio.labeling_config import parse_label_config, project_id
 from .model_store import TRAIN_EVENT, UPDATE_EVENTS, ModelStore
+from .sources import LABEL_STUDIO, describe_job
 
 log = logging.getLogger("adaptiveclick.finetune")
 
@@ -124,24 +125,32 @@ class FinetuneServer:
         reply: dict[str, Any] = {"finetune": "recorded", "updates_since_last_job": counts["since_last_job"]}
         if action == TRAIN_EVENT or counts["rule_fired"]:
             reason = TRAIN_EVENT if action == TRAIN_EVENT else f"START_TRAINING_EACH_N_UPDATES={self.every_n}"
-            try:
-                job, created = self.store.enqueue(project, reason, served=self.engine.model_version)
-            except OSError as exc:
-                log.error("could not queue a fine-tuning job in %s: %s", self.store.root, exc)
-                return dict(reply, finetune="error", reason=f"MODEL_DIR is not writable ({type(exc).__name__})")
-            reply.update(job=job["id"], job_state=job["state"], queued=created)
-            log.info(
-                "fine-tuning job %s %s for project %s (%s)",
-                job["id"],
-                "queued" if created else "already queued",
-                project,
-                reason,
-            )
-            if self.queue is not None:  # RQ: submit off the webhook's path, then start a local worker
-                self.queue.reconcile_soon(self.store, then=self.kick if self.spawn_worker else None)
-            elif self.spawn_worker:
-                self.kick()
+            reply.update(self.queue_job(LABEL_STUDIO, project, reason))
         return reply
+
+    def queue_job(self, platform: str, project: str, reason: str, **source: Any) -> dict[str, Any]:
+        """Queue (or join) the project's fine-tuning job and start the worker off the caller's path; the reply
+        fields. Every platform's webhook ends here, so its jobs meet the same queue, gate and history."""
+        extra: dict[str, Any] = {"served": self.engine.model_version}
+        if source:
+            extra["source"] = source
+        try:
+            job, created = self.store.enqueue(project, reason, platform=platform, **extra)
+        except OSError as exc:
+            log.error("could not queue a fine-tuning job in %s: %s", self.store.root, exc)
+            return {"finetune": "error", "reason": f"MODEL_DIR is not writable ({type(exc).__name__})"}
+        log.info(
+            "fine-tuning job %s %s for %s (%s)",
+            job["id"],
+            "queued" if created else "already queued",
+            describe_job(job),
+            reason,
+        )
+        if self.queue is not None:  # RQ: submit off the webhook's path, then start a local worker
+            self.queue.reconcile_soon(self.store, then=self.kick if self.spawn_worker else None)
+        elif self.spawn_worker:
+            self.kick()
+        return {"job": job["id"], "job_state": job["state"], "queued": created}
 
     # --- the worker process ---------------------------------------------------------------------
 
@@ -166,6 +175,9 @@ class FinetuneServer:
                 ("MODEL_VERSION_PIN", self.settings.model_version_pin),
                 ("LOCAL_FILES_DOCUMENT_ROOT", self.settings.local_files_document_root),
                 ("MEDIA_ALLOWED_HOSTS", ",".join(self.settings.media_allowed_hosts)),
+                ("CVAT_URL", self.settings.cvat_url),
+                ("CVAT_ACCESS_TOKEN", self.settings.cvat_access_token),
+                ("CVAT_FINETUNE_ON", ",".join(self.settings.cvat_finetune_on)),
             ):
                 env[name] = str(value or "")
             root = str(Path(__file__).resolve().parents[1])

@@ -6,12 +6,10 @@ Only one worker runs jobs at a time (``ModelStore.worker_lock``); a second one e
 
 A job (:func:`run_job`):
 
-1. pulls the project's annotations through the Label Studio API (``/api/projects/{id}/export``), keeps per task
-   the newest submitted annotation that is neither cancelled nor empty (a ground-truth one first), and reads
-   each of its brush and polygon regions as one instance mask (``ml_backend.labelstudio.regions``, the export's
-   reader too);
-   images are fetched
-   as the predictor fetches them (``ml_backend.media.fetcher.MediaFetcher``);
+1. reads the project's accepted annotations from the platform the job names (``sources.py``): Label Studio's
+   submitted annotations (``ml_backend.labelstudio.training_data``) or the finished jobs of a CVAT project
+   (``ml_backend.cvat.annotations``), each mask or polygon one instance mask, each image fetched under the
+   media fetcher's rules;
 2. holds out a validation split, deterministic by task id (``FINETUNE_VAL_FRACTION``, at least one task);
 3. measures NoC@85/90 on it with the served model (robot clicker), fine-tunes from the served checkpoint with
    the training recipe (AFL, click simulation; ``model.training.finetune``), measures again;
@@ -40,8 +38,7 @@ import numpy as np
 
 from ..config import Settings, env_choice, env_float, env_int, env_probability
 from ..interactive.engine import base_version_name
-from ..jsonbody import loads
-from ..labelstudio.regions import MASK_RESULT_TYPES, RegionError, read_region
+from ..labelstudio.training_data import LabelStudioAPI, collect_annotations
 from .model_store import (
     BASE,
     DONE,
@@ -54,15 +51,12 @@ from .model_store import (
     now_iso,
     served_checkpoint,
 )
+from .sources import CVAT, AnnotationSource, JobSkipped, TaskData, describe_job, job_platform
 
 if TYPE_CHECKING:
     from model.training.trainer import TrainConfig
 
 log = logging.getLogger("adaptiveclick.finetune")
-
-
-class JobSkipped(Exception):
-    """Nothing to train on (the message says why); the job ends "skipped", not "failed"."""
 
 
 @dataclasses.dataclass
@@ -117,178 +111,6 @@ class JobConfig:
             nice=env_int(env, "FINETUNE_NICE", 10),
             keep_rejected=env.get("FINETUNE_KEEP_REJECTED", "").strip().lower() in ("1", "true", "yes", "on"),
         )
-
-
-@dataclasses.dataclass
-class TaskData:
-    task_id: int
-    annotation_id: int | None
-    image: np.ndarray  # HxWx3 uint8, as the predictor sees it
-    masks: list[np.ndarray]  # HxW bool, one per brush or polygon region
-
-
-# --- Label Studio ------------------------------------------------------------------------------
-
-
-class LabelStudioAPI:
-    """The two read calls a job makes, with the backend's auth (PAT exchanged, or legacy token)."""
-
-    def __init__(self, fetcher: Any, timeout: float = 120.0):
-        self.fetcher = fetcher
-        self.timeout = timeout
-
-    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        from urllib.parse import urlencode
-
-        import requests
-
-        from ..errors import MediaError
-        from ..media.urls import UnsafeURL
-
-        try:
-            base = self.fetcher.ls_destination.with_path("").url
-            query = f"?{urlencode(params)}" if params else ""
-            url = self.fetcher.ls_destination.with_path(path + query).url
-        except (MediaError, UnsafeURL) as exc:
-            raise RuntimeError(exc.message) from None
-        for attempt in range(2):
-            headers = self.fetcher.auth.headers(base, force_refresh=attempt == 1)
-            try:
-                # No redirects: the token must reach Label Studio's origin and nothing else.
-                resp = self.fetcher.session.get(url, headers=headers, timeout=self.timeout, allow_redirects=False)
-            except (requests.RequestException, ValueError) as exc:  # ValueError: a malformed redirect Location
-                raise RuntimeError(
-                    f"cannot reach Label Studio at {base} ({type(exc).__name__}): check LABEL_STUDIO_URL"
-                ) from None
-            if resp.is_redirect:
-                raise RuntimeError(
-                    f"Label Studio answered GET {path} with a redirect ({resp.status_code}); "
-                    "set LABEL_STUDIO_URL to the address it serves the API on"
-                )
-            if resp.status_code in (401, 403) and self.fetcher.auth.kind == "pat" and attempt == 0:
-                continue
-            if resp.status_code in (401, 403):
-                raise RuntimeError(
-                    f"Label Studio refused GET {path} ({resp.status_code}): set LABEL_STUDIO_API_KEY "
-                    "to a token of a user with access to the project"
-                )
-            if resp.status_code >= 400:
-                raise RuntimeError(f"Label Studio answered {resp.status_code} for GET {path}: {resp.text[:300]}")
-            try:
-                return loads(resp.content)
-            except (ValueError, RecursionError) as exc:  # NumberTooLarge, not JSON, nested too deeply
-                raise RuntimeError(f"Label Studio sent unusable JSON for GET {path}: {str(exc)[:200]}") from None
-        raise RuntimeError("unreachable")  # pragma: no cover
-
-    def project(self, project: str) -> dict[str, Any]:
-        return self.get(f"/api/projects/{project}")
-
-    def annotated_tasks(self, project: str) -> list[dict[str, Any]]:
-        tasks = self.get(f"/api/projects/{project}/export", {"exportType": "JSON", "download_all_tasks": "false"})
-        if not isinstance(tasks, list):
-            raise RuntimeError(f"unexpected export of project {project}: {str(tasks)[:200]}")
-        return tasks
-
-
-def _pick_annotation(task: dict[str, Any], stats: dict[str, int]) -> dict[str, Any] | None:
-    """The task's newest usable annotation (ground truth first); cancelled and empty ones are skipped."""
-    usable = []
-    for annotation in task.get("annotations") or []:
-        if not isinstance(annotation, dict):
-            continue
-        if annotation.get("was_cancelled"):
-            stats["cancelled"] += 1
-            continue
-        regions = [
-            r
-            for r in annotation.get("result") or []
-            if isinstance(r, dict)
-            and str(r.get("type", "")).lower() in MASK_RESULT_TYPES
-            and isinstance(r.get("value"), dict)
-        ]
-        if not regions:
-            stats["empty"] += 1
-            continue
-        usable.append(
-            (
-                bool(annotation.get("ground_truth")),
-                str(annotation.get("updated_at") or ""),
-                int(annotation.get("id") or 0),
-                annotation,
-                regions,
-            )
-        )
-    if not usable:
-        return None
-    usable.sort(key=lambda u: u[:3])
-    _, _, _, annotation, regions = usable[-1]
-    return dict(annotation, result=regions)
-
-
-def collect_annotations(
-    api: LabelStudioAPI, fetcher: Any, project: str, cfg: JobConfig
-) -> tuple[list[TaskData], dict[str, int]]:
-    """The project's usable annotations as (image, instance masks) per task, newest tasks last; and counts."""
-    from ..labelstudio.labeling_config import parse_label_config
-
-    stats = {
-        "tasks": 0,
-        "annotated_tasks": 0,
-        "annotations_used": 0,
-        "cancelled": 0,
-        "empty": 0,
-        "empty_regions": 0,
-        "instances": 0,
-        "image_errors": 0,
-    }
-    project_info = api.project(project)
-    config = parse_label_config(project_info.get("label_config") or "<View/>")
-    tasks = api.annotated_tasks(project)
-    stats["tasks"] = len(tasks)
-    picked = []
-    for task in tasks:
-        if not isinstance(task, dict) or not isinstance(task.get("id"), int):
-            continue
-        annotation = _pick_annotation(task, stats)
-        if annotation is not None:
-            picked.append((task, annotation))
-    picked.sort(key=lambda p: p[0]["id"])
-    picked = picked[-cfg.max_tasks :]
-    out = []
-    for task, annotation in picked:
-        to_name = annotation["result"][0].get("to_name")
-        tag = config.images.get(to_name) or next(iter(config.images.values()), None)
-        if tag is None or tag.data_key not in (task.get("data") or {}):
-            stats["image_errors"] += 1
-            log.warning("task %s: no image field for %r in the task data", task["id"], to_name)
-            continue
-        url = task["data"][tag.data_key]
-        if isinstance(url, list):
-            url = url[0] if url else None
-        try:
-            image = fetcher.load(url, task["id"]).array
-        except Exception as exc:  # one bad image does not fail the job
-            stats["image_errors"] += 1
-            log.warning("task %s: image not loaded (%s)", task["id"], getattr(exc, "message", exc))
-            continue
-        masks = []
-        for i, region in enumerate(annotation["result"]):
-            try:
-                saved = read_region(region, f"task {task['id']} result[{i}]", fetcher.settings.max_image_pixels)
-            except RegionError as exc:  # one bad region does not fail the task
-                log.warning("%s", exc)
-                continue
-            mask = saved.mask_at(*image.shape[:2])  # the UI may have reported another size (EXIF, rescaled file)
-            if not mask.any():
-                stats["empty_regions"] += 1
-                continue
-            masks.append(mask)
-        if masks:
-            stats["annotated_tasks"] += 1
-            stats["annotations_used"] += 1
-            stats["instances"] += len(masks)
-            out.append(TaskData(task["id"], annotation.get("id"), image, masks))
-    return out, stats
 
 
 # --- split, evaluation, training --------------------------------------------------------------------
@@ -378,7 +200,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Run one job to a terminal state and record it; never raises for a job's own failure."""
     steps = steps or JobSteps()
-    job_id, project = job["id"], str(job["project"])
+    job_id = job["id"]
     handler = logging.FileHandler(store.jobs_dir / f"{job_id}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("adaptiveclick").addHandler(handler)
@@ -386,8 +208,9 @@ def run_job(
     t0 = time.perf_counter()
     store.update_job(job_id, state=RUNNING, pid=os.getpid(), started=now_iso(), message="running")
     try:
-        fields = _run(store, job_id, project, settings, cfg, steps, work)
+        fields = _run(store, job, settings, cfg, steps, work)
     except JobSkipped as exc:
+        log.warning("job %s skipped: %s", job_id, exc)  # in the job's log too
         fields = {"state": SKIPPED, "promoted": False, "message": str(exc)}
     except MemoryError:
         fields = {
@@ -414,31 +237,39 @@ def run_job(
     return store.update_job(job_id, **fields)
 
 
+def annotation_source(job: dict[str, Any], settings: Settings) -> AnnotationSource:
+    """The reader of the job's platform (``sources.job_platform``)."""
+    if job_platform(job) == CVAT:
+        from ..cvat.annotations import CvatSource
+
+        return CvatSource(settings, job)
+    from ..labelstudio.training_data import LabelStudioSource
+
+    return LabelStudioSource(settings, str(job["project"]))
+
+
 def _run(
-    store: ModelStore, job_id: str, project: str, settings: Settings, cfg: JobConfig, steps: JobSteps, work: Path
+    store: ModelStore, job: dict[str, Any], settings: Settings, cfg: JobConfig, steps: JobSteps, work: Path
 ) -> dict[str, Any]:
+    job_id, project, where = job["id"], str(job["project"]), describe_job(job)
     parent, parent_path = _served(settings, store)
     store.update_job(job_id, parent=parent)
-    log.info("job %s: project %s, fine-tuning from %s (%s)", job_id, project, parent, parent_path)
+    log.info("job %s: %s, fine-tuning from %s (%s)", job_id, where, parent, parent_path)
 
     if steps.collect is not None:
+        from ..labelstudio.training_data import nothing_usable
+
         tasks, stats = steps.collect(project, cfg)
     else:
-        from ..media.fetcher import MediaFetcher
-
-        fetcher = MediaFetcher(settings)
-        tasks, stats = collect_annotations(LabelStudioAPI(fetcher), fetcher, project, cfg)
+        source = annotation_source(job, settings)
+        tasks, stats = source.collect(cfg)
+        nothing_usable = source.nothing_usable
     store.update_job(job_id, data=stats)
     if not tasks:
-        raise JobSkipped(
-            f"project {project} has no usable annotations (submitted, not cancelled, with at least "
-            f"one brush or polygon region; {stats.get('tasks', 0)} annotated tasks seen, "
-            f"{stats.get('cancelled', 0)} cancelled and {stats.get('empty', 0)} empty annotations "
-            "skipped): nothing to fine-tune on"
-        )
+        raise JobSkipped(f"{where} has no usable annotations ({nothing_usable(stats)}): nothing to fine-tune on")
     if len(tasks) < cfg.min_tasks:
         raise JobSkipped(
-            f"project {project} has {len(tasks)} annotated task(s); fine-tuning needs at least "
+            f"{where} has {len(tasks)} annotated image(s); fine-tuning needs at least "
             f"FINETUNE_MIN_TASKS={cfg.min_tasks} (one is held out for validation)"
         )
     train, val = split_tasks(project, tasks, cfg.val_fraction)
@@ -492,7 +323,14 @@ def _run(
         f"{after['noc90']:.2f} on {after['instances']} validation instances"
     )
     save = steps.save or _save
-    metadata = {"parent": parent, "job": job_id, "project": project, "finetune_steps": str(info.get("step", ""))}
+    platform = job_platform(job)
+    metadata = {
+        "parent": parent,
+        "job": job_id,
+        "platform": platform,
+        "project": project,
+        "finetune_steps": str(info.get("step", "")),
+    }
     if not after["noc85"] <= before["noc85"] + 1e-9:
         if cfg.keep_rejected:
             candidate = store.jobs_dir / f"{job_id}.rejected.safetensors"
@@ -507,7 +345,9 @@ def _run(
         )
     manifest = {
         "parent": parent,
+        "platform": platform,
         "project": project,
+        "source": job.get("source") or {},
         "job": job_id,
         "data": {
             "tasks": len(tasks),
@@ -515,7 +355,7 @@ def _run(
             "val_tasks": len(val),
             "train_instances": info.get("train_instances", split["train_instances"]),
             "val_instances": len(val_samples),
-            **{f"ls_{k}": v for k, v in stats.items()},
+            **{f"{'cvat' if platform == CVAT else 'ls'}_{k}": v for k, v in stats.items()},
         },
         "metrics": metrics,
         "training": result["training"],

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from model.interactive import InteractivePredictor, StatefulPredictor  # torch-free
+from model.interactive import InteractivePredictor, StatefulPredictor, nearest_edge  # torch-free
 
 from ..errors import BadRequest
 
@@ -36,8 +36,9 @@ BoxPrompt = tuple[str, int, int, int, int]
 
 
 def box_prompt(x0: float, y0: float, x1: float, y1: float) -> BoxPrompt:
-    """A box (left/top and right/bottom edges in pixels) as the first item of a click sequence."""
-    return ("box", round(x0), round(y0), round(x1), round(y1))
+    """A box (left/top and right/bottom edges in pixels) as the first item of a click sequence, its edges on
+    the pixel grid by the model's rule (``nearest_edge``), so a session's key is the box the model sees."""
+    return ("box", *(nearest_edge(v) for v in (x0, y0, x1, y1)))
 
 
 def is_box(item: tuple) -> bool:

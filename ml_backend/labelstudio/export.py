@@ -8,7 +8,9 @@ lines at all; this converts its plain JSON export instead (docs/export.md):
 * Brush masks become polygons with ``ml_backend.masks.polygons`` (one per part, holes filled, specks dropped);
   Label Studio's polygons keep their own vertices.
 * YOLO: one line per polygon (a two-part region gives two lines); COCO: one annotation per region, its parts as
-  polygons, or uncompressed RLE when a brush mask has holes (polygons would fill them).
+  polygons, or uncompressed RLE when a brush mask has holes (polygons would fill them); its ``bbox`` and ``area``
+  are those of what the segmentation encodes. ``coco-cvat`` is COCO in the layout CVAT's "COCO 1.0" import and
+  datumaro read (``annotations/instances_default.json``, ``images/default/``).
 * The export file is untrusted: image references only name a file to look up inside ``--images`` (never a path
   to follow) or a URL fetched through the hardened ``MediaFetcher``; output names are built from the task id and
   a sanitised stem, so nothing is read or written outside the folders given.
@@ -33,10 +35,12 @@ import numpy as np
 from ..config import Settings
 from ..errors import BackendError
 from ..jsonbody import NumberTooLarge, loads
-from ..masks.polygons import hole_pixels, mask_to_polygons
+from ..masks.polygons import hole_pixels, mask_to_polygons, polygons_to_mask
 from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
-FORMATS = ("yolo-seg", "coco")
+FORMATS = ("yolo-seg", "coco", "coco-cvat")
+# COCO as CVAT's "COCO 1.0" import (datumaro's coco_instances) reads it: one subset, "default".
+CVAT_COCO_FILE, CVAT_IMAGE_DIR = "annotations/instances_default.json", "images/default"
 _IMAGE_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")  # Label Studio names uploads "<8 hex>-<original name>"
@@ -338,13 +342,15 @@ def _write(
 ) -> Summary:
     index = {name: i for i, name in enumerate(classes)}
     tolerance = settings.polygon_tolerance_px if tolerance_px is None else tolerance_px
-    image_dir = folder / ("images/train" if fmt == "yolo-seg" else "images")
+    image_dir = folder / {"yolo-seg": "images/train", "coco": "images", "coco-cvat": CVAT_IMAGE_DIR}[fmt]
     label_dir = folder / "labels/train"
     image_dir.mkdir(parents=True)
     if fmt == "yolo-seg":
         label_dir.mkdir(parents=True)
     summary = Summary(classes=list(classes))
-    coco: dict[str, list] = {"images": [], "annotations": [], "categories": []}
+    # "info" and "licenses" as COCO itself and CVAT's export have them: datumaro's streaming COCO reader (what CVAT's
+    # import uses) refuses a file without the licenses section.
+    coco: dict[str, Any] = {"info": {}, "licenses": [], "images": [], "annotations": [], "categories": []}
     coco["categories"] = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
     for task in tasks:
         for rtype, count in skipped_types(task).items():
@@ -378,7 +384,9 @@ def _write(
         (folder / "data.yaml").write_text(_data_yaml(final, classes))
     else:
         summary.objects = len(coco["annotations"])
-        (folder / "annotations.json").write_text(json.dumps(coco))
+        path = folder / (CVAT_COCO_FILE if fmt == "coco-cvat" else "annotations.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(coco))
     return summary
 
 
@@ -410,15 +418,22 @@ def _yolo_line(class_index: int, points: np.ndarray, width: int, height: int) ->
 
 
 def _coco_annotation(region: Region, min_area_px: int) -> dict[str, Any] | None:
-    """Segmentation (polygons, or RLE for a brush mask with holes), bbox and area; None for an empty region."""
-    rows, cols = np.nonzero(region.mask)
-    if not rows.size:
+    """Segmentation (polygons, or RLE for a brush mask with holes), and the bbox and area of exactly what the
+    segmentation encodes (the dropped specks are in neither: a detector takes the box as truth); None for an
+    empty region."""
+    if not region.mask.any():
         return None
     if region.kind == "brush" and hole_pixels(region.mask) >= min_area_px:
         segmentation: Any = {"size": [region.height, region.width], "counts": uncompressed_rle(region.mask)}
+        encoded = region.mask
     elif region.polygons:
-        segmentation = [[round(float(c), 2) for c in p.reshape(-1)] for p in region.polygons]
+        rounded = [np.round(p.astype(np.float64), 2) for p in region.polygons]
+        segmentation = [[float(c) for c in p.reshape(-1)] for p in rounded]
+        encoded = polygons_to_mask(rounded, region.height, region.width)  # pixel centres, as COCO readers fill
     else:
+        return None
+    rows, cols = np.nonzero(encoded)
+    if not rows.size:  # polygons too thin to cover a pixel centre
         return None
     x0, y0 = int(cols.min()), int(rows.min())
     bbox = [x0, y0, int(cols.max()) + 1 - x0, int(rows.max()) + 1 - y0]

@@ -3,50 +3,26 @@ percent of the image). The one reader of both that the export command and the fi
 annotation gives the same mask whether it is exported or trained on.
 
 A brush pixel is in the mask when its alpha is above half (the editor paints 255); a polygon is closed and
-rasterised with ``ml_backend.masks.polygons.polygons_to_mask``. A result is untrusted input: each malformed field gets a
-``RegionError`` naming it and where it was found, and nothing is allocated at a size the result claims before the
-claim is checked (the pixel limit, the sizes the caller allows, a brush RLE's header against width x height x 4).
+rasterised with ``ml_backend.masks.polygons.polygons_to_mask``. Both become regions through
+``ml_backend.masks.regions``, as CVAT's masks and polygons do (``ml_backend.cvat.annotations``). A result is
+untrusted input: each malformed field gets a ``RegionError`` naming it and where it was found, and nothing is
+allocated at a size the result claims before the claim is checked (the pixel limit, the sizes the caller allows,
+a brush RLE's header against width x height x 4).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
-from ..masks.polygons import polygons_to_mask
+from ..masks.regions import MaskRegion, RegionError, check_dimension, mask_region, polygon_region
 from ..masks.rle import RLEError, decode_rle, rle_header
 
 MASK_RESULT_TYPES = ("brushlabels", "polygonlabels")
 
 __all__ = ["MASK_RESULT_TYPES", "MaskRegion", "RegionError", "read_region"]
-
-
-class RegionError(ValueError):
-    """A brush or polygon result that cannot be read; the message names the field and where it was."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskRegion:
-    """One brush or polygon result, in pixels of the image it was drawn on."""
-
-    label: str
-    kind: str  # "brush" | "polygon"
-    width: int
-    height: int
-    mask: np.ndarray  # (height, width) bool, as annotated (a brush keeps its holes)
-    points: np.ndarray | None  # a polygon's (N, 2) x, y vertices in pixels; None for a brush
-
-    def mask_at(self, height: int, width: int) -> np.ndarray:
-        """The mask on the image as decoded here, when its size differs from the one the editor reported (EXIF
-        rotation, a rescaled file): nearest-neighbour, so it stays a bool mask."""
-        if self.mask.shape == (height, width):
-            return self.mask
-        import cv2
-
-        return cv2.resize(self.mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).view(bool)
 
 
 def read_region(
@@ -67,22 +43,16 @@ def read_region(
     labels = value.get(rtype)
     if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
         raise RegionError(f"{where}: value.{rtype} must be a list with the region's label")
-    width, height = (_dimension(result.get(k), f"{where}.{k}") for k in ("original_width", "original_height"))
+    width, height = (check_dimension(result.get(k), f"{where}.{k}") for k in ("original_width", "original_height"))
     if max_pixels is not None and width * height > max_pixels:
         raise RegionError(f"{where}: a {width}x{height} image is above the limit (MAX_IMAGE_MEGAPIXELS)")
     if sizes is not None and (width, height) not in sizes:
         shown = " or ".join(f"{w}x{h}" for w, h in sizes)
         raise RegionError(f"{where}: drawn on a {width}x{height} image, not this one ({shown})")
     if rtype == "brushlabels":
-        return MaskRegion(labels[0], "brush", width, height, _brush_mask(value, width, height, where), None)
+        return mask_region(labels[0], _brush_mask(value, width, height, where))
     points = _polygon_points(value.get("points"), width, height, where)
-    return MaskRegion(labels[0], "polygon", width, height, polygons_to_mask([points], height, width), points)
-
-
-def _dimension(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RegionError(f"{where} must be a positive integer, got {str(value)[:40]}")
-    return value
+    return polygon_region(labels[0], points, width, height, where, "value.points")
 
 
 def _brush_mask(value: dict, width: int, height: int, where: str) -> np.ndarray:

@@ -1,2 +1,2 @@
-"""Mask encodings both platforms and the export share: polygons (``polygons``) and Label Studio's brush RLE
-(``rle``)."""
+"""Masks both platforms, the export and fine-tuning share: polygons (``polygons``), Label Studio's brush RLE
+(``rle``) and the one builder of a saved region's mask from a polygon or a mask (``regions``)."""

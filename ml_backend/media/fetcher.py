@@ -293,6 +293,40 @@ class _Rules:
     timeout_name: str = "FETCH_TIMEOUT_S"
 
 
+def read_capped(
+    resp: requests.Response, url: str, deadline: float, cap: int, cap_name: str, late: str, what: str
+) -> bytes:
+    """A streamed response's body, at most ``cap`` bytes (``cap_name`` in the message), by ``deadline`` (a host
+    trickling bytes cannot hold the read open; ``late`` is the message then). Every platform's downloads use it."""
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and len(length) < 20 and int(length) > cap:
+        raise MediaError(
+            f"{what} at {url[:200]} is {int(length) / 2**20:.1f} MiB, above {cap_name}={cap // 2**20}", status=413
+        )
+    buf = bytearray()
+    raw = resp.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MediaError(late, status=504)
+            if sock is not None:
+                sock.settimeout(remaining)  # no single read may outlast the deadline either
+            # read1: whatever has arrived (up to a chunk), so the deadline is checked between small reads
+            chunk = raw.read1(_CHUNK, decode_content=True)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > cap:
+                raise MediaError(f"{what} at {url[:200]} is larger than {cap_name}={cap // 2**20}", status=413)
+    except (TimeoutError, OSError, urllib3_errors.HTTPError) as exc:
+        if time.monotonic() >= deadline or isinstance(exc, (TimeoutError, urllib3_errors.ReadTimeoutError)):
+            raise MediaError(late, status=504) from None
+        raise MediaError(f"the download from {url[:200]} broke off ({type(exc).__name__})", status=502) from None
+    return bytes(buf)
+
+
 class MediaFetcher:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -551,39 +585,8 @@ class MediaFetcher:
         return f"downloading {rules.what} from {url[:200]} did not finish within {limit}"
 
     def _read_capped(self, resp: requests.Response, url: str, deadline: float, rules: _Rules) -> bytes:
-        """The body, at most ``rules.max_bytes``, by ``deadline`` (a host trickling bytes cannot hold the read
-        open)."""
-        cap = rules.max_bytes
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and len(length) < 20 and int(length) > cap:
-            raise MediaError(
-                f"{rules.what} at {url[:200]} is {int(length) / 2**20:.1f} MiB, above {rules.cap_name}={cap // 2**20}",
-                status=413,
-            )
-        buf = bytearray()
-        raw = resp.raw
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise MediaError(self._deadline_message(url, rules), status=504)
-                if sock is not None:
-                    sock.settimeout(remaining)  # no single read may outlast the deadline either
-                # read1: whatever has arrived (up to a chunk), so the deadline is checked between small reads
-                chunk = raw.read1(_CHUNK, decode_content=True)
-                if not chunk:
-                    break
-                buf += chunk
-                if len(buf) > cap:
-                    raise MediaError(
-                        f"{rules.what} at {url[:200]} is larger than {rules.cap_name}={cap // 2**20}", status=413
-                    )
-        except (TimeoutError, OSError, urllib3_errors.HTTPError) as exc:
-            if time.monotonic() >= deadline or isinstance(exc, (TimeoutError, urllib3_errors.ReadTimeoutError)):
-                raise MediaError(self._deadline_message(url, rules), status=504) from None
-            raise MediaError(f"the download from {url[:200]} broke off ({type(exc).__name__})", status=502) from None
-        return bytes(buf)
+        late = self._deadline_message(url, rules)
+        return read_capped(resp, url, deadline, rules.max_bytes, rules.cap_name, late, rules.what)
 
     def _status_hint(self, url: str, status: int, is_ls: bool) -> str:
         where = urllib.parse.urlsplit(url)
