@@ -132,3 +132,14 @@ def test_the_bound_is_64_bits_exactly():
     check_numbers({"a": [[1, 2**62]]})
     with pytest.raises(BadRequest, match="digits"):
         check_numbers({"a": [[1, {"b": HUGE}]]})
+
+
+def test_cvat_mask_runs_of_extreme_size_are_a_region_error():
+    """A CVAT mask shape read for fine-tuning (``ml_backend.cvat.annotations``): runs of 1e308 pixels summed to inf
+    (an ``OverflowError``); any run is now counted at most at its box's size."""
+    from ml_backend.cvat.annotations import decode_box_rle
+    from ml_backend.masks.regions import RegionError
+
+    with pytest.raises(RegionError, match="runs cover"):
+        decode_box_rle([1e308, 1e308, 0, 0, 3, 3], 10, 10, "job 1 shape 2")
+    assert decode_box_rle([3, 13, 0, 0, 3, 3], 10, 10, "ok").sum() == 13
