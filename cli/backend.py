@@ -209,6 +209,9 @@ def gunicorn_argv(args: argparse.Namespace) -> list[str]:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from ml_backend.config import Settings
+
+    Settings.from_env()  # a setting that cannot be served (BASIC_AUTH_USER without a password, ...) stops it here
     os.environ["THREADS"] = str(max(1, args.threads))
     os.environ["LOG_LEVEL"] = args.log_level.upper()
     server = args.server

@@ -14,6 +14,8 @@ from typing import Any
 
 from .errors import CommandError
 
+SHOWN = 50  # lines naming what was left out, at most (then a count)
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -102,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
         print("images not copied: give --images DIR (files named as in the export) or --download")
     if summary.missing_images:
         print(f"{len(summary.missing_images)} image(s) missing, first: {summary.missing_images[0]}")
+    for line in summary.missing_images[:SHOWN]:  # one line per image left out, naming it and why
+        print(f"image not copied: {line}")
+    for line in summary.skipped_regions[:SHOWN]:
+        print(f"region left out: {line}")
+    for count, what in ((len(summary.missing_images), "image(s)"), (len(summary.skipped_regions), "region(s)")):
+        if count > SHOWN:
+            print(f"... {count - SHOWN} more {what} left out")
     if summary.skipped_results:
         print("left out (not brush or polygon): " + ", ".join(f"{n} {t}" for t, n in summary.skipped_results.items()))
     return 0

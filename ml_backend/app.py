@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .config import Settings
+from .config import Settings, auth_pair_problem
 from .cvat.interactor import FUNCTION_NAME, CvatInteractor, function_info
 from .cvat.webhook import MAX_WEBHOOK_BYTES, SIGNATURE_HEADER, CvatWebhooks
 from .errors import BackendError, BadRequest
@@ -70,7 +70,10 @@ class GuardMiddleware:
         self._last_401_log = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # no route takes one; refused before any route could, auth or not
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
@@ -227,6 +230,8 @@ def create_app(
     settings: Settings | None = None, engine: Engine | None = None, fetcher: MediaFetcher | None = None
 ) -> FastAPI:
     settings = settings or Settings.from_env()
+    if settings.basic_auth_enabled and not (settings.basic_auth_user and settings.basic_auth_pass):
+        raise ValueError(auth_pair_problem(settings))  # an empty password would be accepted, on 0.0.0.0
     _configure_logging(settings.log_level)
     backend = Backend(settings, engine, fetcher)
     cvat = CvatInteractor(backend.core)

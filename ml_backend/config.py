@@ -84,6 +84,17 @@ def _session_store(raw: str) -> str:
     return value
 
 
+def auth_pair_problem(settings: Settings) -> str:
+    """Why a half-set basic-auth pair is refused (an empty password would be accepted on 0.0.0.0)."""
+    given, missing = (
+        ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if settings.basic_auth_user else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+    )
+    return (
+        f"{given} is set but {missing} is empty: set both (basic auth protects every route) or neither "
+        "(the backend then listens on 127.0.0.1 only)"
+    )
+
+
 def _id_list(raw: str) -> tuple[str, ...]:
     """A comma-separated list of project ids (``FINETUNE_PROJECTS``, ``FINETUNE_CVAT_PROJECTS``)."""
     return tuple(p.strip() for p in raw.split(",") if p.strip())
@@ -115,6 +126,9 @@ class Settings:
     max_image_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     fetch_timeout_s: float = 30.0
+    # --- `adaptiveclick export --project`: the project export downloaded from Label Studio ---
+    export_max_bytes: int = 1024 * 1024 * 1024
+    export_timeout_s: float = 600.0
     # --- HTTP server ---
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
@@ -170,6 +184,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        if bool(env.get("BASIC_AUTH_USER", "")) != bool(env.get("BASIC_AUTH_PASS", "")):
+            raise ValueError(auth_pair_problem(cls(basic_auth_user=env.get("BASIC_AUTH_USER", ""))))
         hosts = tuple(h.strip().lower() for h in env.get("MEDIA_ALLOWED_HOSTS", "").split(",") if h.strip())
         return cls(
             label_studio_url=env.get("LABEL_STUDIO_URL", env.get("LABEL_STUDIO_HOST", "")).strip(),
@@ -181,6 +197,8 @@ class Settings:
             max_image_bytes=env_int(env, "MAX_IMAGE_MB", 64) * 1024 * 1024,
             max_image_pixels=int(env_float(env, "MAX_IMAGE_MEGAPIXELS", 64.0) * 1_000_000),
             fetch_timeout_s=env_float(env, "FETCH_TIMEOUT_S", 30.0),
+            export_max_bytes=env_int(env, "EXPORT_MAX_MB", 1024) * 1024 * 1024,
+            export_timeout_s=env_non_negative(env, "EXPORT_TIMEOUT_S", 600.0),
             basic_auth_user=env.get("BASIC_AUTH_USER", ""),
             basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
             max_request_bytes=env_int(env, "MAX_REQUEST_MB", 64) * 1024 * 1024,

@@ -35,6 +35,7 @@ FORMAT = 1
 _HEAD = struct.Struct("<4sBI")
 MAX_HEADER_BYTES = 1 << 20
 MAX_LOGITS_ELEMENTS = 4096 * 4096
+MAX_SIDE = 1 << 20  # pixels per side of the image a state claims; the predictor then checks its own size
 
 
 class StateFormatError(ValueError):
@@ -115,12 +116,19 @@ def decode(data: bytes, tag: str) -> StateParts:
         shape = tuple(int(v) for v in header["shape"])
         codec, kind = str(header["codec"]), str(header["kind"])
         box = _box_parts(header.get("box"))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        # OverflowError: a number such as 1e400 (inf) where an int belongs; RecursionError: nesting a JSON
+        # parser cannot follow. A tampered or corrupt header is a miss, never an error of the request.
         raise StateFormatError(f"state blob header is unreadable ({type(exc).__name__})") from None
     if stored_tag != tag:
         raise StateFormatError("the state was made by a predictor with other settings")
     if len(roi) != 4 or len(image_hw) != 2 or not (clicks or box) or kind not in ("logits", "probs"):
         raise StateFormatError("state blob header is inconsistent")
+    height, width = image_hw
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise StateFormatError(f"state blob image size {image_hw} is out of range")
+    if not all(0 <= r < height and 0 <= c < width for r, c, _ in clicks + (box.clicks if box else ())):
+        raise StateFormatError("state blob clicks lie outside its image")
     count = int(np.prod(shape)) if shape else 0
     if not 0 < count <= MAX_LOGITS_ELEMENTS:
         raise StateFormatError(f"state blob logits shape {shape} is out of range")
@@ -128,7 +136,12 @@ def decode(data: bytes, tag: str) -> StateParts:
     if len(raw) != count * 4:
         raise StateFormatError("state blob payload has the wrong size")
     unshuffled = np.ascontiguousarray(np.frombuffer(raw, np.uint8).reshape(4, count).T)
-    return StateParts(clicks, roi, image_hw, unshuffled.view(np.float32).reshape(shape), kind, box)
+    array = unshuffled.view(np.float32).reshape(shape)
+    # NaN or inf logits would reach the model as out-of-range sampling offsets (on a GPU a device-side assert
+    # that breaks the process); a probability map outside [0, 1] is not one this predictor made.
+    if not np.isfinite(array).all() or (kind == "probs" and not (array.min() >= 0.0 and array.max() <= 1.0)):
+        raise StateFormatError("state blob holds values a predictor never stores (non-finite or out of range)")
+    return StateParts(clicks, roi, image_hw, array, kind, box)
 
 
 def _box_parts(stored: dict | None) -> BoxParts | None:

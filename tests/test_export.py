@@ -241,7 +241,7 @@ def test_urls_in_the_export_go_through_the_hardened_fetcher(tmp_path, capsys, mo
     out = tmp_path / "out"
     assert main(["export", "--from-json", str(export), "--format", "coco", "--out", str(out), "--download"]) == 0
     printed = capsys.readouterr().out
-    assert "1 image(s) missing, first: task 1: refusing to fetch the image from '169.254.169.254'" in printed
+    assert "1 image(s) missing, first: task 1 (x.png): refusing to fetch the image from '169.254.169.254'" in printed
     assert not any((out / "images").iterdir())
 
 

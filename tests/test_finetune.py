@@ -148,7 +148,8 @@ def test_finetune_webhooks_with_malformed_parts_never_5xx(tmp_path):
     from hypothesis import strategies as st
 
     values = st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        # integers within 64 bits: longer ones are a 400 for any body (ml_backend/jsonbody.py)
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
         max_leaves=8,
     )

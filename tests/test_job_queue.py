@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from ml_backend.app import create_app
 from ml_backend.config import Settings
-from ml_backend.finetuning.job_queue import QUEUE_NAME, queue_kind, rq_job_id
+from ml_backend.finetuning.job_queue import QUEUE_NAME, SERIALIZER, queue_kind, rq_job_id
 from ml_backend.finetuning.model_store import QUEUED, SKIPPED, ModelStore
 from ml_backend.interactive.engine import Engine
 from testkit.standins import DiskPredictor
@@ -62,7 +62,7 @@ def test_a_job_queued_through_the_server_runs_on_a_separate_worker_and_survives_
     app = create_app(settings, engine=Engine(settings, factory=DiskPredictor, name="disk"))
     store = ModelStore(model_dir)
     redis = redis_server.client()
-    queue = Queue(QUEUE_NAME, connection=redis)
+    queue = Queue(QUEUE_NAME, connection=redis, serializer=SERIALIZER)
     stub = StubLabelStudio({1: []}, {})  # project 1 has no annotations: the job ends skipped, untrained
     env = dict(
         os.environ,
@@ -105,7 +105,7 @@ def test_a_job_queued_through_the_server_runs_on_a_separate_worker_and_survives_
             assert record["state"] == SKIPPED and "no usable annotations" in record["message"], log[-2000:]
             assert [h["state"] for h in record["history"]] == ["queued", "running", "skipped"]
             assert record["pid"] != os.getpid()  # run by the worker's process, not the server's
-            rq_job = Job.fetch(rq_job_id(first), connection=redis)
+            rq_job = Job.fetch(rq_job_id(first), connection=redis, serializer=SERIALIZER)
             assert rq_job.get_status() == "finished" and rq_job.return_value() == SKIPPED
             assert queue.count == 0
 

@@ -47,6 +47,7 @@ def decode_box_rle(points: Any, width: int, height: int, where: str) -> np.ndarr
     if (runs < 0).any() or (runs != np.floor(runs)).any():
         raise RegionError(f"{where}: a mask's run lengths must be non-negative integers")
     box_w, box_h = right - left + 1, bottom - top + 1
+    runs = np.minimum(runs, box_w * box_h + 1)  # no run longer than the box counts (and 1e308s cannot sum to inf)
     total = int(runs.sum())
     if total > box_w * box_h:
         raise RegionError(

@@ -12,7 +12,6 @@ message says what to fix; the job that meets one is skipped, never crashed.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -21,6 +20,7 @@ import requests
 
 from ..config import Settings
 from ..errors import MediaError
+from ..jsonbody import loads
 from ..media.fetcher import DecodedImage, decode_image, read_capped
 from ..media.urls import Destination, UnsafeURL, parse_destination
 
@@ -120,7 +120,7 @@ class CvatAPI:
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         data = self._get(path, params, self.settings.max_request_bytes, "MAX_REQUEST_MB", "the answer")
         try:
-            return json.loads(data)
+            return loads(data)  # integers bounded to 64 bits, as every JSON this backend reads
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise CvatError(
                 f"CVAT answered GET {path} with something that is not JSON ({data[:80]!r}): is CVAT_URL CVAT's "

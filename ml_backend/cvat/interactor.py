@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import BackendError, BadRequest, MediaError
 from ..interactive.core import Frame, InteractiveCore, image_key
 from ..interactive.sessions import BoxPrompt, Click, RunStats, box_prompt
-from ..jsonbody import parse_json
+from ..jsonbody import check_numbers, parse_json
 from ..media.fetcher import DecodedImage, decode_image
 
 log = logging.getLogger("adaptiveclick.backend")
@@ -216,6 +216,8 @@ class CvatInteractor:
         stats = stats or RunStats()
         if isinstance(body, (bytes, bytearray)):
             body = parse_json(bytes(body))
+        else:  # nuclio decodes application/json itself: bound its integers as parse_json does
+            check_numbers(body)
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object with image, pos_points and neg_points")
         settings = self.core.settings

@@ -1,5 +1,9 @@
 """Where fine-tuning jobs wait for a worker: the file queue under ``MODEL_DIR`` (default) or RQ on Redis.
 
+Redis holds data only: jobs are serialised as JSON (never pickle), name the one job function with one job record
+id as their argument, and a worker refuses any other job it finds (``FinetuneJob``); docs/security.md says what
+write access to that Redis still allows.
+
 The job *records* always stay in ``MODEL_DIR/jobs`` (``model_store.ModelStore``: states, history, metrics), and
 versions and the ``current`` pointer keep their atomic rules there, so ``adaptiveclick versions``, recovery of
 a dead worker's job and the hot swap work the same with either queue. What RQ adds (``FINETUNE_QUEUE=rq``, or
@@ -17,6 +21,7 @@ it is still ``queued``.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +34,8 @@ QUEUE_NAME = "adaptiveclick-finetune"
 RQ_FUNCTION = "ml_backend.finetuning.worker.run_rq_job"  # by name: this module never imports the worker
 RECONCILE_S = 30.0
 RESULT_TTL_S = 7 * 24 * 3600  # RQ's own bookkeeping of finished jobs; the records in MODEL_DIR stay forever
+JOB_ID = re.compile(r"^job-[0-9]{6,12}$")  # what ModelStore names its records; the only argument a job takes
+SERIALIZER = "json"  # RQ's JSONSerializer: nothing read from Redis is unpickled (RQ's default is pickle)
 # RQ statuses under which a job will still run (anything else: finished, failed, stopped, canceled, gone).
 _PENDING = ("created", "queued", "started", "deferred", "scheduled", "rate_limited")
 
@@ -47,6 +54,56 @@ def rq_job_id(job_id: str) -> str:
     return f"adaptiveclick-{job_id}"
 
 
+class RefusedJob(Exception):
+    """An RQ job this queue never enqueues (another function, arguments or callbacks): planted in Redis."""
+
+
+def valid_job_id(value: object) -> str:
+    """``value`` when it names a job record (``job-000123``), else :class:`RefusedJob`."""
+    if not isinstance(value, str) or not JOB_ID.match(value):
+        raise RefusedJob(f"not a job record id: {str(value)[:40]!r}")
+    return value
+
+
+def _finetune_job_class() -> type:
+    """RQ's Job, restricted to what :meth:`RQJobs.submit` enqueues: ``RQ_FUNCTION`` by name with one job record id,
+    no instance, no keyword arguments, no callbacks. Anything else in a job hash (written by whoever can write to
+    Redis) is refused before a single name is imported, so the worker runs nothing else (callbacks are ignored)."""
+    from rq.job import Job
+
+    class FinetuneJob(Job):
+        @property
+        def func(self):  # what RQ imports and calls: only ever the one job function
+            if self.func_name != RQ_FUNCTION or self.instance is not None or self.kwargs:
+                raise RefusedJob(f"refusing RQ job {self.id}: it names {str(self.func_name)[:80]!r}, not {RQ_FUNCTION}")
+            if not isinstance(self.args, (list, tuple)) or len(self.args) != 1:
+                raise RefusedJob(f"refusing RQ job {self.id}: it takes one job record id")
+            valid_job_id(self.args[0])
+            return super().func
+
+        def _no_callback(self, name: str) -> None:
+            # Not raised: RQ calls these while handling a failure. This queue sets none, so none is ever run.
+            if getattr(self, f"_{name}_name", None):
+                log.warning("RQ job %s names a %s, which this queue never sets: not run", self.id, name)
+
+        @property
+        def success_callback(self):
+            self._no_callback("success_callback")
+            return None
+
+        @property
+        def failure_callback(self):
+            self._no_callback("failure_callback")
+            return None
+
+        @property
+        def stopped_callback(self):
+            self._no_callback("stopped_callback")
+            return None
+
+    return FinetuneJob
+
+
 class RQJobs:
     """The server's and the worker's side of the RQ queue (``redis`` and ``rq`` are imported here only)."""
 
@@ -59,7 +116,8 @@ class RQJobs:
         self.connection = connection or redis.Redis.from_url(
             settings.session_store, socket_timeout=5, socket_connect_timeout=5
         )
-        self.queue = Queue(QUEUE_NAME, connection=self.connection)
+        self.job_class = _finetune_job_class()
+        self.queue = Queue(QUEUE_NAME, connection=self.connection, job_class=self.job_class, serializer=SERIALIZER)
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -68,15 +126,15 @@ class RQJobs:
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
-        rq_id = rq_job_id(job_id)
-        try:
-            status = Job.fetch(rq_id, connection=self.connection).get_status(refresh=False)
+        rq_id = rq_job_id(valid_job_id(job_id))
+        try:  # JSON: a job hash planted with pickled meta or result reads as data, never as code
+            status = Job.fetch(rq_id, connection=self.connection, serializer=SERIALIZER).get_status(refresh=False)
         except NoSuchJobError:
             status = None
         if status is not None and str(getattr(status, "value", status)) in _PENDING:
             return False
         if status is not None:  # finished or failed in RQ while the record says queued: run it again
-            Job.fetch(rq_id, connection=self.connection).delete()
+            Job.fetch(rq_id, connection=self.connection, serializer=SERIALIZER).delete()
         self.queue.enqueue_call(
             RQ_FUNCTION,
             args=(job_id,),
@@ -135,7 +193,7 @@ class RQJobs:
             self.reconcile(ModelStore(self.settings.model_dir))
         except Exception as exc:
             log.error("could not reconcile the RQ queue with %s/jobs: %s", self.settings.model_dir, exc)
-        worker = Worker([self.queue], connection=self.connection)
+        worker = Worker([self.queue], connection=self.connection, job_class=self.job_class, serializer=SERIALIZER)
         worker.work(burst=once, with_scheduler=False)
         return int(getattr(worker, "successful_job_count", 0) or 0)
 

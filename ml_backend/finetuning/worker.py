@@ -407,6 +407,9 @@ def worker_loop(
 def run_rq_job(job_id: str) -> str:
     """What an RQ worker runs for a job: wait for the ``MODEL_DIR`` worker lock, then run the record if it is
     still queued (``finetune_worker.run_job``). Returns the record's final state."""
+    from .job_queue import valid_job_id
+
+    job_id = valid_job_id(job_id)  # the argument came through Redis: a record id, nothing else
     settings = Settings.from_env()
     cfg = JobConfig.from_env()
     store = ModelStore(settings.model_dir)

@@ -284,8 +284,8 @@ class SharedStates:
                 clicks_only = tuple(tuple(c) for c in prefixes[index] if not is_box(c))  # a state keeps its box apart
                 if tuple(tuple(c) for c in _clicks_of(state)) == clicks_only:
                     restored = (prefixes[index], state)
-            except ValueError as exc:  # another format or settings: a miss
-                log.debug("SESSION_STORE: stored state not usable (%s)", exc)
+            except Exception as exc:  # another format or settings, or tampered: a miss, never a failed click
+                log.debug("SESSION_STORE: stored state not usable (%s: %s)", type(exc).__name__, exc)
         stats.store_ms += (time.perf_counter() - t0) * 1000
         if restored is not None:
             stats.store_hit = True
@@ -328,7 +328,7 @@ class SharedStates:
             return ok, None
         try:
             box = tuple(float(v) for v in json.loads(raw))
-        except (ValueError, TypeError, RecursionError):
+        except (ValueError, TypeError, RecursionError, OverflowError):  # OverflowError: a 400-digit integer
             return True, None
         return True, box if len(box) == 4 and all(math.isfinite(v) for v in box) else None
 
@@ -342,7 +342,7 @@ class SharedStates:
         for raw in self.store.recent(f"{namespace}:sequences"):
             try:
                 out.append(tuple(_item(v) for v in json.loads(raw)))
-            except (ValueError, TypeError):  # not ours: ignore
+            except (ValueError, TypeError, OverflowError, RecursionError):  # not ours, or tampered: ignore
                 continue
         return out
 

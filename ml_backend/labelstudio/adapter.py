@@ -37,6 +37,8 @@ log = logging.getLogger("adaptiveclick.backend")
 LS_USER_AGENT = "heartex/"
 # PIL's Image.transpose methods that undo each EXIF orientation (EXIF-shown image -> stored pixels).
 _UNDO_ORIENTATION = {2: 0, 3: 3, 4: 1, 5: 5, 6: 2, 7: 6, 8: 4}
+MAX_REGIONS_PER_CLICK = 32  # saved regions (newest first) a click may be continuing; docs/security.md
+REGION_PIXELS_PER_CLICK = 256_000_000  # and the pixels they may cost in all: 4 regions on a 64 MP frame
 
 
 def make_frame(
@@ -129,11 +131,18 @@ def region_to_continue(request: ClickRequest, click: Click, frame: Frame, limit:
     """The first of the request's saved regions (``predict_request.saved_regions``: the preferred first) that
     ``click`` lies in, with its mask in the frame; malformed ones are skipped (the click starts a new object)."""
     row, col = click[0], click[1]
-    for result in request.saved:
-        try:
-            saved = read_region(result, f"saved region {result['id']}", limit)
+    # A draft can hold any number of regions and each costs a rasterisation at the frame's size: at most
+    # MAX_REGIONS_PER_CLICK of them, and fewer on large frames (REGION_PIXELS_PER_CLICK in all).
+    frame_pixels = frame.size[0] * frame.size[1]
+    limit_count = min(MAX_REGIONS_PER_CLICK, max(1, REGION_PIXELS_PER_CLICK // max(1, frame_pixels)))
+    for read, result in enumerate(request.saved):
+        if read >= limit_count:
+            log.info("more than %d saved regions of this label: the rest are not continued", limit_count)
+            return None
+        try:  # only at the frame's size: a region's claimed size is rasterised, so it must be this image's
+            saved = read_region(result, f"saved region {result['id']}", limit, {frame.size, frame.out_size})
         except RegionError:
-            continue
+            continue  # a malformed region is not continued; the click starts a new object
         mask = saved.mask_at(frame.size[1], frame.size[0])
         if mask[row, col]:
             digest = hashlib.sha1(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()[:16]

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 
 from ..config import Settings
 from ..errors import BackendError
+from ..jsonbody import NumberTooLarge, loads
 from ..masks.polygons import hole_pixels, mask_to_polygons, polygons_to_mask
 from .regions import MASK_RESULT_TYPES, RegionError, read_region
 
@@ -81,6 +81,7 @@ class Summary:
     objects: int = 0  # YOLO lines or COCO annotations
     images: int = 0
     missing_images: list[str] = dataclasses.field(default_factory=list)  # "task 3: why"
+    skipped_regions: list[str] = dataclasses.field(default_factory=list)  # "task 3 result[1]: why"
     skipped_results: dict[str, int] = dataclasses.field(default_factory=dict)  # result type -> count
 
 
@@ -90,7 +91,9 @@ class Summary:
 def parse_export(data: bytes, image_key: str | None = None) -> list[Task]:
     """Tasks of a Label Studio JSON export (``exportType=JSON``) that have an annotation that was not cancelled."""
     try:
-        raw = json.loads(data)
+        raw = loads(data)
+    except NumberTooLarge as exc:
+        raise ExportError(f"the export is refused: {exc}") from None
     except RecursionError:
         raise ExportError("the export is nested too deeply to be Label Studio's JSON export") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -171,31 +174,46 @@ def _result_labels(task: Task) -> Iterator[str]:
                 yield labels[0]
 
 
-def regions_of(
-    task: Task, *, tolerance_px: float, min_area_px: int, max_pixels: int
-) -> tuple[list[Region], dict[str, int]]:
-    """The task's brush and polygon results as regions, and a count of the result types left out."""
-    regions: list[Region] = []
+def skipped_types(task: Task) -> dict[str, int]:
+    """How many of the task's results are neither brush nor polygon, by type (they are left out)."""
     skipped: dict[str, int] = {}
-    for i, result in enumerate(task.results):
+    for result in task.results:
         rtype = str(result.get("type", "")).lower()
         if rtype not in MASK_RESULT_TYPES:
             skipped[rtype or "untyped"] = skipped.get(rtype or "untyped", 0) + 1
+    return skipped
+
+
+def regions_of(
+    task: Task,
+    *,
+    tolerance_px: float,
+    min_area_px: int,
+    max_pixels: int,
+    size: tuple[int, int] | None = None,
+    refused: list[str] | None = None,
+) -> Iterator[Region]:
+    """The task's brush and polygon results as regions, one at a time (a caller that writes each before taking the
+    next holds one mask). All must be drawn on ``size`` (the image's shown size), or without it on the size the
+    first claims: a region claiming another is named in ``refused`` and left out before it is rasterised."""
+    for i, result in enumerate(task.results):
+        if str(result.get("type", "")).lower() not in MASK_RESULT_TYPES:
             continue
-        regions.append(_region(result, f"{task.where} result[{i}]", tolerance_px, min_area_px, max_pixels))
-    return regions, skipped
-
-
-def _region(result: dict, where: str, tolerance_px: float, min_area_px: int, max_pixels: int) -> Region:
-    try:
-        region = read_region(result, where, max_pixels)
-    except RegionError as exc:
-        raise ExportError(str(exc)) from None
-    if region.points is None:  # a brush: its polygons come from the mask
-        polygons = mask_to_polygons(region.mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
-    else:
-        polygons = [region.points]
-    return Region(region.label, region.kind, region.width, region.height, tuple(polygons), region.mask)
+        where = f"{task.where} result[{i}]"
+        try:
+            region = read_region(result, where, max_pixels, None if size is None else {size})
+        except RegionError as exc:
+            if size is None or "drawn on" not in str(exc):
+                raise ExportError(str(exc)) from None
+            if refused is not None:
+                refused.append(str(exc))
+            continue
+        size = (region.width, region.height)
+        if region.points is None:  # a brush: its polygons come from the mask
+            polygons = mask_to_polygons(region.mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
+        else:
+            polygons = [region.points]
+        yield Region(region.label, region.kind, region.width, region.height, tuple(polygons), region.mask)
 
 
 # --- images -------------------------------------------------------------------------------------------------------
@@ -244,21 +262,26 @@ def local_images(root: str | Path, max_bytes: int) -> Callable[[Task], bytes]:
     return read
 
 
-def image_format(data: bytes) -> tuple[str, tuple[int, int]]:
+def image_format(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
     """The file extension and the (width, height) as shown (EXIF orientation applied) of an image we copy;
-    ``ExportError`` when the bytes are not an image in a format training code reads."""
-    from PIL import Image, UnidentifiedImageError
+    ``ExportError`` when the bytes are not an image in a format training code reads, or do not decode (the
+    backend's decoder and limits: a corrupt file is named and skipped, never copied)."""
+    from PIL import Image
+
+    from ..media.fetcher import decode_image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            fmt, (width, height) = image.format, image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError):
-        fmt, width, height, orientation = None, 0, 0, 1
+            fmt = image.format
+    except Exception:  # any failure of Pillow's format sniffing: not an image we copy
+        fmt = None
     if fmt not in _IMAGE_EXTENSIONS:
         raise ExportError(f"not an image in a format training code reads ({fmt or 'unknown'})")
-    transposed = orientation in (5, 6, 7, 8)  # Label Studio's original_width/height are after this rotation
-    return _IMAGE_EXTENSIONS[fmt], (height, width) if transposed else (width, height)
+    try:
+        decoded = decode_image(data, max_pixels, what="the image")
+    except BackendError as exc:
+        raise ExportError(exc.message) from None
+    return _IMAGE_EXTENSIONS[fmt], decoded.size  # Label Studio's original_width/height are after EXIF rotation
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
@@ -282,6 +305,12 @@ def export_dataset(
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
+    if out.is_symlink():  # the folder is replaced at the end by a rename, which a link cannot take part in
+        target = os.readlink(out)
+        state = "an empty folder" if out.is_dir() and not any(out.iterdir()) else "nothing" if not out.exists() else ""
+        raise ExportError(
+            f"--out {out} is a symbolic link (to {target}{', ' + state if state else ''}): give the folder itself"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} exists and is not an empty folder: give a new or empty folder")
     found = labels_of(tasks)
@@ -324,29 +353,33 @@ def _write(
     coco: dict[str, Any] = {"info": {}, "licenses": [], "images": [], "annotations": [], "categories": []}
     coco["categories"] = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
     for task in tasks:
-        regions, skipped = regions_of(
+        for rtype, count in skipped_types(task).items():
+            summary.skipped_results[rtype] = summary.skipped_results.get(rtype, 0) + count
+        file_name, image_size = _copy_image(task, image_dir, read_image, summary, settings.max_image_pixels)
+        regions = regions_of(
             task,
             tolerance_px=tolerance,
             min_area_px=settings.polygon_min_area_px,
             max_pixels=settings.max_image_pixels,
+            size=image_size,
+            refused=summary.skipped_regions,
         )
-        for rtype, count in skipped.items():
-            summary.skipped_results[rtype] = summary.skipped_results.get(rtype, 0) + count
-        file_name, image_size = _copy_image(task, image_dir, read_image, summary)
-        size = (regions[0].width, regions[0].height) if regions else image_size
         summary.tasks += 1
         if fmt == "yolo-seg":
             lines = [_yolo_line(index[r.label], p, r.width, r.height) for r in regions for p in r.polygons]
             (label_dir / f"{output_stem(task)}.txt").write_text("".join(f"{line}\n" for line in lines))
             summary.objects += len(lines)
-        elif size is not None:  # a task with no region and no image cannot be sized: COCO leaves it out
+            continue
+        size = image_size
+        for region in regions:  # each region's mask is dropped once its annotation is made
+            size = size or (region.width, region.height)
+            annotation = _coco_annotation(region, settings.polygon_min_area_px)
+            if annotation is not None:
+                annotation.update(id=len(coco["annotations"]) + 1, image_id=task.id)
+                annotation["category_id"] = index[region.label] + 1
+                coco["annotations"].append(annotation)
+        if size is not None:  # a task with no region and no image cannot be sized: COCO leaves it out
             coco["images"].append({"id": task.id, "file_name": file_name, "width": size[0], "height": size[1]})
-            for region in regions:
-                annotation = _coco_annotation(region, settings.polygon_min_area_px)
-                if annotation is not None:
-                    annotation.update(id=len(coco["annotations"]) + 1, image_id=task.id)
-                    annotation["category_id"] = index[region.label] + 1
-                    coco["annotations"].append(annotation)
     if fmt == "yolo-seg":
         (folder / "data.yaml").write_text(_data_yaml(final, classes))
     else:
@@ -358,7 +391,7 @@ def _write(
 
 
 def _copy_image(
-    task: Task, image_dir: Path, read_image: Callable[[Task], bytes] | None, summary: Summary
+    task: Task, image_dir: Path, read_image: Callable[[Task], bytes] | None, summary: Summary, max_pixels: int
 ) -> tuple[str, tuple[int, int] | None]:
     """Copy the task's image as ``<stem><ext>``: its file name and shown size; when it cannot be copied, the
     name it would have (the reference's extension) and None."""
@@ -369,9 +402,10 @@ def _copy_image(
         return f"{stem}{guessed}", None
     try:
         data = read_image(task)
-        extension, size = image_format(data)
+        extension, size = image_format(data, max_pixels)
     except (OSError, ExportError, BackendError) as exc:
-        summary.missing_images.append(f"{task.where}: {getattr(exc, 'message', None) or exc}")
+        name = _file_names(task.image_ref)[-1][:80]
+        summary.missing_images.append(f"{task.where} ({name}): {getattr(exc, 'message', None) or exc}")
         return f"{stem}{guessed}", None
     (image_dir / f"{stem}{extension}").write_bytes(data)
     summary.images += 1
@@ -429,33 +463,36 @@ def _data_yaml(out: Path, classes: list[str]) -> str:
 # --- Label Studio's API -------------------------------------------------------------------------------------------
 
 
-def download_project_export(settings: Settings, project: int, timeout_s: float = 600.0) -> bytes:
-    """``GET /api/projects/{id}/export?exportType=JSON`` from ``LABEL_STUDIO_URL`` with ``LABEL_STUDIO_API_KEY``."""
+def download_project_export(settings: Settings, project: int) -> bytes:
+    """``GET /api/projects/{id}/export?exportType=JSON`` from ``LABEL_STUDIO_URL`` with ``LABEL_STUDIO_API_KEY``,
+    through the fetcher's checked redirects (Label Studio's origin only, at most 5 hops), at most
+    ``EXPORT_MAX_MB`` and within ``EXPORT_TIMEOUT_S`` for the whole download."""
     from ..media.fetcher import MediaFetcher
+
+    if not settings.label_studio_api_key:
+        raise ExportError("--project needs LABEL_STUDIO_API_KEY (Account & Settings > Personal Access Token)")
+    path = f"/api/projects/{int(project)}/export?exportType=JSON&download_all_tasks=false"
+
+    def status_message(status: int) -> str:
+        if status in (401, 403):
+            return (
+                f"Label Studio refused LABEL_STUDIO_API_KEY ({status}): check the token and its access to project "
+                f"{project}"
+            )
+        if status == 404:
+            return f"Label Studio has no project {project} (404 from {path.split('?')[0]})"
+        return f"Label Studio answered {status} to {path}"
 
     fetcher = MediaFetcher(settings)
     try:
-        base = fetcher.ls_url
-        if not settings.label_studio_api_key:
-            raise ExportError("--project needs LABEL_STUDIO_API_KEY (Account & Settings > Personal Access Token)")
-        url = f"{base}/api/projects/{int(project)}/export?exportType=JSON&download_all_tasks=false"
-        response = fetcher.session.get(
-            url, headers=fetcher.auth.headers(base), timeout=(settings.fetch_timeout_s, timeout_s)
+        return fetcher.get_label_studio(
+            path,
+            max_bytes=settings.export_max_bytes,
+            timeout_s=settings.export_timeout_s,
+            status_message=status_message,
         )
     except BackendError as exc:
         raise ExportError(exc.message) from None
-    except requests.RequestException as exc:
-        raise ExportError(f"could not reach Label Studio at {settings.label_studio_url}: {exc}") from None
-    if response.status_code in (401, 403):
-        raise ExportError(
-            f"Label Studio refused LABEL_STUDIO_API_KEY ({response.status_code}): check the token and its access "
-            f"to project {project}"
-        )
-    if response.status_code == 404:
-        raise ExportError(f"Label Studio has no project {project} (404 from {url})")
-    if response.status_code != 200:
-        raise ExportError(f"Label Studio answered {response.status_code} to {url}")
-    return response.content
 
 
 def fetched_images(settings: Settings) -> Callable[[Task], bytes]:

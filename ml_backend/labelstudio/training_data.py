@@ -14,6 +14,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import MediaError
 from ..finetuning.sources import TaskData
+from ..jsonbody import loads
 from ..media.urls import UnsafeURL
 from .labeling_config import parse_label_config
 from .regions import MASK_RESULT_TYPES, RegionError, read_region
@@ -85,7 +86,10 @@ class LabelStudioAPI:
                 )
             if resp.status_code >= 400:
                 raise RuntimeError(f"Label Studio answered {resp.status_code} for GET {path}: {resp.text[:300]}")
-            return resp.json()
+            try:
+                return loads(resp.content)
+            except (ValueError, RecursionError) as exc:  # NumberTooLarge, not JSON, nested too deeply
+                raise RuntimeError(f"Label Studio sent unusable JSON for GET {path}: {str(exc)[:200]}") from None
         raise RuntimeError("unreachable")  # pragma: no cover
 
     def project(self, project: str) -> dict[str, Any]:
@@ -181,7 +185,7 @@ def collect_annotations(
         masks = []
         for i, region in enumerate(annotation["result"]):
             try:
-                saved = read_region(region, f"task {task['id']} result[{i}]")
+                saved = read_region(region, f"task {task['id']} result[{i}]", fetcher.settings.max_image_pixels)
             except RegionError as exc:  # one bad region does not fail the task
                 log.warning("%s", exc)
                 continue

@@ -18,11 +18,16 @@ Conventions (docs/export.md):
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 import cv2
 import numpy as np
+
+log = logging.getLogger("adaptiveclick.backend")
+MAX_POLYGON_PARTS = 100  # polygon regions in one answer, largest first (docs/security.md)
+_BLOCK_PIXELS = 1 << 20  # rasterisation works on blocks of rows of about this many pixels
 
 
 def _filled_pixels(outline: np.ndarray) -> int:
@@ -33,18 +38,24 @@ def _filled_pixels(outline: np.ndarray) -> int:
     return round(abs(cv2.contourArea(outline)) + steps / 2 + 1)
 
 
-def mask_to_polygons(mask: np.ndarray, *, tolerance_px: float, min_area_px: int) -> list[np.ndarray]:
+def mask_to_polygons(
+    mask: np.ndarray, *, tolerance_px: float, min_area_px: int, max_parts: int | None = None
+) -> list[np.ndarray]:
     """One simplified outer polygon per 8-connected part of ``mask`` (2-D, nonzero = object) whose filled
     outline covers at least ``min_area_px`` pixels, largest first.
 
     A part inside another part's hole is covered by that part's polygon and gets none of its own. A part whose
     outline has fewer than 3 distinct vertices (a straight one-pixel-wide line) has no area as a polygon and is
-    left out."""
+    left out. ``max_parts``: only that many of the largest outlines (by their contour area, a few times over for
+    the exact filter below) are simplified, so a fragmented mask costs what its largest parts cost."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     # Outer contours only, one pass over the image: OpenCV's border following treats the object as 8-connected.
     # CHAIN_APPROX_SIMPLE keeps only the ends of straight runs: still the exact outline.
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if max_parts is not None and len(contours) > 4 * max_parts:
+        rough = np.fromiter((cv2.contourArea(c) for c in contours), np.float64, len(contours))
+        contours = [contours[i] for i in np.argsort(-rough, kind="stable")[: 4 * max_parts]]
     size = np.array([mask.shape[1], mask.shape[0]], np.float64)
     polygons: list[tuple[int, np.ndarray]] = []
     for outline in contours:
@@ -110,10 +121,22 @@ def _scanline_fill(points: np.ndarray, height: int, width: int) -> np.ndarray:
     # Pixel c is in a span [a, b) when its centre c + 0.5 is: c from ceil(a - 0.5) to ceil(b - 0.5) - 1.
     starts = np.clip(np.ceil(xs[:, 0] - 0.5), 0, width).astype(np.int64)
     stops = np.clip(np.ceil(xs[:, 1] - 0.5), 0, width).astype(np.int64)
-    coverage = np.zeros((height, width + 1), np.int32)
-    np.add.at(coverage, (rows[:, 0], starts), 1)
-    np.add.at(coverage, (rows[:, 0], stops), -1)
-    return np.cumsum(coverage, axis=1)[:, :width] > 0
+    # Spans to pixels by blocks of about a million pixels, over the rows the polygon spans only: a full-frame
+    # int32/int64 coverage array cost ~1.2 GB at 64 MP (benchmarks/hostile_inputs.py).
+    mask = np.zeros((height, width), bool)
+    span_rows = rows[:, 0]
+    if not span_rows.size:
+        return mask
+    step = max(1, _BLOCK_PIXELS // (width + 1))
+    for top in range(int(span_rows[0]), int(span_rows[-1]) + 1, step):
+        lo, hi = np.searchsorted(span_rows, [top, top + step])
+        if lo == hi:
+            continue
+        coverage = np.zeros((min(step, height - top), width + 1), np.int32)
+        np.add.at(coverage, (span_rows[lo:hi] - top, starts[lo:hi]), 1)
+        np.add.at(coverage, (span_rows[lo:hi] - top, stops[lo:hi]), -1)
+        mask[top : top + coverage.shape[0]] = np.cumsum(coverage, axis=1, dtype=np.int32)[:, :width] > 0
+    return mask
 
 
 def hole_pixels(mask: np.ndarray) -> int:
@@ -136,12 +159,20 @@ def polygon_regions(
     tolerance_px: float,
     min_area_px: int,
     item_index: int | None = None,
+    max_parts: int = MAX_POLYGON_PARTS,
 ) -> list[dict[str, Any]]:
     """Label Studio ``polygonlabels`` results for ``mask``: one region per part (holes filled, specks dropped),
-    points in percent of the image, largest part first. The counterpart of ``labeling.brush_region``."""
+    points in percent of the image, largest part first, at most ``max_parts`` of them (the rest is logged). The
+    counterpart of ``labeling.brush_region``."""
     height, width = mask.shape
     regions = []
-    for points in mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px):
+    parts = mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px, max_parts=max_parts + 1)
+    if len(parts) > max_parts:  # a fragmented mask: a reply of a million regions helps no annotator
+        log.warning(
+            "the mask has more than %d parts: answering the %d largest (MAX_POLYGON_PARTS)", max_parts, max_parts
+        )
+        parts = parts[:max_parts]
+    for points in parts:
         percent = points / np.array([width, height], np.float64) * 100.0
         region: dict[str, Any] = {
             "id": uuid.uuid4().hex[:10],

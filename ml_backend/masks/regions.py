@@ -48,7 +48,7 @@ class MaskRegion:
 def check_dimension(value: Any, where: str) -> int:
     """An image side: a positive integer (not a bool, not a float)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RegionError(f"{where} must be a positive integer, got {value!r}")
+        raise RegionError(f"{where} must be a positive integer, got {str(value)[:40]}")
     return value
 
 
@@ -59,7 +59,10 @@ def polygon_region(label: str, points: Any, width: int, height: int, where: str,
         pairs = isinstance(points, (list, tuple)) and all(
             isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(c) for c in p) for p in points
         )
-        points = np.asarray(points if pairs else [], np.float64)
+        try:
+            points = np.asarray(points if pairs else [], np.float64)
+        except OverflowError:  # an integer beyond float range: JSON parsers here bound them, this is the backstop
+            points = np.asarray([], np.float64)
     array = points.astype(np.float64, copy=False)
     if array.ndim != 2 or array.shape[1] != 2 or len(array) < 3 or not np.isfinite(array).all():
         raise RegionError(f"{where}: {field} must be at least 3 [x, y] pairs of finite numbers")

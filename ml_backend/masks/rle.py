@@ -1,4 +1,4 @@
-"""Label Studio brush RLE, vectorised.
+"""Label Studio brush RLE, vectorised, and its reader with the checks an untrusted stream needs.
 
 Produces exactly the bytes of ``label_studio_sdk.converter.brush.mask2rle`` (the tests compare them on random and
 real masks, and decode with the SDK's ``decode_rle``), in a few numpy passes over the pixels instead of a Python
@@ -8,6 +8,9 @@ per-click overhead outside the model. The SDK's encoder is used for anything but
 The format (the SDK's ``encode_rle`` on the mask repeated 4 times, as RGBA): a 32-bit length, 5 bits word size - 1
 (7), four 4-bit run-size classes - 1 (3, 4, 8, 16 bits), then per run a token ``flag(1) class(2) length-1 value(8)``
 (runs longer than 65536 are split into 65536-long tokens first), zero-padded with 1..8 bits to whole bytes.
+
+``decode_rle`` reads that format back (the editor's own strokes included) after checking the header against the
+size the caller expects and against what the stream's length can encode, so a few bytes cannot claim gigabytes.
 """
 
 from __future__ import annotations
@@ -72,3 +75,66 @@ def mask2rle(mask: np.ndarray) -> list[int]:
     pad = 8 - total % 8  # 1..8 zero bits, exactly as the SDK pads
     stream = np.concatenate((header, body, np.zeros(pad, np.uint8)))
     return np.packbits(stream).tolist()
+
+
+class RLEError(ValueError):
+    """A brush RLE that is malformed or claims another size than the region it belongs to."""
+
+
+def rle_header(rle: bytes | bytearray | list[int]) -> tuple[int, int, tuple[int, ...]]:
+    """``(values, word size, run-size classes)`` from the first 53 bits, without decoding anything."""
+    if len(rle) < 7:
+        raise RLEError("is shorter than its 53-bit header")
+    head = int.from_bytes(bytes(rle[:8]).ljust(8, b"\0"), "big")  # 64 bits; the header is the top 53
+    num = head >> 32
+    word = ((head >> 27) & 0x1F) + 1
+    sizes = tuple(((head >> (23 - 4 * i)) & 0xF) + 1 for i in range(4))
+    return num, word, sizes
+
+
+def decode_rle(rle: bytes | bytearray | list[int], expected_values: int) -> np.ndarray:
+    """The values of a Label Studio brush RLE (RGBA bytes, so 4 per pixel), refusing before any allocation a
+    stream whose header claims other than ``expected_values`` or more values than its length can encode.
+
+    The SDK's ``decode_rle`` allocates whatever 32-bit length the header claims (4 GB from a few bytes) and
+    expands the stream to a Python string of bits first; this reads the same format with the header checked
+    first, and its tokens straight from the bits (``RLEError`` for anything malformed)."""
+    data = np.frombuffer(bytes(rle), np.uint8)
+    num, word, sizes = rle_header(data)
+    if num != expected_values:
+        raise RLEError(f"claims {num} values, but its region has {expected_values}")
+    if word > 8:
+        raise RLEError(f"has {word}-bit words; brush masks are bytes (8 bits)")
+    body_bits = data.size * 8 - 53
+    # The most values a bit of stream can stand for: a repeat token of the largest class, 1+2+size+word bits.
+    capacity = max((1 << s) / (3 + s + word) for s in sizes) * body_bits
+    if num > capacity:
+        raise RLEError(f"claims {num} values, more than its {data.size} bytes can encode")
+    bits = np.unpackbits(data)[53:].tobytes().translate(bytes.maketrans(b"\x00\x01", b"01")).decode("ascii")
+    total = len(bits)
+    values: list[int] = []
+    lengths: list[int] = []
+    i = pos = 0
+    while i < num:
+        if pos + 3 > total:
+            raise RLEError("ends before its last run")
+        repeat = bits[pos] == "1"
+        size = sizes[int(bits[pos + 1 : pos + 3], 2)]
+        pos += 3
+        if pos + size > total:
+            raise RLEError("ends inside a run length")
+        count = int(bits[pos : pos + size], 2) + 1
+        pos += size
+        reads = 1 if repeat else count
+        if pos + reads * word > total:
+            raise RLEError("ends inside a run's values")
+        if repeat:
+            values.append(int(bits[pos : pos + word], 2))
+            lengths.append(count)
+        else:
+            values.extend(int(bits[p : p + word], 2) for p in range(pos, pos + count * word, word))
+            lengths.extend([1] * count)
+        pos += reads * word
+        i += count
+    out = np.repeat(np.asarray(values, np.uint8), np.asarray(lengths, np.int64))
+    return out[:num]  # the last run may reach past the end, as the editor's own decoder allows

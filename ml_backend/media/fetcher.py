@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import io
 import ipaddress
@@ -27,6 +28,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -185,15 +187,52 @@ class DecodedImage:
         return int(self.array.shape[1]), int(self.array.shape[0])
 
 
+# Decodes above this many pixels wait for one of LARGE_DECODES slots: a decode holds several copies of the image
+# at once (Pillow's, numpy's, an EXIF rotation's), so a burst of large images (THREADS requests at once) would
+# otherwise multiply the peak; docs/security.md has the measured peaks behind both numbers.
+LARGE_DECODE_PIXELS = 16_000_000
+LARGE_DECODES = 1
+_large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
+_ROWS_PER_BLOCK_PIXELS = 1 << 20  # 16-bit to 8-bit conversion in blocks of about this many pixels
+# What a labeling UI shows (browsers; JPEG includes MPO), plus TIFF and PPM (microscopy, datasets): Pillow's other
+# readers (EPS runs Ghostscript, PSD, DDS, FITS, ...) are never tried on bytes from a request.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "AVIF", "TIFF", "ICO", "PPM")
+_ADDRESS = re.compile(r"<[^<>]*>|\b0x[0-9a-fA-F]+\b|\d{40,}")
+
+
+def short_reason(exc: BaseException) -> str:
+    """An exception as a short message for a reply: its type and text, without reprs, heap addresses or long
+    numbers (a decoder's message can echo what it was given)."""
+    text = _ADDRESS.sub("...", str(exc)).strip()
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+def _gray8_of_16bit(image: Any) -> np.ndarray:
+    """A 16/32-bit grey image as uint8, scaled as 8-bit viewers show it (values above 255 are on the 16-bit
+    scale): integer arithmetic by blocks of rows, so no float64 or int64 copy of the whole image is made."""
+    values = np.asarray(image)  # uint16 (I;16*) or int32 (I): Pillow's copy
+    scale16 = values.max(initial=0) > 255
+    out = np.empty(values.shape, np.uint8)
+    step = max(1, _ROWS_PER_BLOCK_PIXELS // max(1, values.shape[1]))
+    for top in range(0, values.shape[0], step):
+        block = values[top : top + step].astype(np.int64)
+        if scale16:  # round(v * 255 / 65535) = round(v / 257) = (2v + 257) // 514
+            block = (2 * block + 257) // 514
+        np.clip(block, 0, 255, out=block)
+        out[top : top + step] = block
+    return out
+
+
 def decode_image(data: bytes, max_pixels: int, what: str = "the task's image") -> DecodedImage:
     """Decode with Pillow, refusing images above ``max_pixels`` before any pixel is decompressed; ``what`` names
-    the image in error messages."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    the image in error messages. Any failure of a decoder on these bytes is the file's fault: a 422 (a 413 for a
+    bomb), whatever Pillow raised. Large images wait for a decode slot (``LARGE_DECODE_PIXELS``)."""
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():  # PIL's own warning threshold: the limit below is ours
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         with opened as im:
             width, height = im.size
             if width * height > max_pixels:
@@ -202,31 +241,56 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the task's image") -
                     f"{max_pixels / 1e6:.1f} MP (MAX_IMAGE_MEGAPIXELS); refusing to decode it",
                     status=413,
                 )
-            try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-            except Exception:
-                orientation = 1
-            im.load()
-            shown = ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
-            if shown.mode != "RGB":
-                if shown.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    arr16 = np.asarray(shown, dtype=np.float64)
-                    scale = 255.0 / 65535.0 if arr16.max(initial=0) > 255 else 1.0
-                    gray = np.clip(arr16 * scale + 0.5, 0, 255).astype(np.uint8)
-                    shown = Image.fromarray(gray, "L")
-                shown = shown.convert("RGB")
-            array = np.asarray(shown)
+            slot = _large_decodes if width * height > LARGE_DECODE_PIXELS else contextlib.nullcontext()
+            with slot:
+                array, orientation = _pixels(im, ImageOps)
     except MediaError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"refusing a possible decompression bomb: {exc}", status=413) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise MediaError(f"{what} could not be decoded ({exc}); is it an image file?", status=422) from None
+    except Image.DecompressionBombError:
+        raise MediaError("refusing a possible decompression bomb (Pillow's pixel limit)", status=413) from None
+    except MemoryError:
+        raise MediaError(f"{what} is too large to decode in the memory available", status=413) from None
+    except Exception as exc:  # every decoder failure (also NotImplementedError, TypeError, ...) is the file's
+        raise MediaError(
+            f"{what} could not be decoded ({short_reason(exc)}); is it an image file "
+            f"({', '.join(ACCEPTED_FORMATS[:-4])}, ...)?",
+            status=422,
+        ) from None
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise MediaError(f"decoded image has an unusable shape {array.shape}", status=422)
     if not array.flags.writeable or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
     return DecodedImage(array, (width, height), orientation, len(data))
+
+
+def _pixels(im: Any, image_ops: Any) -> tuple[np.ndarray, int]:
+    """The pixels of an opened image as the browser shows them (EXIF orientation applied), RGB uint8."""
+    from PIL import Image
+
+    try:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a corrupt EXIF block: shown unrotated, as browsers do
+        orientation = 1
+    im.load()
+    shown = image_ops.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
+    if shown.mode != "RGB":
+        if shown.mode in ("I;16", "I;16B", "I;16L", "I"):
+            shown = Image.fromarray(_gray8_of_16bit(shown))
+        shown = shown.convert("RGB")
+    return np.asarray(shown), orientation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rules:
+    """What one download may take: bytes, seconds (all hops and reads together), where it may be redirected."""
+
+    max_bytes: int
+    timeout_s: float
+    what: str  # "the image": names the download in messages
+    same_origin: bool = False  # redirects only within Label Studio's origin (its API)
+    status_message: Callable[[int], str] | None = None
+    cap_name: str = "MAX_IMAGE_MB"  # the settings that set the two limits, named in messages
+    timeout_name: str = "FETCH_TIMEOUT_S"
 
 
 def read_capped(
@@ -235,7 +299,7 @@ def read_capped(
     """A streamed response's body, at most ``cap`` bytes (``cap_name`` in the message), by ``deadline`` (a host
     trickling bytes cannot hold the read open; ``late`` is the message then). Every platform's downloads use it."""
     length = resp.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > cap:
+    if length and length.isdigit() and len(length) < 20 and int(length) > cap:
         raise MediaError(
             f"{what} at {url[:200]} is {int(length) / 2**20:.1f} MiB, above {cap_name}={cap // 2**20}", status=413
         )
@@ -435,21 +499,40 @@ class MediaFetcher:
         path = f"/tasks/{task_id}/presign/?fileuri={urllib.parse.quote(fileuri)}"
         return self._http(self.ls_destination.with_path(path))
 
-    def _http(self, destination: Destination) -> bytes:
-        """GET with manual redirects: every hop must be LS's host, allow-listed, or (after LS) a public host.
+    def get_label_studio(
+        self, path: str, *, max_bytes: int, timeout_s: float, status_message: Callable[[int], str]
+    ) -> bytes:
+        """GET ``path`` (with its query) from Label Studio's API with its auth, by the rules task images follow,
+        stricter: redirects only within Label Studio's origin (at most ``MAX_REDIRECTS``), the body capped at
+        ``max_bytes`` and the whole exchange, redirects and reads, bounded by ``timeout_s`` (messages name them
+        ``EXPORT_MAX_MB`` / ``EXPORT_TIMEOUT_S``: the export is the caller). An answer >= 400 is a ``MediaError``
+        with ``status_message(status)``."""
+        rules = _Rules(max_bytes, timeout_s, "the export", True, status_message, "EXPORT_MAX_MB", "EXPORT_TIMEOUT_S")
+        return self._http(self.ls_destination.with_path(path), rules)
+
+    def _http(self, destination: Destination, rules: _Rules | None = None) -> bytes:
+        """GET with manual redirects: every hop must be LS's host, allow-listed, or (after LS) a public host
+        (``rules.same_origin``: LS's origin only).
 
         Each hop is parsed by :func:`parse_destination` and the rebuilt URL is what is requested, so the host
         checked is the host connected to; Label Studio's token goes only to Label Studio's origin.
         """
+        rules = rules or _Rules(self.settings.max_image_bytes, self.settings.fetch_timeout_s, "the image")
         retried_auth = False
         came_from_ls = False
-        deadline = time.monotonic() + self.settings.fetch_timeout_s  # for the whole download, redirects included
+        deadline = time.monotonic() + rules.timeout_s  # for the whole download, redirects included
         for _ in range(MAX_REDIRECTS + 1):
             url = destination.url
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise MediaError(self._deadline_message(url), status=504)
+                raise MediaError(self._deadline_message(url, rules), status=504)
             is_ls = self._is_ls(destination)
+            if rules.same_origin and not is_ls:
+                raise MediaError(
+                    f"refusing the redirect to {destination.netloc[:100]}: {rules.what} is read from Label "
+                    f"Studio's origin only (LABEL_STUDIO_URL={self.settings.label_studio_url or 'unset'})",
+                    status=502,
+                )
             if not is_ls and not self._allowed_listed(destination):
                 if not (came_from_ls and _resolves_public(destination.host)):
                     host = destination.host
@@ -466,7 +549,7 @@ class MediaFetcher:
             except requests.ConnectionError as exc:
                 raise MediaError(self._unreachable_hint(destination, exc), status=502) from None
             except requests.Timeout:
-                raise MediaError(self._deadline_message(url), status=504) from None
+                raise MediaError(self._deadline_message(url, rules), status=504) from None
             except requests.RequestException as exc:
                 raise MediaError(f"could not fetch {url[:200]}: {exc}", status=502) from None
             except ValueError as exc:  # requests pre-parses a redirect's Location even when it does not follow it
@@ -489,22 +572,21 @@ class MediaFetcher:
                     self.auth.headers(self.ls_destination.with_path("").url, force_refresh=True)
                     continue
                 if resp.status_code >= 400:
+                    if rules.status_message is not None:
+                        raise MediaError(rules.status_message(resp.status_code), status=502)
                     raise MediaError(self._status_hint(url, resp.status_code, is_ls), status=502)
-                return self._read_capped(resp, url, deadline)
+                return self._read_capped(resp, url, deadline, rules)
             finally:
                 resp.close()
-        raise MediaError(f"too many redirects fetching the image ({url[:200]})")
+        raise MediaError(f"too many redirects (more than {MAX_REDIRECTS}) fetching {rules.what} ({url[:200]})")
 
-    def _deadline_message(self, url: str) -> str:
-        return (
-            f"the image download from {url[:200]} did not finish within FETCH_TIMEOUT_S="
-            f"{self.settings.fetch_timeout_s:g} s"
-        )
+    def _deadline_message(self, url: str, rules: _Rules) -> str:
+        limit = f"{rules.timeout_name}={rules.timeout_s:g} s"
+        return f"downloading {rules.what} from {url[:200]} did not finish within {limit}"
 
-    def _read_capped(self, resp: requests.Response, url: str, deadline: float) -> bytes:
-        return read_capped(
-            resp, url, deadline, self.settings.max_image_bytes, "MAX_IMAGE_MB", self._deadline_message(url), "the image"
-        )
+    def _read_capped(self, resp: requests.Response, url: str, deadline: float, rules: _Rules) -> bytes:
+        late = self._deadline_message(url, rules)
+        return read_capped(resp, url, deadline, rules.max_bytes, rules.cap_name, late, rules.what)
 
     def _status_hint(self, url: str, status: int, is_ls: bool) -> str:
         where = urllib.parse.urlsplit(url)
