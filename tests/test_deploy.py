@@ -293,6 +293,12 @@ def test_docker_compose_config_agrees(tmp_path):
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     cpu = config(COMPOSE, COMPOSE_CPU)["services"]["adaptiveclick"]
     assert "deploy" not in cpu and cpu["environment"]["DEVICE"] == "cpu"
+    assert cpu["image"] == "adaptiveclick:cpu" and cpu["build"]["args"]["TORCH_FROM"] == "debian"
+    assert cpu["build"]["args"]["BASE_IMAGE"] == "debian:sid-slim"
+    scale = config(COMPOSE, COMPOSE_CPU, COMPOSE_SCALE, COMPOSE_SCALE_CPU)["services"]
+    trainer = scale["adaptiveclick-trainer"]
+    assert trainer["image"] == "adaptiveclick:cpu" and "deploy" not in trainer
+    assert "9090" not in " ".join(trainer["healthcheck"]["test"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,3 +773,40 @@ def test_image_installs_the_redis_extra():
     assert {re.split(r"[<>=!~ \[]", r)[0] for r in extra} >= {"redis", "rq"}
     requirements = [r for r in args_of("RUN") if "/tmp/requirements.txt" in r and "tomllib" in r]
     assert requirements and "['optional-dependencies']['redis']" in requirements[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# serverless/deploy.sh: the image build it starts
+
+
+def test_cvat_deploy_builds_without_forcing_buildkit(tmp_path):
+    """`DOCKER_BUILDKIT=1 docker build` refused to build at all with a docker CLI that has no buildx plugin (the real
+    run: "BuildKit is enabled but the buildx component is missing"). The script leaves the builder to docker and
+    passes BUILD_ARGS (e.g. the CPU variant) through; stand-in `docker` and `nuctl` record what they are asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "nuctl"):
+        (bin_dir / tool).write_text(
+            f'#!/bin/sh\necho "{tool} BUILDKIT=${{DOCKER_BUILDKIT:-unset}} $*" >> {tmp_path}/calls\n'
+        )
+        (bin_dir / tool).chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "IMAGE": "adaptiveclick:cpu",
+        "BUILD_ARGS": "--build-arg BASE_IMAGE=debian:sid-slim --build-arg TORCH_FROM=debian",
+    }
+    out = subprocess.run(["bash", str(ROOT / "serverless" / "deploy.sh")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    build = [c for c in calls if c.startswith("docker") and " build " in c]
+    assert build == [
+        "docker BUILDKIT=unset build --build-arg BASE_IMAGE=debian:sid-slim --build-arg TORCH_FROM=debian "
+        "-t adaptiveclick:cpu ."
+    ]
+    deploy = next(c for c in calls if c.startswith("nuctl") and " deploy " in c)
+    assert "--base-image adaptiveclick:cpu" in deploy and "function.yaml" in deploy
+    env["SKIP_BUILD"] = "1"
+    (tmp_path / "calls").unlink()
+    assert subprocess.run(["bash", str(ROOT / "serverless" / "deploy.sh")], env=env).returncode == 0
+    assert not any(" build " in c for c in (tmp_path / "calls").read_text().splitlines())
