@@ -47,10 +47,12 @@ RUN case "${TORCH_FROM}" in pypi) extra=(); venv=(); ;; \
 
 # Dependencies first (this layer survives code changes): the dependencies of pyproject.toml and its redis extra
 # (SESSION_STORE and the RQ job queue of docker-compose.scale.yml); with TORCH_FROM=debian, torch and torchvision
-# are Debian's (seen through the venv's system site-packages) and are left out of the list.
+# are Debian's (seen through the venv's system site-packages) and are left out of the list, and numpy stays Debian's
+# (torch is built against it; without the constraint pip chose an older numpy with no wheel for sid's Python 3.14).
 COPY pyproject.toml /tmp/src/
 RUN python -c "import re, tomllib; p = tomllib.load(open('/tmp/src/pyproject.toml', 'rb'))['project']; skip = {'torch', 'torchvision'} if '${TORCH_FROM}' == 'debian' else set(); print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['redis'] if re.split(r'[<>=!~ ;\[]', r)[0] not in skip))" > /tmp/requirements.txt \
- && python -m pip install -r /tmp/requirements.txt \
+ && if [ "${TORCH_FROM}" = debian ]; then python -c "import numpy; print('numpy==' + numpy.__version__)"; fi > /tmp/constraints.txt \
+ && python -m pip install -r /tmp/requirements.txt -c /tmp/constraints.txt \
  && python -c "import sys, torch; v, c = torch.__version__.split('+')[0], torch.version.cuda or 'none'; want = '${TORCH_CUDA}' if '${TORCH_FROM}' == 'pypi' else 'none'; print('torch', v, 'CUDA', c); ok = v == '${TORCH_VERSION}' and c.startswith(want); sys.exit(0 if ok else f'torch {v} (CUDA {c}) is not torch ${TORCH_VERSION} for CUDA {want}: update the Dockerfile ARGs and base image with pyproject.toml')"
 
 # The package itself (not editable; the source is removed afterwards).
@@ -58,7 +60,7 @@ COPY README.md /tmp/src/
 COPY model/ /tmp/src/model/
 COPY ml_backend/ /tmp/src/ml_backend/
 COPY cli/ /tmp/src/cli/
-RUN python -m pip install --no-deps /tmp/src && rm -rf /tmp/src /tmp/requirements.txt
+RUN python -m pip install --no-deps /tmp/src && rm -rf /tmp/src /tmp/requirements.txt /tmp/constraints.txt
 
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin adaptiveclick \
  && mkdir -p /app/weights /data/models \

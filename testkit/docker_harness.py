@@ -232,6 +232,19 @@ def _unmounted(root: Path) -> Iterator[Path]:
                 run(["umount", "-l", str(root / sub)], check=False)
 
 
+LS_CMD = json.dumps(
+    [
+        "label-studio",
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "0.0.0.0",
+        "-p",
+        "8080",
+        "--data-dir",
+        "/label-studio/data",
+    ]
+)
 STANDINS = {
     LS_IMAGE: f"""FROM {BASE_BOOKWORM}
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv && rm -rf /var/lib/apt/lists/* \\
@@ -242,7 +255,7 @@ ENV PATH=/opt/ls/bin:$PATH LABEL_STUDIO_BASE_DATA_DIR=/label-studio/data SENTRY_
 WORKDIR /label-studio
 USER 1001
 EXPOSE 8080
-CMD ["label-studio", "start", "--no-browser", "--host", "0.0.0.0", "-p", "8080", "--data-dir", "/label-studio/data"]
+CMD {LS_CMD}
 """,
     # The official image's entrypoint turns protected mode off when no config file is given; so does this one.
     REDIS_IMAGE: f"""FROM {BASE_BOOKWORM}

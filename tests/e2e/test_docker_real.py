@@ -207,11 +207,14 @@ def make_env(tmp_path: Path, files_dir: Path, **extra: str) -> Path:
 
 
 def smoke_override(tmp_path: Path, services: list[str]) -> str:
-    """The smoke test's only addition to the stacks: a short fine-tuning job."""
+    """The smoke test's additions to the stacks: a short fine-tuning job, and builds on the host network (the
+    firewall rule keeps containers, a build's RUN steps included, off everything but each other)."""
     import yaml
 
+    override = {s: {"environment": FAST_FINETUNE} for s in services}
+    override["adaptiveclick"]["build"] = {"network": "host"}
     path = tmp_path / "docker-compose.smoke.yml"
-    path.write_text(yaml.safe_dump({"services": {s: {"environment": FAST_FINETUNE} for s in services}}))
+    path.write_text(yaml.safe_dump({"services": override}))
     return str(path)
 
 
