@@ -144,7 +144,7 @@ def test_docker_run(engine, images, tag, shared_dir, tmp_path):
     start = time.monotonic()
     engine.docker(
         "run", "-d", "--name", container, "-p", f"127.0.0.1:{port}:9090", "-e", "DEVICE=cpu",
-        "-v", f"{image}:/in/{name}:ro", "-v", f"{out}:/out", tag,
+        "-e", "LOCAL_FILES_DOCUMENT_ROOT=/in", "-v", f"{image}:/in/{name}:ro", "-v", f"{out}:/out", tag,
     )  # fmt: skip
     key = "cuda" if tag == CUDA_TAG else "cpu"
     try:
@@ -169,9 +169,11 @@ def test_docker_run(engine, images, tag, shared_dir, tmp_path):
             assert np.array_equal(inside, host), f"IoU {agreement:.4f}"
         else:  # Debian's torch (another BLAS): the same mask up to a few border pixels
             assert agreement > 0.99, agreement
-        assert iou(inside, gt_mask(shared_dir, name) == 1) > 0.7
+        dh.record(f"run_{key}_iou_vs_gt", round(iou(inside, gt_mask(shared_dir, name) == 1), 3))
+        assert iou(inside, gt_mask(shared_dir, name) == 1) > 0.5  # one click of the starter model
         mounts = json.loads(engine.docker("inspect", "-f", "{{json .Mounts}}", container).stdout)
         assert "/app/weights" not in {m["Destination"] for m in mounts}
+        dh.record(f"run_{key}_click_ms", _click_times(port, name, click, inside.shape))
         deadline = time.monotonic() + 200  # first check 30 s after start, then every 30 s
         while (state := engine.docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()) != (
             "healthy"
@@ -181,6 +183,27 @@ def test_docker_run(engine, images, tag, shared_dir, tmp_path):
         dh.record(f"run_{key}_healthy_s", round(time.monotonic() - start, 1))
     finally:
         engine.docker("rm", "-f", "-v", container, check=False)
+
+
+def _click_times(port: int, name: str, click: tuple[int, int], shape: tuple[int, int]) -> dict[str, float]:
+    """Milliseconds of a new session's first click and the median of 6 more clicks on it (a served click)."""
+    h, w = shape
+    url = f"http://127.0.0.1:{port}/predict"
+    times = []
+    for n in range(7):
+        clicks = [keypoint(click[0], click[1], True, w, h, 0)]
+        clicks += [keypoint(click[0] + 2 * i, click[1] + 2 * i, True, w, h, i) for i in range(1, n + 1)]
+        body = {
+            "tasks": [{"id": 99, "data": {"image": f"/data/local-files/?d={name}"}}],
+            "project": "1.1",
+            "label_config": readme_label_config(),
+            "params": {"context": {"result": clicks}},
+        }
+        t0 = time.perf_counter()
+        reply = requests.post(url, json=body, timeout=120)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert reply.status_code == 200 and reply.json()["results"][0]["result"], reply.text[:500]
+    return {"first": round(times[0]), "median_next": round(float(np.median(times[1:])))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +294,8 @@ def test_label_studio_stack(engine, images, files_dir, shared_dir, tmp_path):
         healthy = compose.wait_healthy(["label-studio", "adaptiveclick"], 400)
         dh.record("ls_stack_up_to_healthy_s", round(time.monotonic() - start, 1))
         dh.record("ls_stack_healthy_after_up_s", round(healthy, 1))
+        services = ["label-studio", "adaptiveclick"]
+        dh.record("ls_stack_mb_idle", dh.stats(engine, [c for s in services for c in compose.containers(s)]))
         # the URL the README gives, from Label Studio's container
         probe = "import urllib.request as r; print(r.urlopen('http://adaptiveclick:9090/health', timeout=10).read())"
         assert b"UP" in compose("exec", "-T", "label-studio", "python3", "-c", probe).stdout.encode()
@@ -279,10 +304,9 @@ def test_label_studio_stack(engine, images, files_dir, shared_dir, tmp_path):
         ious = {kind: _click(client, ml, tasks[kind], shared_dir, kind) for kind in ("upload", "local")}
         dh.record("ls_stack_up_to_first_mask_s", round(time.monotonic() - start, 1))
         dh.record("ls_stack_ious", {k: round(v, 3) for k, v in ious.items()})
-        assert min(ious.values()) > 0.7, ious
+        assert min(ious.values()) > 0.5, ious
         containers = [c for s in ("label-studio", "adaptiveclick") for c in compose.containers(s)]
-        names = {c: engine.docker("inspect", "-f", "{{.Name}}", c).stdout.strip("/\n") for c in containers}
-        dh.record("ls_stack_mb_after_2_clicks", {names[c]: v for c, v in dh.stats(engine, containers).items()})
+        dh.record("ls_stack_mb_after_2_clicks", dh.stats(engine, containers))
         backend = compose.containers("adaptiveclick")[0]
         mounts = json.loads(engine.docker("inspect", "-f", "{{json .Mounts}}", backend).stdout)
         assert "/app/weights" not in {m["Destination"] for m in mounts}
@@ -305,29 +329,20 @@ def test_label_studio_stack(engine, images, files_dir, shared_dir, tmp_path):
         assert health["model_version"] == version, (health, version)
         client = _ls(compose)
         assert client.call("GET", f"/api/projects/{project}")["id"] == project  # Label Studio's volume kept too
-        assert _click(client, ml, tasks["upload"], shared_dir, "upload") > 0.7
-        idle = dh.stats(engine, [c for s in ("label-studio", "adaptiveclick") for c in compose.containers(s)])
+        assert _click(client, ml, tasks["upload"], shared_dir, "upload") > 0.5
         gt = gt_mask(shared_dir, E2E_IMAGES["upload"]) == 1
         h, w = gt.shape
         rng = np.random.default_rng(0)
         points = np.argwhere(gt)
+        t0 = time.monotonic()
         for i in range(20):  # 20 clicks on one task, as an annotator refining a mask
             r, c = points[rng.integers(len(points))]
             clicks = [keypoint(*interior(gt), True, w, h, 0), keypoint(int(r), int(c), True, w, h, i + 1)]
             assert "errors" not in client.interactive(ml["id"], tasks["upload"]["id"], clicks)
-        after = dh.stats(engine, [c for s in ("label-studio", "adaptiveclick") for c in compose.containers(s)])
-        dh.record("ls_stack_mb_idle", _by_service(engine, idle))
-        dh.record("ls_stack_mb_after_20_clicks", _by_service(engine, after))
+        dh.record("ls_stack_20_clicks_s", round(time.monotonic() - t0, 1))
+        dh.record("ls_stack_mb_after_20_clicks", dh.stats(engine, [c for s in services for c in compose.containers(s)]))
     finally:
         compose("down", "-v", "--remove-orphans", timeout=300, check=False)
-
-
-def _by_service(engine, stats: dict[str, float]) -> dict[str, float]:
-    out = {}
-    for container, mb in stats.items():
-        name = engine.docker("inspect", "-f", "{{.Name}}", container).stdout.strip("/\n")
-        out[name] = mb
-    return out
 
 
 def _brush(mask: np.ndarray) -> dict:
@@ -406,6 +421,8 @@ def test_scale_out_stack(engine, images, files_dir, shared_dir, tmp_path):
         dh.record("scale_stack_up_to_healthy_s", round(time.monotonic() - start, 1))
         replicas = compose.containers("adaptiveclick")
         assert len(replicas) == 3
+        every = ["label-studio", "redis", "adaptiveclick", "adaptiveclick-proxy", "adaptiveclick-trainer"]
+        dh.record("scale_stack_mb_idle", dh.stats(engine, [c for s in every for c in compose.containers(s)]))
 
         # one session, each click answered by another replica: one forward per click, the state from Redis
         gt = gt_mask(shared_dir, E2E_IMAGES["local"]) == 1
@@ -436,10 +453,15 @@ def test_scale_out_stack(engine, images, files_dir, shared_dir, tmp_path):
         assert reply.status_code == 200 and reply.headers["X-Forwards"] == "1", reply.headers
         assert "store" in reply.headers.get("X-Cache", ""), reply.headers
 
+        for i in range(20):  # 20 clicks through the proxy, spread over the two replicas left
+            body = _predict_body("7.1", 5000 + i // 5, [keypoint(*interior(gt), True, w, h, 0)] + clicks[1 : i % 5])
+            assert requests.post(proxy + "/predict", json=body, timeout=120).status_code == 200
+        dh.record("scale_stack_mb_after_20_clicks", dh.stats(engine, [c for s in every for c in compose.containers(s)]))
+
         # Label Studio through the proxy, and "Start Training" runs on the trainer
         client = _ls(compose)
         project, ml, tasks = _project_with_tasks(client, files_dir, "http://adaptiveclick-proxy:9090")
-        assert _click(client, ml, tasks["local"], shared_dir, "local") > 0.7
+        assert _click(client, ml, tasks["local"], shared_dir, "local") > 0.5
         for kind, task in tasks.items():
             mask = gt_mask(shared_dir, E2E_IMAGES[kind]) == 1
             client.call("POST", f"/api/tasks/{task['id']}/annotations", json={"task": task["id"], "result": [
