@@ -403,7 +403,8 @@ def test_dependency_list_per_torch_source(torch_from):
     every = {re.split(r"[<>=!~ ;\[]", r)[0] for r in listed}
     assert names == (every if torch_from == "pypi" else every - {"torch", "torchvision"})
     apt = next(r for r in args_of("RUN") if "apt-get install" in r)
-    assert "debian) extra=(python3-torch python3-torchvision); venv=(--system-site-packages)" in apt
+    # OpenBLAS beside Debian's torch: without it libblas.so.3 is the reference BLAS (a click 30x slower, measured)
+    assert "debian) extra=(python3-torch python3-torchvision libopenblas0-openmp); venv=(--system-site-packages)" in apt
     # Debian's torch is built against Debian's numpy: pip keeps it (a constraint), for debian only
     step = next(r for r in args_of("RUN") if "/tmp/requirements.txt" in r and "tomllib" in r)
     assert '[ "${TORCH_FROM}" = debian ]' in step and "numpy==" in step and "-c /tmp/constraints.txt" in step
