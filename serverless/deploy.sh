@@ -12,6 +12,8 @@
 #   SESSION_STORE=redis://host:6379/0        share click states with other workers / replicas / the LS backend
 #   CVAT_NETWORK=cvat_cvat                   the docker network of CVAT's compose project
 #   IMAGE=adaptiveclick:latest               the image the function is built on (built here unless SKIP_BUILD=1)
+#   BUILD_ARGS="--build-arg ..."             extra `docker build` options, e.g. the Dockerfile's CPU variant:
+#                                            "--build-arg BASE_IMAGE=debian:sid-slim --build-arg TORCH_FROM=debian"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,10 @@ network="${CVAT_NETWORK:-cvat_cvat}"
 
 command -v nuctl >/dev/null || { echo "nuctl is not on PATH: install the nuclio CLI version CVAT's docs name" >&2; exit 1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  DOCKER_BUILDKIT=1 docker build -t "$image" .
+  # No DOCKER_BUILDKIT=1: a docker CLI without the buildx plugin refuses to build at all with it; docker picks
+  # BuildKit by itself where buildx is installed.
+  # shellcheck disable=SC2086  # BUILD_ARGS is a list of options
+  docker build ${BUILD_ARGS:-} -t "$image" .
 fi
 
 args=(--project-name cvat --path "$func_root" --file "$func_root/$yaml" --platform local

@@ -39,3 +39,11 @@ def label_studio(e2e_root, tmp_path_factory):
         yield ls
     finally:
         ls.stop()
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "docker: the image and compose stacks on a real Docker engine (opt-in: make test-docker; skipped unless "
+        "RUN_DOCKER=1)",
+    )
