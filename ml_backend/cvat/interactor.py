@@ -70,43 +70,60 @@ def function_info(state: str) -> dict[str, Any]:
     }
 
 
-def encode_cvat_mask(mask: np.ndarray) -> np.ndarray:
+def encode_cvat_mask(mask: np.ndarray, left: int = 0, top: int = 0) -> np.ndarray:
     """Bool mask -> CVAT's mask points: run lengths over the tight bounding box (row-major, starting with a run of
-    zeros, possibly 0), then ``left, top, right, bottom`` (inclusive). Empty mask -> an empty array."""
+    zeros, possibly 0), then ``left, top, right, bottom`` (inclusive). Empty mask -> an empty array. ``left`` and
+    ``top``: where ``mask`` (a crop) lies in the frame."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return np.zeros(0, dtype=np.int64)
     cols = np.flatnonzero(mask.any(axis=0))
-    top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    flat = mask[top : bottom + 1, left : right + 1].ravel()
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    flat = mask[y0 : y1 + 1, x0 : x1 + 1].ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     bounds = np.concatenate(([0], change, [flat.size]))
     runs = np.diff(bounds)
     if flat[0]:
         runs = np.concatenate(([0], runs))
-    return np.concatenate((runs, [left, top, right, bottom])).astype(np.int64)
+    return np.concatenate((runs, [left + x0, top + y0, left + x1, top + y1])).astype(np.int64)
 
 
-def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
-    """The parts of a bool mask as CVAT's UI outlines them, largest first: it dilates a mask by a 2x2 kernel before
-    taking external contours, so pixels one pixel apart are one part (one outline, one polygon). Every pixel of the
-    mask is in exactly one part."""
+def _part_crops(mask: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    """The parts of a bool mask as CVAT's UI outlines them, largest first, each as ``(its pixels within its box,
+    left, top)``: CVAT dilates a mask by a 2x2 kernel before taking external contours, so pixels one pixel apart are
+    one part (one outline, one polygon). Every pixel of the mask is in exactly one part. Crops, so that a mask of
+    many parts costs one pass over the frame, not one per part."""
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((2, 2), np.uint8), anchor=(1, 1), borderValue=0)
     count, labels = cv2.connectedComponents(grown, connectivity=8)
-    if count <= 2:
-        return [mask] if mask.any() else []
+    if count <= 2:  # the common case, one part: no boxes needed
+        return [(mask, 0, 0)] if mask.any() else []
+    count, labels, boxes, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
     labels = np.where(mask, labels, 0)
     sizes = np.bincount(labels.ravel(), minlength=count)
     order = [int(i) for i in np.argsort(-sizes[1:], kind="stable") + 1 if sizes[i] > 0]
-    return [labels == i for i in order]
+    crops = []
+    for i in order:  # the grown part's box holds the part: the dilation keeps every pixel it grows from
+        left, top, width, height = (int(v) for v in boxes[i, :4])
+        crops.append((labels[top : top + height, left : left + width] == i, left, top))
+    return crops
+
+
+def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The parts of a bool mask as CVAT's UI outlines them (:func:`_part_crops`), each a mask of the frame."""
+    parts = []
+    for crop, left, top in _part_crops(mask):
+        part = np.zeros(mask.shape, dtype=bool)
+        part[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        parts.append(part)
+    return parts
 
 
 def encode_cvat_shapes(mask: np.ndarray) -> np.ndarray:
     """Bool mask -> CVAT's points of each part (:func:`mask_parts`), packed in one integer array as
     ``[n, *points of part 1]`` repeated (``n`` the number of points), so the core caches it like any encoding."""
     packed = []
-    for part in mask_parts(mask):
-        points = encode_cvat_mask(part)
+    for crop, left, top in _part_crops(mask):
+        points = encode_cvat_mask(crop, left, top)
         packed.append(np.concatenate(([points.size], points)))
     return np.concatenate(packed).astype(np.int64) if packed else np.zeros(0, dtype=np.int64)
 
