@@ -1,13 +1,15 @@
 """A Label Studio ``/predict`` body read once, and its answer formatted once.
 
 :func:`read_predict` validates the body, parses the labeling config (cached by its text), extracts the smart
-keypoints and box, picks the output tag, finds the task's image and the saved regions a click may continue: the
-adapter then works on the :class:`PredictRequest` alone, and nothing after it reads Label Studio's JSON again.
-:func:`answer_regions` turns the core's mask into the regions the editor shows (a brush mask, or polygons)."""
+keypoints and box, picks the output tag and finds the task's image; the saved regions a click may continue are read
+from the task here too, when the first click of an object asks for them (``ClickRequest.saved``). The adapter works
+on the :class:`PredictRequest` alone, and nothing else reads Label Studio's JSON. :func:`answer_regions` turns the
+core's mask into the regions the editor shows (a brush mask, or polygons)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,7 +35,14 @@ class ClickRequest:
     clicks: ClickSet  # the clicks (and box) in percent, with the size the editor reported
     output: OutputTag  # the BrushLabels / PolygonLabels tag and label the answer goes to
     multi: bool  # the <Image> takes a list of images: answers carry ``item_index``
-    saved: tuple[dict[str, Any], ...]  # saved regions of the output's label on this image, the preferred first
+    task: dict[str, Any] = dataclasses.field(repr=False, compare=False)  # its drafts and annotations: saved regions
+
+    @functools.cached_property
+    def saved(self) -> tuple[dict[str, Any], ...]:
+        """The saved regions a click may continue (:func:`saved_regions`), the preferred first: read only by the
+        first click of an object, in the request's thread (a task can hold thousands of regions)."""
+        c = self.clicks
+        return tuple(saved_regions(self.task, self.output, self.image_name, c.item_index))
 
     @property
     def object_key(self) -> tuple:
@@ -173,7 +182,7 @@ def read_predict(
         clicks=clicks,
         output=output,
         multi=getattr(config.images.get(image_name), "multi", False),
-        saved=tuple(saved_regions(task, output, image_name, clicks.item_index)),
+        task=task,
     )
     return PredictRequest(len(tasks), click)
 
